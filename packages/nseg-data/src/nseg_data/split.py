@@ -1,0 +1,150 @@
+"""Deterministic, stratified, persisted splits: locked test, validation, training.
+
+The locked split is fixed once and never trained or tuned on; every reported accuracy comes
+from it. Stratifying by modality keeps rare looks (13 brightfield images in DSB stage1_train)
+present in every split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nseg_data.errors import DataError
+
+SPLIT_NAMES = ("locked", "val", "train")
+
+
+@dataclass(frozen=True)
+class Splits:
+    """ids per split and the modality of every id."""
+
+    seed: int
+    locked_fraction: float
+    val_fraction: float
+    ids: dict[str, tuple[str, ...]]
+    modality: dict[str, str]
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for name in SPLIT_NAMES:
+            if name not in self.ids:
+                raise ValueError(f"split '{name}' missing")
+            overlap = seen & set(self.ids[name])
+            if overlap:
+                raise ValueError(f"ids in more than one split, e.g. {sorted(overlap)[0]}")
+            seen |= set(self.ids[name])
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        if name == "all":
+            return tuple(i for n in SPLIT_NAMES for i in self.ids[n])
+        if name not in self.ids:
+            raise KeyError(f"unknown split '{name}', expected one of {', '.join((*SPLIT_NAMES, 'all'))}")
+        return self.ids[name]
+
+    def sha256(self) -> str:
+        """Hash of the id lists only, so a checkpoint can prove which split it was trained on."""
+        payload = json.dumps({n: sorted(self.ids[n]) for n in SPLIT_NAMES}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def table(self) -> dict[str, dict[str, int]]:
+        """split -> modality -> count (plus 'total')."""
+        out: dict[str, dict[str, int]] = {}
+        for name in SPLIT_NAMES:
+            c = Counter(self.modality[i] for i in self.ids[name])
+            out[name] = {**dict(sorted(c.items())), "total": len(self.ids[name])}
+        return out
+
+    def format_table(self) -> str:
+        mods = sorted(set(self.modality.values()))
+        head = f"{'split':<8}" + "".join(f"{m:>14}" for m in mods) + f"{'total':>8}"
+        rows = [head]
+        tab = self.table()
+        for name in SPLIT_NAMES:
+            rows.append(f"{name:<8}" + "".join(f"{tab[name].get(m, 0):>14}" for m in mods) + f"{tab[name]['total']:>8}")
+        return "\n".join(rows)
+
+    def to_json(self) -> dict:
+        return {
+            "format": "nseg-splits/1",
+            "seed": self.seed,
+            "locked_fraction": self.locked_fraction,
+            "val_fraction": self.val_fraction,
+            "sha256": self.sha256(),
+            "counts": self.table(),
+            "splits": {n: list(self.ids[n]) for n in SPLIT_NAMES},
+            "modality": dict(sorted(self.modality.items())),
+        }
+
+
+def make_splits(
+    modality: dict[str, str], *, seed: int = 2018, locked_fraction: float = 0.10, val_fraction: float = 0.30
+) -> Splits:
+    """Stratified by modality: per modality, `locked_fraction` goes to locked, then `val_fraction`
+    of the rest to val. Rounding keeps at least one image per split for any modality of 3+ images."""
+    if not 0 < locked_fraction < 1 or not 0 < val_fraction < 1:
+        raise ValueError("fractions must be in (0, 1)")
+    ids: dict[str, list[str]] = {n: [] for n in SPLIT_NAMES}
+    for mod in sorted(set(modality.values())):
+        group = sorted(i for i, m in modality.items() if m == mod)
+        # A per-modality seed derived from its name keeps each group's order independent of the others.
+        rng = np.random.default_rng([seed, int(hashlib.md5(mod.encode()).hexdigest()[:8], 16)])
+        order = [group[k] for k in rng.permutation(len(group))]
+        n = len(order)
+        n_locked = int(round(n * locked_fraction))
+        n_val = int(round((n - n_locked) * val_fraction))
+        if n >= 3:
+            n_locked = max(n_locked, 1)
+            n_val = max(n_val, 1)
+        ids["locked"] += order[:n_locked]
+        ids["val"] += order[n_locked : n_locked + n_val]
+        ids["train"] += order[n_locked + n_val :]
+    return Splits(
+        seed=seed,
+        locked_fraction=locked_fraction,
+        val_fraction=val_fraction,
+        ids={n: tuple(sorted(v)) for n, v in ids.items()},
+        modality=dict(modality),
+    )
+
+
+def save_splits(splits: Splits, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(splits.to_json(), f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def load_splits(path: Path) -> Splits:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise DataError(path, "splits file does not exist (create it with `nseg-data split`)") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not valid JSON ({exc})") from exc
+    if data.get("format") != "nseg-splits/1":
+        raise DataError(path, f"not an nseg splits file (format={data.get('format')!r})")
+    try:
+        splits = Splits(
+            seed=int(data["seed"]),
+            locked_fraction=float(data["locked_fraction"]),
+            val_fraction=float(data["val_fraction"]),
+            ids={n: tuple(data["splits"][n]) for n in SPLIT_NAMES},
+            modality=dict(data["modality"]),
+        )
+    except (KeyError, ValueError) as exc:
+        raise DataError(path, f"malformed splits file ({exc})") from exc
+    if data.get("sha256") and data["sha256"] != splits.sha256():
+        raise DataError(path, "split ids were edited after the file was written (sha256 mismatch)")
+    return splits
