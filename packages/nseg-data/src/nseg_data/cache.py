@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nseg_data.sample import Modality, Sample
+from nseg_data.modality import infer_modality
+from nseg_data.sample import Sample
 
 CACHE_VERSION = 1
 
@@ -54,7 +55,8 @@ def load_sample(path: Path) -> Sample:
             id=header["id"],
             image=z["image"],
             labels=labels,
-            modality=Modality(header["modality"]),
+            # Recomputed, not trusted from the cache: the classifier may have changed since.
+            modality=infer_modality(z["image"]),
             source=header["source"],
             meta=header.get("meta", {}),
         )
@@ -62,3 +64,8 @@ def load_sample(path: Path) -> Sample:
 
 def cache_path(cache_dir: Path, sample_dir: Path) -> Path:
     return Path(cache_dir) / f"{Path(sample_dir).name}.{fingerprint_dir(sample_dir)}.npz"
+
+
+def entry_path(cache_dir: Path, sid: str, key: str) -> Path:
+    """Cache file of a reader entry; same naming as `cache_path` so kaggle-folder entries share it."""
+    return Path(cache_dir) / f"{sid}.{key}.npz"

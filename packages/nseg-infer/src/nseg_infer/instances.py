@@ -69,3 +69,7 @@ def unet_instances(fg: np.ndarray, dist: np.ndarray, params: WatershedParams = W
     labels = _remove_small(labels, params.min_size)
     labels, _, _ = relabel_sequential(labels)
     return labels.astype(np.uint32, copy=False)
+
+
+# Mask R-CNN pasting lives in its own module; re-exported so both model kinds post-process from here.
+from nseg_infer.maskpaste import nms, paste_masks  # noqa: E402

@@ -1,3 +1,86 @@
+"""nseg-train: thin commands; heavy modules are imported inside each command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Train and evaluate nseg models.")
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _train(kind: str, config: str, data: Path, splits: Path, out: Path, resume: bool, device: str, epochs, cache, limit_train, limit_val, workers, progress) -> None:
+    from nseg_data.errors import DataError
+    from nseg_train.config import ConfigError, load_config
+    from nseg_train.engine import RunOptions, TrainError, train
+
+    try:
+        cfg = load_config(config)
+        if cfg.model.kind != kind:
+            _fail(f"{config}: model.kind is {cfg.model.kind!r}, use `nseg-train {cfg.model.kind}`")
+        opts = RunOptions(
+            data_dir=data, splits_file=splits, out_dir=out, cache_dir=cache, resume=resume, device=device,
+            epochs=epochs, limit_train=limit_train, limit_val=limit_val, workers=workers, progress=progress,
+        )
+        summary = train(cfg, opts)
+    except (ConfigError, TrainError, DataError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"done: best validation DSB {summary['best_val_dsb']:.3f}, checkpoints in {summary['out']}")
+
+
+_CONFIG = typer.Option(..., "--config", help="YAML file or preset name (unet, unet-paper, maskrcnn, maskrcnn-paper)")
+_DATA = typer.Option(..., "--data", help="dataset folder (Kaggle stage1_train layout)")
+_SPLITS = typer.Option(..., "--splits", help="splits JSON written by `nseg-data split`")
+_OUT = typer.Option(..., "--out", help="run directory (checkpoints, logs, curves)")
+_CACHE = typer.Option(None, "--cache", help="decoded-sample cache directory (recommended)")
+
+
+@app.command()
+def unet(
+    config: str = _CONFIG,
+    data: Path = _DATA,
+    splits: Path = _SPLITS,
+    out: Path = _OUT,
+    resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    epochs: int = typer.Option(None, "--epochs", help="override optim.epochs"),
+    cache: Path = _CACHE,
+    limit_train: int = typer.Option(None, "--limit-train", help="use only the first N training images"),
+    limit_val: int = typer.Option(None, "--limit-val", help="use only the first N validation images"),
+    workers: int = typer.Option(None, "--workers", help="data loader workers (default from config)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train a MONAI UNet (presets: unet, unet-paper). Run under torchrun for multi-GPU / multi-node."""
+    _train("unet", config, data, splits, out, resume, device, epochs, cache, limit_train, limit_val, workers, progress)
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="a checkpoint, e.g. RUN_DIR/best.pt"),
+    split: str = typer.Option("locked", "--split", help="locked, val, train or all"),
+    data: Path = _DATA,
+    splits: Path = typer.Option(None, "--splits", help="splits JSON (default: the one stored in the checkpoint)"),
+    out: Path = typer.Option(None, "--out", help="report directory (default: next to the checkpoint, eval-SPLIT)"),
+    cache: Path = _CACHE,
+    device: str = typer.Option("auto", "--device"),
+    gallery_images: int = typer.Option(6, "--gallery", help="images in the overlay gallery"),
+) -> None:
+    """Metrics overall and per modality (JSON + Markdown) and an overlay gallery PNG."""
+    from nseg_train.report import EvalError, evaluate_checkpoint
+
+    out = out or checkpoint.parent / f"eval-{split}"
+    try:
+        result = evaluate_checkpoint(checkpoint, split=split, data=data, splits=splits, out=out, cache=cache, device=device, gallery_images=gallery_images)
+    except (EvalError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo((out / "metrics.md").read_text())
+    typer.echo(f"DSB {result.overall['dsb']:.3f} on {len(result.rows)} '{split}' images; report in {out}")
+
+
+if __name__ == "__main__":
+    app()

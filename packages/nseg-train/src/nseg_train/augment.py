@@ -1,0 +1,73 @@
+"""Joint image/target augmentation in numpy, for the UNet.
+
+The photometric part exists so one model serves three looks: inversion turns brightfield (dark
+nuclei on light) into fluorescence-like images and back, grayscale and colour jitter cover stain
+variation in H&E.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from nseg_train.config import AugmentConfig
+
+
+def random_crop(
+    rng: np.random.Generator, image: np.ndarray, target: np.ndarray, size: int, scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop a window of size/scale from HxWxC image and CxHxW target, resized to size x size."""
+    win = max(8, int(round(size / scale)))
+    h, w = image.shape[:2]
+    ph, pw = max(0, win - h), max(0, win - w)
+    if ph or pw:
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+        target = np.pad(target, ((0, 0), (0, ph), (0, pw)), mode="constant")
+        h, w = image.shape[:2]
+    y = int(rng.integers(0, h - win + 1))
+    x = int(rng.integers(0, w - win + 1))
+    img = image[y : y + win, x : x + win]
+    tgt = target[:, y : y + win, x : x + win]
+    if win != size:
+        f = size / win
+        img = ndi.zoom(img, (f, f, 1), order=1, grid_mode=True, mode="grid-constant")[:size, :size]
+        tgt = ndi.zoom(tgt, (1, f, f), order=1, grid_mode=True, mode="grid-constant")[:, :size, :size]
+        tgt[0] = tgt[0] > 0.5  # foreground stays binary
+    return np.ascontiguousarray(img), np.ascontiguousarray(tgt)
+
+
+def geometric(rng: np.random.Generator, img: np.ndarray, tgt: np.ndarray, cfg: AugmentConfig):
+    if cfg.flips and rng.random() < 0.5:
+        img, tgt = img[:, ::-1], tgt[:, :, ::-1]
+    if cfg.flips and rng.random() < 0.5:
+        img, tgt = img[::-1], tgt[:, ::-1]
+    if cfg.rot90:
+        k = int(rng.integers(0, 4))
+        img, tgt = np.rot90(img, k, axes=(0, 1)), np.rot90(tgt, k, axes=(1, 2))
+    return np.ascontiguousarray(img), np.ascontiguousarray(tgt)
+
+
+def photometric(rng: np.random.Generator, img: np.ndarray, cfg: AugmentConfig) -> np.ndarray:
+    """img: HxWx3 float32, roughly in [0, 1] after percentile normalisation."""
+    img = img.astype(np.float32, copy=True)
+    if cfg.invert_p and rng.random() < cfg.invert_p:
+        img = 1.0 - img
+    if cfg.grayscale_p and rng.random() < cfg.grayscale_p:
+        img[:] = img.mean(axis=2, keepdims=True)
+    if cfg.colour:
+        gain = 1.0 + rng.uniform(-cfg.colour, cfg.colour, size=3).astype(np.float32)
+        offset = rng.uniform(-cfg.colour / 2, cfg.colour / 2, size=3).astype(np.float32)
+        img = img * gain + offset
+    if cfg.gamma:
+        g = float(np.exp(rng.uniform(-cfg.gamma, cfg.gamma)))
+        img = np.clip(img, 0, None) ** g
+    if cfg.contrast or cfg.brightness:
+        c = 1.0 + rng.uniform(-cfg.contrast, cfg.contrast)
+        b = rng.uniform(-cfg.brightness, cfg.brightness)
+        mean = img.mean()
+        img = (img - mean) * c + mean + b
+    if cfg.blur_p and rng.random() < cfg.blur_p:
+        img = ndi.gaussian_filter(img, sigma=(rng.uniform(0.5, 1.2),) * 2 + (0,))
+    if cfg.noise:
+        img = img + rng.normal(0, rng.uniform(0, cfg.noise), size=img.shape).astype(np.float32)
+    return img.astype(np.float32, copy=False)

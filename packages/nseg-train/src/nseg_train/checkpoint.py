@@ -1,0 +1,63 @@
+"""Checkpoint format (see docs/architecture.md) and loading a model back from it."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nseg_train.config import TrainConfig, config_from_dict
+from nseg_train.models import MODEL_BUILDERS
+
+FORMAT = "nseg-checkpoint/1"
+
+
+def versions() -> dict[str, str]:
+    import monai
+    import torchvision
+
+    return {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "monai": monai.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """Write next to the target, then rename: a run killed mid-save keeps the previous checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an nseg checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else None!r})")
+    return ckpt
+
+
+def load_model(path: Path) -> tuple[torch.nn.Module, TrainConfig, dict[str, Any]]:
+    ckpt = load_checkpoint(path)
+    cfg = config_from_dict(ckpt["config"], where=f"{path}: config")
+    model = MODEL_BUILDERS[cfg.model.kind](cfg.model)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, cfg, ckpt

@@ -1,0 +1,288 @@
+"""One training loop for every model kind: AMP, DDP, checkpoints, resume, logs, curves.
+
+A run directory holds: config.yaml, splits.json, last.pt (every epoch), best.pt (best validation
+DSB score), log.csv, tb/ (TensorBoard), curves.png, and val/ reports. `resume=True` continues from
+last.pt with the same config and split; the data order depends only on (seed, epoch, index), so a
+resumed run sees exactly the batches the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from nseg_data.dataset import load_kaggle_folder
+from nseg_data.split import load_splits
+from nseg_train.checkpoint import FORMAT, load_checkpoint, save_atomic, versions
+from nseg_train.config import TrainConfig
+from nseg_train.distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
+from nseg_train.evaluate import evaluate_samples, markdown_table
+from nseg_train.tasks import TASKS
+from nseg_train.viz import plot_curves
+
+
+class TrainError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    data_dir: Path
+    splits_file: Path
+    out_dir: Path
+    cache_dir: Path | None = None
+    resume: bool = False
+    device: str = "auto"
+    epochs: int | None = None
+    limit_train: int | None = None
+    limit_val: int | None = None
+    workers: int | None = None
+    progress: bool = True
+
+
+def pick_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainError("--device cuda was requested but no CUDA GPU is available")
+        return torch.device("cuda", info.local_rank)
+    if name != "cpu":
+        raise TrainError(f"unknown device {name!r} (auto, cpu or cuda)")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
+    total = max(1, cfg.optim.epochs * steps_per_epoch)
+    warm = cfg.optim.warmup_epochs * steps_per_epoch
+
+    def f(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if cfg.optim.schedule == "constant":
+            return 1.0
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def load_split_samples(opts: RunOptions, names: tuple[str, ...], limits: dict[str, int | None]):
+    splits = load_splits(opts.splits_file)
+    out = {}
+    for name in names:
+        ids = list(splits[name])
+        if limits.get(name):
+            ids = ids[: limits[name]]
+        if not ids:
+            raise TrainError(f"{opts.splits_file}: split '{name}' is empty")
+        res = load_kaggle_folder(opts.data_dir, cache_dir=opts.cache_dir, ids=ids)
+        if res.errors:
+            listing = "\n  ".join(str(e) for e in res.errors[:20])
+            raise TrainError(f"{len(res.errors)} sample(s) of split '{name}' could not be read:\n  {listing}")
+        out[name] = res.samples
+    return splits, out
+
+
+LOG_FIELDS = ["epoch", "step", "lr", "train_loss", "seconds", "val_dsb", "val_f1_50", "val_f1_75", "val_aji", "val_pq", "val_dice"]
+
+
+def _read_log(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, opts: RunOptions) -> dict:
+    info = init_distributed("cuda" if opts.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
+    try:
+        return _train(cfg, opts, info)
+    finally:
+        cleanup(info)
+
+
+def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
+    device = pick_device(opts.device, info)
+    if opts.epochs is not None:
+        cfg = cfg.replace(optim=dataclasses.replace(cfg.optim, epochs=opts.epochs))
+    out = Path(opts.out_dir)
+    seed_everything(cfg.seed + info.rank)
+    splits, data = load_split_samples(opts, ("train", "val"), {"train": opts.limit_train, "val": opts.limit_val})
+    if cfg.eval.max_val_images:
+        data["val"] = data["val"][: cfg.eval.max_val_images]
+
+    task = TASKS[cfg.model.kind](cfg)
+    dataset = task.train_dataset(data["train"], seed=cfg.seed)
+    sampler = torch.utils.data.DistributedSampler(dataset, shuffle=False) if info.enabled else None
+    workers = cfg.data.num_workers if opts.workers is None else opts.workers
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.optim.batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=task.collate,
+        drop_last=len(dataset) // max(1, info.world_size) >= cfg.optim.batch_size,
+        pin_memory=device.type == "cuda",
+    )
+    steps_per_epoch = max(1, len(loader))
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = task.build_model().to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt_cls = torch.optim.AdamW if cfg.optim.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
+    amp = cfg.optim.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    start_epoch, step, best = 0, 0, -1.0
+    history: list[dict] = []
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if opts.resume:
+        if not last_path.exists():
+            raise TrainError(f"{last_path}: --resume given but there is no checkpoint to resume from")
+        ckpt = load_checkpoint(last_path)
+        if ckpt["splits_sha256"] != splits.sha256():
+            raise TrainError(f"{last_path}: checkpoint was trained on another split (sha256 differs)")
+        saved = dict(ckpt["config"])
+        now = cfg.to_dict()
+        saved["optim"] = {**saved["optim"], "epochs": now["optim"]["epochs"]}
+        if json.dumps(saved, sort_keys=True, default=list) != json.dumps(now, sort_keys=True, default=list):
+            raise TrainError(f"{last_path}: config differs from the checkpoint's; resume needs the same config")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, step, best = ckpt["epoch"] + 1, ckpt["step"], ckpt.get("best_dsb", -1.0)
+        history = [r for r in _read_log(out / "log.csv") if int(r["epoch"]) < start_epoch]
+    elif info.is_main and last_path.exists():
+        raise TrainError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
+
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
+    writer = None
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
+        (out / "splits.json").write_text(json.dumps(splits.to_json(), indent=1))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out / "tb"), purge_step=step if opts.resume else None)
+        except ImportError:
+            print("tensorboard not installed: TensorBoard logs skipped (CSV log and curves still written)", file=sys.stderr)
+        print(
+            f"[nseg-train] {cfg.name}: {len(data['train'])} train / {len(data['val'])} val images, "
+            f"{steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs on {device}"
+            + (f" x {info.world_size} ranks" if info.enabled else "")
+            + (f", resuming at epoch {start_epoch}" if start_epoch else ""),
+            flush=True,
+        )
+
+    use_bar = opts.progress and info.is_main
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        t0 = time.perf_counter()
+        dataset.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        ddp_model.train()
+        losses = []
+        batches = loader
+        if use_bar:
+            from tqdm import tqdm
+
+            batches = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False, mininterval=1 if sys.stderr.isatty() else 30)
+        for batch in batches:
+            with torch.autocast(device_type=device.type, enabled=amp):
+                loss, parts = task.loss(ddp_model, batch, device)
+            if not torch.isfinite(loss):
+                raise TrainError(f"loss became {float(loss)} at epoch {epoch + 1}, step {step}; lower optim.lr")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            if writer is not None and step % 10 == 0:
+                writer.add_scalar("train/loss", losses[-1], step)
+                for k, v in parts.items():
+                    writer.add_scalar(f"train/{k}", v, step)
+        row = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0], "train_loss": float(np.mean(losses)) if losses else float("nan")}
+        validate = (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.optim.epochs
+        barrier(info)
+        if info.is_main:
+            if validate:
+                result, _ = evaluate_samples(model, data["val"], cfg, device, predict=task.predict)
+                ov = result.overall
+                row.update({f"val_{k}": ov[k] for k in ("dsb", "f1_50", "f1_75", "aji", "pq", "dice")})
+                if writer is not None:
+                    for k in ("dsb", "f1_50", "f1_75", "aji", "pq", "dice"):
+                        writer.add_scalar(f"val/{k}", ov[k], step)
+                (out / "val").mkdir(exist_ok=True)
+                (out / "val" / "latest.md").write_text(markdown_table(result, f"validation, epoch {epoch + 1}"))
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            _write_log(out / "log.csv", history)
+            plot_curves(history, out / "curves.png", title=cfg.name)
+            is_best = validate and row["val_dsb"] > best
+            if is_best:
+                best = row["val_dsb"]
+            ckpt = {
+                "format": FORMAT,
+                "kind": cfg.model.kind,
+                "config": json.loads(json.dumps(cfg.to_dict())),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if amp else None,
+                "epoch": epoch,
+                "step": step,
+                "best_dsb": best,
+                "splits": splits.to_json(),
+                "splits_sha256": splits.sha256(),
+                "metrics": {k: v for k, v in row.items() if k.startswith("val_")},
+                "train_seconds": sum(float(r.get("seconds") or 0) for r in history),
+                "versions": versions(),
+            }
+            save_atomic(ckpt, last_path)
+            if is_best:
+                save_atomic(ckpt, best_path)
+            msg = f"epoch {epoch + 1}/{cfg.optim.epochs} loss {row['train_loss']:.4f} lr {row['lr']:.2e} {row['seconds']:.0f}s"
+            if validate:
+                msg += f" | val DSB {row['val_dsb']:.3f} F1@0.5 {row['val_f1_50']:.3f} AJI {row['val_aji']:.3f}" + (" *best*" if is_best else "")
+            print(msg, flush=True)
+        barrier(info)
+    if writer is not None:
+        writer.close()
+    summary = {"epochs": cfg.optim.epochs, "steps": step, "best_val_dsb": broadcast_object(info, best), "out": str(out)}
+    return summary

@@ -1,0 +1,51 @@
+"""Model builders with keyword-only parts. Models never read a global config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from monai.networks.nets import UNet
+
+from nseg_train.config import ModelConfig
+
+
+def build_unet(
+    *,
+    in_channels: int = 3,
+    out_channels: int,
+    channels: tuple[int, ...],
+    strides: tuple[int, ...],
+    num_res_units: int,
+    norm: str = "batch",
+    dropout: float = 0.0,
+) -> torch.nn.Module:
+    return UNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        channels=tuple(channels),
+        strides=tuple(strides),
+        num_res_units=num_res_units,
+        norm=norm,
+        dropout=dropout,
+    )
+
+
+def unet_from_config(cfg: ModelConfig) -> torch.nn.Module:
+    return build_unet(
+        out_channels=cfg.out_channels,
+        channels=cfg.channels,
+        strides=cfg.strides,
+        num_res_units=cfg.num_res_units,
+        norm=cfg.norm,
+        dropout=cfg.dropout,
+    )
+
+
+# Name -> builder from a ModelConfig; Mask R-CNN registers here too (a plain dict, no registry class).
+MODEL_BUILDERS: dict[str, Callable[[ModelConfig], torch.nn.Module]] = {"unet": unet_from_config}
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

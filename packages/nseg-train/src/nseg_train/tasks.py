@@ -1,0 +1,58 @@
+"""What differs between model kinds, behind one small interface the engine drives.
+
+A task builds the model, the training dataset and its collate function, computes the loss of one
+batch, and predicts instances for validation. `TASKS` maps a model kind to its task factory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from nseg_data.sample import Sample
+from nseg_train.config import TrainConfig
+from nseg_train.datasets import CropDataset, prepare
+from nseg_train.losses import unet_loss
+from nseg_train.models import MODEL_BUILDERS
+from nseg_train.predict import instances_from_probs, predict_probs
+
+
+class Task(Protocol):
+    cfg: TrainConfig
+
+    def build_model(self) -> torch.nn.Module: ...
+
+    def train_dataset(self, samples: list[Sample], *, seed: int) -> torch.utils.data.Dataset: ...
+
+    collate: Callable[[list[Any]], Any] | None
+
+    def loss(self, model: torch.nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def predict(self, model: torch.nn.Module, sample: Sample, cfg: TrainConfig, device: torch.device) -> np.ndarray: ...
+
+
+class UNetTask:
+    collate = None
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+
+    def build_model(self) -> torch.nn.Module:
+        return MODEL_BUILDERS["unet"](self.cfg.model)
+
+    def train_dataset(self, samples: list[Sample], *, seed: int) -> CropDataset:
+        return CropDataset(prepare(samples, self.cfg), self.cfg, seed=seed)
+
+    def loss(self, model, batch, device):
+        x, y = batch
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        return unet_loss(self.cfg.optim.loss, model(x), y)
+
+    def predict(self, model, sample, cfg, device):
+        return instances_from_probs(predict_probs(model, sample.image, cfg, device), cfg)
+
+
+TASKS: dict[str, Callable[[TrainConfig], Task]] = {"unet": UNetTask}
