@@ -121,14 +121,14 @@ def overlaps(gt: np.ndarray, pred: np.ndarray) -> Overlaps:
 
 
 def match_overlaps(ov: Overlaps, threshold: float = 0.5) -> Matching:
-    """One-to-one matching with IoU >= threshold.
+    """One-to-one matching of pairs with IoU strictly above `threshold` (Kaggle's rule, at every threshold).
 
     Above 0.5 a truth can overlap at most one prediction that much, so matching is unique and
-    direct; below 0.5 the assignment maximising total IoU is solved on overlapping pairs only.
+    direct; below 0.5 an assignment on overlapping pairs maximises the number of matches first
+    and their total IoU second.
     """
     iou = ov.pair_iou
-    # Kaggle's rule: a hit needs IoU strictly above the threshold.
-    sel = iou > threshold if threshold >= 0.5 else iou >= threshold
+    sel = iou > threshold
     if threshold >= 0.5:
         tp = int(np.count_nonzero(sel))
         iou_sum = float(iou[sel].sum())
@@ -141,8 +141,11 @@ def match_overlaps(ov: Overlaps, threshold: float = 0.5) -> Matching:
             up, pi_c = np.unique(pi, return_inverse=True)
             m = np.zeros((len(ug), len(up)))
             m[gi_c, pi_c] = w
-            r, c = linear_sum_assignment(m, maximize=True)
-            ok = m[r, c] >= threshold
+            # Each valid pair is worth 1 plus its IoU scaled below 1/min(n) in total, so the count wins;
+            # a plain IoU sum could prefer one strong match over two weaker ones.
+            gain = np.where(m > 0, 1.0 + m / (2 * min(m.shape)), 0.0)
+            r, c = linear_sum_assignment(gain, maximize=True)
+            ok = m[r, c] > 0
             tp, iou_sum = int(ok.sum()), float(m[r, c][ok].sum())
     return Matching(threshold=threshold, tp=tp, fp=ov.n_pred - tp, fn=ov.n_gt - tp, matched_iou_sum=iou_sum)
 
@@ -174,7 +177,7 @@ def aji_from_overlaps(ov: Overlaps) -> float:
         first = np.ones(len(order), dtype=bool)
         first[1:] = ov.pair_gt[order][1:] != ov.pair_gt[order][:-1]
         best = order[first]
-        g, p, inter = ov.pair_gt[best], ov.pair_pred[best], ov.pair_inter[best]
+        p, inter = ov.pair_pred[best], ov.pair_inter[best]
         inter_sum = int(inter.sum())
         union_sum += int((ov.pred_area[p] - inter).sum())
         used[p] = True

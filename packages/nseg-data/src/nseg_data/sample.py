@@ -47,4 +47,4 @@ class Sample:
 
     @property
     def n_nuclei(self) -> int:
-        return 0 if self.labels is None else int(len(np.unique(self.labels))) - int((self.labels == 0).any())
+        return 0 if self.labels is None else len(np.unique(self.labels)) - int((self.labels == 0).any())

@@ -98,8 +98,8 @@ def make_splits(
         rng = np.random.default_rng([seed, int(hashlib.md5(mod.encode()).hexdigest()[:8], 16)])
         order = [group[k] for k in rng.permutation(len(group))]
         n = len(order)
-        n_locked = int(round(n * locked_fraction))
-        n_val = int(round((n - n_locked) * val_fraction))
+        n_locked = round(n * locked_fraction)
+        n_val = round((n - n_locked) * val_fraction)
         if n >= 3:
             n_locked = max(n_locked, 1)
             n_val = max(n_val, 1)
@@ -133,8 +133,9 @@ def load_splits(path: Path) -> Splits:
         raise DataError(path, "splits file does not exist (create it with `nseg-data split`)") from exc
     except json.JSONDecodeError as exc:
         raise DataError(path, f"not valid JSON ({exc})") from exc
-    if data.get("format") != "nseg-splits/1":
-        raise DataError(path, f"not an nseg splits file (format={data.get('format')!r})")
+    if not isinstance(data, dict) or data.get("format") != "nseg-splits/1":
+        fmt = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise DataError(path, f"not an nseg splits file (format={fmt!r})")
     try:
         splits = Splits(
             seed=int(data["seed"]),
@@ -143,7 +144,7 @@ def load_splits(path: Path) -> Splits:
             ids={n: tuple(data["splits"][n]) for n in SPLIT_NAMES},
             modality=dict(data["modality"]),
         )
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, TypeError) as exc:
         raise DataError(path, f"malformed splits file ({exc})") from exc
     if data.get("sha256") and data["sha256"] != splits.sha256():
         raise DataError(path, "split ids were edited after the file was written (sha256 mismatch)")

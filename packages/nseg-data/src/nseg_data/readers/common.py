@@ -46,7 +46,8 @@ def mask_to_bool(arr: np.ndarray, *, source: str) -> np.ndarray:
     """A single-nucleus mask image (0/255, any channel layout) to HxW bool."""
     a = np.asarray(arr)
     if a.ndim == 3:
-        a = a[..., 0] if a.shape[2] in (1, 3) else a[..., :3].max(axis=2)
+        # Gray+alpha (2 channels) keeps the gray plane: alpha is often 255 everywhere.
+        a = a[..., 0] if a.shape[2] in (1, 2, 3) else a[..., :3].max(axis=2)
     if a.ndim != 2:
         raise DataError(source, f"mask must be 2-D, got shape {a.shape}")
     return a > 0

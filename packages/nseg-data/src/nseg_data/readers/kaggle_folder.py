@@ -10,7 +10,8 @@ import numpy as np
 from nseg_data.errors import DataError
 from nseg_data.imageconv import to_rgb_uint8
 from nseg_data.modality import infer_modality
-from nseg_data.readers.common import mask_to_bool, masks_to_labels, read_image_file
+from nseg_data.readers.common import mask_to_bool, read_image_file
+from nseg_data.readers.stack import stack_masks
 from nseg_data.sample import Sample
 
 
@@ -18,10 +19,7 @@ def is_kaggle_folder(root: Path) -> bool:
     root = Path(root)
     if not root.is_dir():
         return False
-    for child in root.iterdir():
-        if child.is_dir() and (child / "images").is_dir():
-            return True
-    return False
+    return any(child.is_dir() and (child / "images").is_dir() for child in root.iterdir())
 
 
 def list_ids(root: Path) -> list[str]:
@@ -59,15 +57,16 @@ def read_sample(sample_dir: Path, *, require_masks: bool = True) -> Sample:
     meta: dict = {}
     if (sample_dir / "masks").is_dir() or require_masks:
         masks = read_masks(sample_dir, shape)
-        labels, overlap = masks_to_labels(masks, shape, source=str(sample_dir / "masks"))
-        meta = {"n_masks": len(masks), "overlap_pixels": overlap}
+        names = [str(f) for f in sorted((sample_dir / "masks").glob("*.png"))]
+        # stack_masks also records which masks overlap or are empty, for QC.
+        labels, meta = stack_masks(list(zip(names, masks, strict=True)), shape, source=str(sample_dir / "masks"))
     return Sample(
         id=sid,
         image=image,
         labels=labels,
         modality=infer_modality(image),
         source=str(sample_dir),
-        meta=meta,
+        meta={**meta, "image_file": str(img_path)},
     )
 
 
