@@ -1,0 +1,34 @@
+"""Fixtures building synthetic datasets in tmp_path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tests import the synthetic-data helpers by module name (pytest runs with importlib mode).
+sys.path.insert(0, str(Path(__file__).parent))
+
+from nseg_data_synth import kaggle_files, rle_csv_text, write_files, zip_bytes
+
+
+@pytest.fixture
+def kaggle_dir(tmp_path: Path) -> Path:
+    return write_files(tmp_path / "stage1_train", kaggle_files())
+
+
+@pytest.fixture
+def competition_zip(tmp_path: Path) -> Path:
+    """The download as Kaggle ships it: zips (and zipped CSVs) inside one zip."""
+    train = kaggle_files()
+    test = {k: v for k, v in kaggle_files(("t1",)).items() if "/masks/" not in k}
+    outer = {
+        "stage1_train.zip": zip_bytes(train),
+        "stage1_test.zip": zip_bytes(test),
+        "stage1_train_labels.csv.zip": zip_bytes({"stage1_train_labels.csv": rle_csv_text().encode()}),
+        "stage1_solution.csv.zip": zip_bytes({"stage1_solution.csv": rle_csv_text(("t1",), solution=True).encode()}),
+    }
+    p = tmp_path / "data-science-bowl-2018.zip"
+    p.write_bytes(zip_bytes(outer))
+    return p
