@@ -72,4 +72,4 @@ def unet_instances(fg: np.ndarray, dist: np.ndarray, params: WatershedParams = W
 
 
 # Mask R-CNN pasting lives in its own module; re-exported so both model kinds post-process from here.
-from nseg_infer.maskpaste import nms, paste_masks  # noqa: E402
+from nseg_infer.maskpaste import nms, paste_masks  # noqa: E402, F401

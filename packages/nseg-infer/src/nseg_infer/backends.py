@@ -1,0 +1,189 @@
+"""Execution backends, best first: TensorRT engine, ONNX Runtime (TensorRT / CUDA EP), ONNX Runtime CPU.
+
+Every backend is a callable object `run(batch NCHW float32) -> {output name: array}`; the rest of
+the runtime never knows which one it has. Optional GPU stacks are imported lazily and a missing
+one is reported, never faked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from nseg_infer.bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "trt")
+
+
+class BackendError(RuntimeError):
+    pass
+
+
+class Backend(Protocol):
+    name: str
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    name: str
+    reason: str
+
+
+def _cpu_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class OrtBackend:
+    def __init__(self, bundle: Bundle, providers: list, *, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # One intra-op pool sized to the cores; inter-op parallelism only adds contention for a
+        # single sequential graph, and our own threads already overlap I/O with compute.
+        opts.intra_op_num_threads = threads or _cpu_threads()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self.session = ort.InferenceSession(str(bundle.model_path), sess_options=opts, providers=providers)
+        except Exception as e:
+            raise BackendError(f"{bundle.model_path}: ONNX Runtime cannot load the model: {e}") from e
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        active = self.session.get_providers()
+        self.name = "onnxruntime:" + (active[0].replace("ExecutionProvider", "") if active else "?")
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(batch, np.float32)})
+        return dict(zip(self.output_names, outs, strict=True))
+
+
+class TensorRTBackend:
+    """Runs a serialized TensorRT engine (TensorRT >= 10 tensor API) with cuda-python for memory."""
+
+    def __init__(self, engine_path: str | os.PathLike) -> None:
+        try:
+            import tensorrt as trt
+            from cuda import cudart  # cuda-python, installed with the tensorrt extra
+        except ImportError as e:
+            raise BackendError(f"TensorRT is not installed ({e}); install nseg-infer[trt]") from e
+        self._trt, self._cudart = trt, cudart
+        err, count = cudart.cudaGetDeviceCount()
+        if int(err) != 0 or count < 1:
+            raise BackendError("TensorRT needs a CUDA GPU and none is visible")
+        logger = trt.Logger(trt.Logger.WARNING)
+        with open(engine_path, "rb") as f:
+            self.engine = trt.Runtime(logger).deserialize_cuda_engine(f.read())
+        if self.engine is None:
+            raise BackendError(f"{engine_path}: TensorRT could not deserialize the engine (built for another GPU "
+                               "or TensorRT version?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        mode = trt.TensorIOMode.INPUT
+        self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == mode)
+        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) != mode]
+        err, self.stream = cudart.cudaStreamCreate()
+        self._buffers: dict[str, tuple[int, int]] = {}
+        self.name = "tensorrt"
+
+    def _device_buffer(self, name: str, nbytes: int) -> int:
+        ptr, size = self._buffers.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                self._cudart.cudaFree(ptr)
+            err, ptr = self._cudart.cudaMalloc(nbytes)
+            if int(err) != 0:
+                raise BackendError(f"cudaMalloc of {nbytes} bytes failed: {err}")
+            self._buffers[name] = (ptr, nbytes)
+        return self._buffers[name][0]
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        cudart, trt = self._cudart, self._trt
+        x = np.ascontiguousarray(batch, np.float32)
+        self.context.set_input_shape(self.input_name, x.shape)
+        d_in = self._device_buffer(self.input_name, x.nbytes)
+        cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                               self.stream)
+        self.context.set_tensor_address(self.input_name, d_in)
+        host = {}
+        for name in self.output_names:
+            shape = tuple(self.context.get_tensor_shape(name))
+            dtype = trt.nptype(self.engine.get_tensor_dtype(name))
+            host[name] = np.empty(shape, dtype=dtype)
+            self.context.set_tensor_address(name, self._device_buffer(name, host[name].nbytes))
+        if not self.context.execute_async_v3(self.stream):
+            raise BackendError("TensorRT execution failed")
+        for name, arr in host.items():
+            cudart.cudaMemcpyAsync(arr.ctypes.data, self._buffers[name][0], arr.nbytes,
+                                   cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream)
+        cudart.cudaStreamSynchronize(self.stream)
+        return {k: v.astype(np.float32, copy=False) for k, v in host.items()}
+
+    def __del__(self) -> None:
+        for ptr, _ in getattr(self, "_buffers", {}).values():
+            self._cudart.cudaFree(ptr)
+
+
+def ort_providers() -> list[str]:
+    try:
+        import onnxruntime as ort
+    except ImportError as e:  # pragma: no cover - a hard dependency
+        raise BackendError(f"onnxruntime is not installed: {e}") from e
+    return list(ort.get_available_providers())
+
+
+def create_backend(bundle: Bundle, device: str = "auto", *, threads: int | None = None) -> Backend:
+    """The best available backend for `device`; the choice (and why others were skipped) is logged."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    available = ort_providers()
+    skipped: list[str] = []
+    if device in ("auto", "trt"):
+        engines = bundle.engine_paths()
+        if engines:
+            try:
+                backend: Backend = TensorRTBackend(engines[0][1])
+                log.info("backend: TensorRT engine %s", engines[0][1].name)
+                return backend
+            except BackendError as e:
+                skipped.append(f"TensorRT engine: {e}")
+        else:
+            skipped.append("TensorRT engine: none in bundle")
+        if "TensorrtExecutionProvider" in available:
+            try:
+                backend = OrtBackend(bundle, ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                              "CPUExecutionProvider"], threads=threads)
+                if backend.name.endswith("Tensorrt"):
+                    log.info("backend: %s", backend.name)
+                    return backend
+            except BackendError as e:
+                skipped.append(f"ORT TensorRT EP: {e}")
+        else:
+            skipped.append("ORT TensorRT EP: not available (needs onnxruntime-gpu)")
+        if device == "trt":
+            raise BackendError("--device trt requested but TensorRT is unavailable: " + "; ".join(skipped))
+    if device in ("auto", "cuda"):
+        if "CUDAExecutionProvider" in available:
+            backend = OrtBackend(bundle, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads=threads)
+            if backend.name.endswith("CUDA"):
+                log.info("backend: %s", backend.name)
+                return backend
+            skipped.append("ORT CUDA EP: failed to initialise (no usable GPU?)")
+        else:
+            skipped.append("ORT CUDA EP: not available (needs onnxruntime-gpu)")
+        if device == "cuda":
+            raise BackendError("--device cuda requested but CUDA is unavailable: " + "; ".join(skipped))
+    backend = OrtBackend(bundle, ["CPUExecutionProvider"], threads=threads)
+    log.info("backend: %s (%s)", backend.name, "; ".join(skipped) if skipped else "requested")
+    return backend

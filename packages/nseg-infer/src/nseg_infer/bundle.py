@@ -1,0 +1,197 @@
+"""Read and validate a model bundle (metadata.json + model.onnx [+ TensorRT engines]).
+
+Every problem is reported as a `BundleError` naming the file, because the bundle is the one
+thing a user hands the runtime besides images, and "KeyError: 'tiling'" helps nobody.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from nseg_data.errors import DataError
+
+from nseg_infer.preprocess import Normalization
+
+FORMAT = "nseg-bundle/1"
+KINDS = ("unet", "maskrcnn")
+_REQUIRED = ("format", "kind", "model_file", "sha256", "inputs", "outputs", "preprocessing", "tiling",
+             "postprocessing")
+
+
+class BundleError(DataError):
+    """A bundle that cannot be used; the message names the offending file."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str = "float32"
+    shape: tuple[Any, ...] = ()
+    channels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("tensor name must be non-empty")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+    normalization: Normalization = field(default_factory=Normalization)
+    size_divisor: int = 16
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
+        if self.layout != "NCHW":
+            raise ValueError(f"only NCHW layout is supported, got {self.layout!r}")
+        if self.size_divisor < 1:
+            raise ValueError(f"size_divisor must be >= 1, got {self.size_divisor}")
+
+
+@dataclass(frozen=True)
+class TilingSpec:
+    tile: int = 512
+    halo: int = 32
+    batch: int = 4
+
+    def __post_init__(self) -> None:
+        if self.tile < 1 or self.halo < 0 or self.batch < 1:
+            raise ValueError(f"tiling needs tile >= 1, halo >= 0, batch >= 1; got {self}")
+        if 2 * self.halo >= self.tile:
+            raise ValueError(f"halo {self.halo} leaves no core in tile {self.tile}")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    file: str
+    precision: str = "fp16"
+    tensorrt: str = ""
+    gpu: str = ""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated bundle. `postprocessing` is read-only: it is shared by every file of a batch."""
+
+    path: Path
+    kind: str
+    model_path: Path
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    preprocessing: Preprocessing
+    tiling: TilingSpec
+    postprocessing: Mapping[str, Any]
+    engines: tuple[EngineSpec, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if not self.inputs or not self.outputs:
+            raise ValueError("a bundle needs at least one input and one output")
+
+    def engine_paths(self) -> list[tuple[EngineSpec, Path]]:
+        return [(e, self.path / e.file) for e in self.engines if (self.path / e.file).is_file()]
+
+
+def default_bundle_path() -> Path:
+    """The bundle shipped inside the package, so `nseg-infer run` works right after install."""
+    return Path(__file__).resolve().parent / "assets" / "default"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tensor(meta_file: Path, key: str, d: Any) -> TensorSpec:
+    if not isinstance(d, Mapping) or "name" not in d:
+        raise BundleError(meta_file, f"each entry of '{key}' must be an object with a 'name'")
+    return TensorSpec(name=str(d["name"]), dtype=str(d.get("dtype", "float32")),
+                      shape=tuple(d.get("shape", ())), channels=tuple(d.get("channels", ())))
+
+
+def parse_metadata(meta: Any, bundle_dir: Path, *, verify_sha256: bool = True) -> Bundle:
+    meta_file = bundle_dir / "metadata.json"
+    if not isinstance(meta, Mapping):
+        raise BundleError(meta_file, "top level must be a JSON object")
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise BundleError(meta_file, f"missing required key(s): {', '.join(missing)}")
+    if meta["format"] != FORMAT:
+        raise BundleError(meta_file, f"unsupported format {meta['format']!r} (expected {FORMAT!r})")
+    for key in ("inputs", "outputs"):
+        if not isinstance(meta[key], list) or not meta[key]:
+            raise BundleError(meta_file, f"'{key}' must be a non-empty list")
+    for key in ("preprocessing", "tiling", "postprocessing"):
+        if not isinstance(meta[key], Mapping):
+            raise BundleError(meta_file, f"'{key}' must be an object")
+    model_path = bundle_dir / str(meta["model_file"])
+    if not model_path.is_file():
+        raise BundleError(model_path, f"model file named in {meta_file} does not exist")
+    if verify_sha256:
+        actual = sha256_file(model_path)
+        if actual != str(meta["sha256"]).lower():
+            raise BundleError(model_path, f"sha256 mismatch: metadata.json says {meta['sha256']}, file is {actual}"
+                              " (corrupted or replaced model)")
+    try:
+        pre = dict(meta["preprocessing"])
+        nd = dict(pre.get("normalization", {}))
+        kind = nd.pop("kind", "percentile")
+        if kind != "percentile":
+            raise ValueError(f"unsupported normalization kind {kind!r}")
+        preprocessing = Preprocessing(
+            channel_order=str(pre.get("channel_order", "RGB")), layout=str(pre.get("layout", "NCHW")),
+            normalization=Normalization(**{k: float(v) for k, v in nd.items()}),
+            size_divisor=int(pre.get("size_divisor", 16)))
+        t = meta["tiling"]
+        tiling = TilingSpec(tile=int(t.get("tile", 512)), halo=int(t.get("halo", 32)), batch=int(t.get("batch", 4)))
+        engines = tuple(EngineSpec(file=str(e["file"]), precision=str(e.get("precision", "")),
+                                   tensorrt=str(e.get("tensorrt", "")), gpu=str(e.get("gpu", "")))
+                        for e in meta.get("engines", []) or [])
+        return Bundle(
+            path=bundle_dir, kind=str(meta["kind"]), model_path=model_path, sha256=str(meta["sha256"]),
+            inputs=tuple(_tensor(meta_file, "inputs", d) for d in meta["inputs"]),
+            outputs=tuple(_tensor(meta_file, "outputs", d) for d in meta["outputs"]),
+            preprocessing=preprocessing, tiling=tiling,
+            postprocessing=MappingProxyType(dict(meta["postprocessing"])), engines=engines,
+            metadata=MappingProxyType(dict(meta)))
+    except BundleError:
+        raise
+    except (TypeError, ValueError, KeyError) as e:
+        raise BundleError(meta_file, f"invalid metadata: {e}") from e
+
+
+def load_bundle(path: str | Path | None = None, *, verify_sha256: bool = True) -> Bundle:
+    """Load a bundle directory (or its metadata.json); None means the packaged default."""
+    if path is None:
+        p = default_bundle_path()
+        if not (p / "metadata.json").is_file():
+            raise BundleError(p, "no default model is installed with this copy of nseg-infer; "
+                              "pass --model BUNDLE_DIR (a folder made by nseg-export)")
+    else:
+        p = Path(path)
+    if p.is_file() and p.name == "metadata.json":
+        p = p.parent
+    meta_file = p / "metadata.json"
+    if not p.is_dir():
+        raise BundleError(p, "model bundle not found (expected a folder with metadata.json and model.onnx)")
+    if not meta_file.is_file():
+        raise BundleError(meta_file, "missing: a bundle folder must contain metadata.json")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(meta_file, f"not valid JSON: {e}") from e
+    return parse_metadata(meta, p, verify_sha256=verify_sha256)

@@ -1,0 +1,60 @@
+"""QuPath-importable GeoJSON: a FeatureCollection of nucleus polygons (detections)."""
+
+from __future__ import annotations
+
+import json
+from typing import IO
+
+import numpy as np
+from skimage.measure import approximate_polygon, find_contours
+
+CLASSIFICATION = {"name": "Nucleus", "color": [255, 200, 0]}
+
+
+def mask_polygon(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[list[float]] | None:
+    """Outer ring of a binary mask as closed [x, y] points in QuPath pixel coordinates (pixel
+    (r, c) covers [c, c+1) x [r, r+1)), counter-clockwise as GeoJSON wants; None if degenerate."""
+    padded = np.pad(mask.astype(np.float32), 1)
+    contours = find_contours(padded, 0.5)
+    if not contours:
+        return None
+    ring = max(contours, key=len)
+    ring = approximate_polygon(ring, tolerance=0.25)
+    oy, ox = offset
+    pts = [[round(float(c) - 1 + 0.5 + ox, 2), round(float(r) - 1 + 0.5 + oy, 2)] for r, c in ring]
+    if pts[0] != pts[-1]:
+        pts.append(pts[0])
+    if len(pts) < 4:
+        return None
+    xs, ys = np.array(pts).T
+    signed = float(np.sum(xs[:-1] * ys[1:] - xs[1:] * ys[:-1]))
+    # RFC 7946 orientation is judged in the coordinate plane (not on screen, where y points down).
+    if signed < 0:
+        pts.reverse()
+    return pts
+
+
+def feature(label: int, ring: list[list[float]], measurements: dict | None = None) -> dict:
+    props: dict = {"objectType": "detection", "name": f"Nucleus {label}", "classification": CLASSIFICATION}
+    if measurements:
+        props["measurements"] = measurements
+    return {"type": "Feature", "id": f"nucleus-{label}", "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": props}
+
+
+class FeatureWriter:
+    """Streams features into an open text file so huge images never hold all polygons at once."""
+
+    def __init__(self, fh: IO[str]) -> None:
+        self.fh = fh
+        self.count = 0
+        fh.write('{"type": "FeatureCollection", "features": [\n')
+
+    def add(self, feat: dict) -> None:
+        if self.count:
+            self.fh.write(",\n")
+        self.fh.write(json.dumps(feat, separators=(",", ":")))
+        self.count += 1
+
+    def close(self) -> None:
+        self.fh.write("\n]}\n")

@@ -1,0 +1,133 @@
+"""The tile grid: a pure function of (image size, tile, halo, size divisor).
+
+Each tile has a fixed-size read window (so tiles batch), which may reach past the image edge
+(filled by reflection, exactly as an untiled run pads the whole image), and a core window: the
+cores partition the image, so every pixel and every detected object has exactly one
+responsible tile. Blocks are the same idea one level up, for instance extraction on images too
+large for one pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Window:
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    def __post_init__(self) -> None:
+        if self.y1 < self.y0 or self.x1 < self.x0:
+            raise ValueError(f"empty-negative window {self}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.y1 - self.y0, self.x1 - self.x0
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
+    def clip(self, height: int, width: int) -> Window:
+        return Window(max(self.y0, 0), min(self.y1, height), max(self.x0, 0), min(self.x1, width))
+
+    def intersects(self, other: Window) -> bool:
+        return self.y0 < other.y1 and other.y0 < self.y1 and self.x0 < other.x1 and other.x0 < self.x1
+
+    def contains(self, y: float, x: float) -> bool:
+        return self.y0 <= y < self.y1 and self.x0 <= x < self.x1
+
+
+@dataclass(frozen=True)
+class Tile:
+    index: int
+    read: Window   # what the model sees; may extend beyond the image
+    core: Window   # the pixels (and objects) this tile is responsible for; inside the image
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    height: int
+    width: int
+    tile_shape: tuple[int, int]
+    halo: int
+    tiles: tuple[Tile, ...]
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+
+def _round_up(n: int, d: int) -> int:
+    return -(-n // d) * d
+
+
+def _axis(n: int, tile: int, halo: int, divisor: int) -> tuple[int, list[tuple[int, int, int]]]:
+    """(read size, [(read_start, core_start, core_end)]) along one axis."""
+    if n < 1:
+        raise ValueError(f"image side must be >= 1, got {n}")
+    core = tile - 2 * halo
+    if n <= core:
+        # Smaller than one core: one tile just big enough, not a whole mostly-empty tile.
+        size = min(tile, _round_up(n + 2 * halo, divisor))
+        return size, [(-halo, 0, n)]
+    count = math.ceil(n / core)
+    out = []
+    for i in range(count):
+        c0, c1 = i * core, min((i + 1) * core, n)
+        # The last read window is pulled back to end one halo past the image, so it wastes no
+        # compute on padding; its core stays at least one halo from its read edges.
+        r0 = c0 - halo if i < count - 1 else n + halo - tile
+        out.append((r0, c0, c1))
+    return tile, out
+
+
+def tile_grid(height: int, width: int, tile: int, halo: int, divisor: int = 1) -> TileGrid:
+    if tile % divisor:
+        raise ValueError(f"tile {tile} must be a multiple of the model's size divisor {divisor}")
+    if halo < 0 or 2 * halo >= tile:
+        raise ValueError(f"halo {halo} must satisfy 0 <= 2*halo < tile ({tile})")
+    sy, ys = _axis(height, tile, halo, divisor)
+    sx, xs = _axis(width, tile, halo, divisor)
+    tiles = []
+    for ry, cy0, cy1 in ys:
+        for rx, cx0, cx1 in xs:
+            tiles.append(Tile(len(tiles), Window(ry, ry + sy, rx, rx + sx), Window(cy0, cy1, cx0, cx1)))
+    return TileGrid(height, width, (sy, sx), halo, tuple(tiles))
+
+
+def blend_weights(shape: tuple[int, int], halo: int) -> np.ndarray:
+    """Per-pixel weights for one tile's output: zero in the outer quarter of the halo, where
+    the network saw the artificial tile edge, then a cosine ramp up to 1 at the core."""
+    def ramp(n: int) -> np.ndarray:
+        if halo == 0:
+            return np.ones(n, np.float32)
+        d = np.minimum(np.arange(n), np.arange(n)[::-1]).astype(np.float64) + 0.5
+        dead = halo / 4.0
+        t = np.clip((d - dead) / (halo - dead), 0.0, 1.0)
+        return (0.5 - 0.5 * np.cos(np.pi * t)).astype(np.float32)
+    return np.outer(ramp(shape[0]), ramp(shape[1]))
+
+
+@dataclass(frozen=True)
+class Block:
+    index: int
+    core: Window    # instances anchored here belong to this block
+    outer: Window   # core plus margin, clipped to the image: what instance extraction sees
+
+
+def block_grid(height: int, width: int, block: int, margin: int) -> tuple[Block, ...]:
+    if block < 1 or margin < 0:
+        raise ValueError(f"block must be >= 1 and margin >= 0, got {block}, {margin}")
+    blocks = []
+    for y0 in range(0, height, block):
+        for x0 in range(0, width, block):
+            core = Window(y0, min(y0 + block, height), x0, min(x0 + block, width))
+            outer = Window(core.y0 - margin, core.y1 + margin, core.x0 - margin, core.x1 + margin).clip(height, width)
+            blocks.append(Block(len(blocks), core, outer))
+    return tuple(blocks)

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from infer_testkit import FakeDetector, f1_and_counts, synthetic_blobs
+
+from nseg_infer.instances import WatershedParams, unet_instances
+from nseg_infer.run import Predictor, RunConfig
+from nseg_infer.stitch import MaskRCNNMerger, UNetMerger, instances_blockwise
+from nseg_infer.tiling import Tile, Window, tile_grid
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal up to label numbering: same foreground and a one-to-one label correspondence."""
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    fg = a > 0
+    pairs = np.unique(np.stack([a[fg], b[fg]]), axis=1)
+    return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+def untiled(bundle, image) -> Predictor:
+    side = -(-(max(image.shape[:2]) + 2 * 24) // 16) * 16
+    return Predictor(bundle, RunConfig(tile=side, block=8192))
+
+
+@pytest.fixture(scope="module")
+def one_pass(unet_bundle, mosaic):
+    p = untiled(unet_bundle, mosaic)
+    assert len(p._grid(*mosaic.shape[:2])) == 1
+    return p.predict(mosaic)
+
+
+@pytest.fixture(scope="module")
+def tiled(unet_bundle):
+    return Predictor(unet_bundle)  # tile 128, halo 24 from the bundle
+
+
+def test_tiled_equals_untiled_on_mosaic(one_pass, tiled, mosaic):
+    assert len(tiled._grid(*mosaic.shape[:2])) >= 50
+    pred = tiled.predict(mosaic)
+    f1, n_one, n_tiled = f1_and_counts(one_pass.labels, pred.labels)
+    assert n_one >= 50
+    assert f1 >= 0.99
+    assert abs(n_tiled - n_one) <= 0.01 * n_one
+
+
+def test_naive_per_tile_labelling_fails_the_same_check(one_pass, unet_bundle, mosaic):
+    """The equality check above is sharp enough to catch seams: labelling each tile core on its
+    own (no blending, no seam handling) cuts nuclei and fails it."""
+    p = untiled(unet_bundle, mosaic)
+    field = p.backend.run(np.zeros((1, 3, 32, 32), np.float32))  # warm session; real field below
+    assert field["probs"].shape == (1, 2, 32, 32)
+    from nseg_infer.imageio import ArraySource
+    from nseg_infer.run import image_norm_stats, read_tile
+
+    src = ArraySource(mosaic)
+    lo, hi = image_norm_stats(src, p.bundle.preprocessing.normalization)
+    grid = tile_grid(*mosaic.shape[:2], 128, 24, 16)
+    naive = np.zeros(mosaic.shape[:2], np.uint32)
+    params = WatershedParams.from_dict(dict(p.bundle.postprocessing))
+    for t in grid.tiles:
+        x = read_tile(src, t, lo, hi)[None].transpose(0, 3, 1, 2)
+        probs = p.backend.run(np.ascontiguousarray(x))["probs"][0]
+        c, r = t.core, t.read
+        sl = (slice(c.y0 - r.y0, c.y1 - r.y0), slice(c.x0 - r.x0, c.x1 - r.x0))
+        lab = unet_instances(probs[0][sl], probs[1][sl], params)
+        naive[c.slices] = np.where(lab > 0, lab + naive.max(), 0)
+    f1, n_one, n_naive = f1_and_counts(one_pass.labels, naive)
+    assert f1 < 0.99 or abs(n_naive - n_one) > 0.01 * n_one
+
+
+def test_blockwise_instances_equal_one_pass(one_pass, unet_bundle, mosaic):
+    p = untiled(unet_bundle, mosaic)
+    side = p.tile
+    from nseg_infer.imageio import ArraySource
+    from nseg_infer.run import image_norm_stats, read_tile
+
+    src = ArraySource(mosaic)
+    lo, hi = image_norm_stats(src, p.bundle.preprocessing.normalization)
+    t = tile_grid(*mosaic.shape[:2], side, 24, 16).tiles[0]
+    x = read_tile(src, t, lo, hi)[None].transpose(0, 3, 1, 2)
+    probs = p.backend.run(np.ascontiguousarray(x))["probs"][0][:, 24:24 + mosaic.shape[0], 24:24 + mosaic.shape[1]]
+    params = WatershedParams.from_dict(dict(p.bundle.postprocessing))
+    whole = unet_instances(probs[0], probs[1], params)
+    blocks, cut = instances_blockwise(probs[0], probs[1], params, block=200, margin=64)
+    assert cut == 0
+    assert whole.max() >= 50
+    assert same_partition(whole, blocks)
+    # A margin smaller than the nuclei cannot be exact, and says so.
+    _, cut_small = instances_blockwise(probs[0], probs[1], params, block=200, margin=2)
+    assert cut_small > 0
+
+
+def test_streamed_blocks_equal_single_block(unet_bundle, mosaic, tiled):
+    single = tiled.predict(mosaic)
+    blocked = Predictor(unet_bundle, RunConfig(block=256, margin=64)).predict(mosaic)
+    assert blocked.cut_clumps == 0
+    assert same_partition(single.labels, blocked.labels)
+
+
+def test_large_image_path_uses_disk_canvas_and_matches(unet_bundle, mosaic, tiled, tmp_path):
+    ref = tiled.predict(mosaic)
+    big = Predictor(unet_bundle, RunConfig(block=300, margin=64, large_px=1000)).predict(mosaic, work_dir=tmp_path)
+    assert isinstance(big.labels, np.memmap)
+    assert same_partition(ref.labels, np.asarray(big.labels))
+    big.extra["canvas_file"].unlink()
+
+
+def test_blend_is_exact_for_a_model_with_small_receptive_field():
+    grid = tile_grid(300, 250, 64, 16, 16)
+    rng = np.random.default_rng(0)
+    field = rng.random((2, 300 + 64, 250 + 64)).astype(np.float32)  # image padded by 32 px
+    m = UNetMerger(grid)
+    outs = np.stack([field[:, t.read.y0 + 32:t.read.y1 + 32, t.read.x0 + 32:t.read.x1 + 32] for t in grid.tiles])
+    m.aggregate(outs, grid.tiles)
+    np.testing.assert_allclose(m.finalize(), field[:, 32:332, 32:282], rtol=1e-5)
+
+
+def test_merger_rejects_uncovered_window():
+    grid = tile_grid(100, 100, 64, 16, 16)
+    m = UNetMerger(grid)
+    m.aggregate(np.ones((1, 2, 64, 64), np.float32), grid.tiles[:1])
+    with pytest.raises(RuntimeError, match="uncovered"):
+        m.finalize()
+
+
+def test_maskrcnn_keeps_each_instance_only_in_responsible_tile():
+    canvas = np.zeros((100, 200), np.uint32)
+    merger = MaskRCNNMerger(canvas)
+    mask = np.ones((1, 1, 28, 28), np.float32)
+    left = Tile(0, Window(-10, 90, -10, 110), Window(0, 100, 0, 100))
+    right = Tile(1, Window(-10, 90, 90, 190), Window(0, 100, 100, 200))
+    # One nucleus centred at x=102 (image), seen by both tiles: only the right one owns it.
+    seen_left = {"boxes": np.array([[106.0, 40, 118, 50]]), "scores": np.array([0.9]), "masks": mask}
+    seen_right = {"boxes": np.array([[6.0, 40, 18, 50]]), "scores": np.array([0.8]), "masks": mask}
+    assert merger.aggregate(seen_left, left) == 0
+    assert merger.aggregate(seen_right, right) == 1
+    labels, scores = merger.finalize()
+    assert set(np.unique(labels)) == {0, 1}
+    assert np.count_nonzero(labels) == 12 * 10
+    assert scores.tolist() == pytest.approx([0.8])
+
+
+def test_maskrcnn_tiled_run_matches_ground_truth(maskrcnn_bundle):
+    img, gt = synthetic_blobs((500, 620), 300, seed=3)
+    det = FakeDetector()
+    pred = Predictor(maskrcnn_bundle, backend=det).predict(img)
+    assert det.calls >= 30
+    f1, n_gt, n_pred = f1_and_counts(gt, np.asarray(pred.labels))
+    assert n_gt >= 200
+    assert n_pred == n_gt
+    assert f1 >= 0.99
+    assert len(pred.scores) >= n_pred
