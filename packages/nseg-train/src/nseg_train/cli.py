@@ -14,8 +14,9 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-def _train(kind: str, config: str, data: Path, splits: Path, out: Path, resume: bool, device: str, epochs, cache, limit_train, limit_val, workers, progress) -> None:
+def _train(kind: str, config: str, data: Path, splits: Path, out: Path, resume: bool, device: str, epochs, cache, limit_train, limit_val, workers, progress, stop_after=None) -> None:
     from nseg_data.errors import DataError
+
     from nseg_train.config import ConfigError, load_config
     from nseg_train.engine import RunOptions, TrainError, train
 
@@ -26,6 +27,7 @@ def _train(kind: str, config: str, data: Path, splits: Path, out: Path, resume: 
         opts = RunOptions(
             data_dir=data, splits_file=splits, out_dir=out, cache_dir=cache, resume=resume, device=device,
             epochs=epochs, limit_train=limit_train, limit_val=limit_val, workers=workers, progress=progress,
+            stop_after=stop_after,
         )
         summary = train(cfg, opts)
     except (ConfigError, TrainError, DataError, FileNotFoundError) as exc:
@@ -54,9 +56,10 @@ def unet(
     limit_val: int = typer.Option(None, "--limit-val", help="use only the first N validation images"),
     workers: int = typer.Option(None, "--workers", help="data loader workers (default from config)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    stop_after: int = typer.Option(None, "--stop-after", help="run at most N epochs now, then stop (continue with --resume)"),
 ) -> None:
     """Train a MONAI UNet (presets: unet, unet-paper). Run under torchrun for multi-GPU / multi-node."""
-    _train("unet", config, data, splits, out, resume, device, epochs, cache, limit_train, limit_val, workers, progress)
+    _train("unet", config, data, splits, out, resume, device, epochs, cache, limit_train, limit_val, workers, progress, stop_after)
 
 
 @app.command()

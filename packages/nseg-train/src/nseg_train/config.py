@@ -93,7 +93,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: Literal["adam", "adamw"] = "adamw"
+    # sgd uses momentum 0.9, detectron2's SOLVER.MOMENTUM default, which the seed study kept.
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
     lr: float = 2e-3
     weight_decay: float = 1e-4
     schedule: Literal["constant", "cosine", "onecycle"] = "cosine"
@@ -127,6 +128,87 @@ class EvalConfig:
             raise ConfigError("eval.tile must be a multiple of 16 and eval.halo in [0, tile/2)")
 
 
+BACKBONES = ("resnet50_fpn", "resnet18_fpn", "mobilenet_v3_fpn")
+
+
+@dataclass(frozen=True)
+class MaskRCNNConfig:
+    """Mask R-CNN (torchvision) tuned for nuclei; only read when model.kind is maskrcnn.
+
+    Nuclei are 8-100 px and up to several hundred per image, so the COCO defaults (anchors 32-512,
+    100 detections, 512 ROI samples) miss small and crowded nuclei.
+    """
+
+    backbone: Literal["resnet50_fpn", "resnet18_fpn", "mobilenet_v3_fpn"] = "resnet18_fpn"
+    # A local state_dict of the classification network (e.g. torchvision's ImageNet weights saved
+    # with torch.save); None trains from scratch. Never downloaded at run time.
+    backbone_weights: str | None = None
+    # Backbone stages left trainable; None: 3 with pretrained weights, all without (torchvision's rule).
+    trainable_layers: int | None = None
+    # One size per FPN level (5 levels) when there are 5, else every size at every level.
+    anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # None keeps native resolution (the default: nuclei sizes are physical); numbers give
+    # torchvision's resize (shorter side to min_size, longer side at most max_size), as detectron2 does.
+    min_size: int | None = None
+    max_size: int | None = None
+    rpn_pre_nms_top_n_train: int = 3000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 3000
+    rpn_post_nms_top_n_test: int = 2000
+    rpn_batch_size_per_image: int = 512
+    rpn_nms_thresh: float = 0.7
+    box_batch_size_per_image: int = 512
+    box_positive_fraction: float = 0.25
+    box_detections_per_img: int = 1000
+    box_score_thresh: float = 0.5
+    box_nms_thresh: float = 0.3
+    box_representation_size: int = 1024
+    # RoIAlign output size of the mask head; predicted masks are twice this (14 -> 28x28).
+    mask_resolution: int = 14
+    mask_head_channels: int = 256
+    mask_threshold: float = 0.5
+    # Fixed tile of the exported graph and of validation, so a validation score is the runtime's.
+    tile: int = 512
+    halo: int = 64
+    # detectron2 counts iterations, not epochs. When set, one "epoch" is this many optimizer steps
+    # of modality-balanced random crops, so optim.epochs x iterations_per_epoch is the iteration
+    # budget and eval.every counts these blocks (the paper preset: 10 x 1000, eval every 1).
+    iterations_per_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"maskrcnn.backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        max_layers = 6 if self.backbone.startswith("mobilenet") else 5
+        if self.trainable_layers is not None and not 0 <= self.trainable_layers <= max_layers:
+            raise ConfigError(f"maskrcnn.trainable_layers must be in [0, {max_layers}] for {self.backbone}")
+        if not self.anchor_sizes or any(s <= 0 for s in self.anchor_sizes):
+            raise ConfigError("maskrcnn.anchor_sizes must be positive sizes in pixels")
+        if not self.aspect_ratios or any(r <= 0 for r in self.aspect_ratios):
+            raise ConfigError("maskrcnn.aspect_ratios must be positive")
+        if (self.min_size is None) != (self.max_size is None):
+            raise ConfigError("maskrcnn.min_size and maskrcnn.max_size are set together (or both null for native resolution)")
+        if self.min_size is not None and not 0 < self.min_size <= self.max_size:
+            raise ConfigError("maskrcnn.min_size must satisfy 0 < min_size <= max_size")
+        if self.box_detections_per_img < 1000:
+            # Crowded DSB images hold 370+ nuclei per image, and tiles overlap.
+            raise ConfigError(f"maskrcnn.box_detections_per_img must be >= 1000, got {self.box_detections_per_img}")
+        if self.rpn_post_nms_top_n_test < self.box_detections_per_img:
+            raise ConfigError("maskrcnn.rpn_post_nms_top_n_test must be >= box_detections_per_img (proposals bound detections)")
+        for name in ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
+                     "rpn_batch_size_per_image", "box_batch_size_per_image", "box_representation_size",
+                     "mask_resolution", "mask_head_channels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"maskrcnn.{name} must be >= 1")
+        for name in ("rpn_nms_thresh", "box_positive_fraction", "box_score_thresh", "box_nms_thresh", "mask_threshold"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"maskrcnn.{name} must be in [0, 1]")
+        if self.tile % 32 or self.halo < 0 or 2 * self.halo >= self.tile:
+            raise ConfigError("maskrcnn.tile must be a multiple of 32 and maskrcnn.halo in [0, tile/2)")
+        if self.iterations_per_epoch is not None and self.iterations_per_epoch < 1:
+            raise ConfigError("maskrcnn.iterations_per_epoch must be >= 1 (or null: one pass over the crops)")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     name: str
@@ -136,21 +218,31 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    maskrcnn: MaskRCNNConfig = field(default_factory=MaskRCNNConfig)
 
     def __post_init__(self) -> None:
+        if self.model.kind != "unet":
+            return
         if self.model.targets == "fg" and self.eval.instances == "watershed":
             raise ConfigError("watershed instances need a distance output (model.targets: fg_dist)")
         if self.optim.loss == "bce_dice_dist" and self.model.targets != "fg_dist":
             raise ConfigError("optim.loss bce_dice_dist needs model.targets: fg_dist")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        # UNet configs (and their checkpoints and resume checks) stay exactly as before the section existed.
+        if self.model.kind != "maskrcnn":
+            del d["maskrcnn"]
+        return d
 
     def replace(self, **sections: Any) -> TrainConfig:
         return dataclasses.replace(self, **sections)
 
 
-_SECTIONS = {"data": DataConfig, "augment": AugmentConfig, "model": ModelConfig, "optim": OptimConfig, "eval": EvalConfig}
+_SECTIONS = {
+    "data": DataConfig, "augment": AugmentConfig, "model": ModelConfig, "optim": OptimConfig, "eval": EvalConfig,
+    "maskrcnn": MaskRCNNConfig,
+}
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -163,7 +255,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ConfigError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
@@ -174,6 +266,10 @@ def config_from_dict(d: dict[str, Any], *, where: str = "config") -> TrainConfig
         raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(unknown)}")
     if "name" not in d:
         raise ConfigError(f"{where}: missing 'name'")
+    model = d.get("model") or {}
+    kind = model.get("kind", "unet") if isinstance(model, dict) else "unet"
+    if d.get("maskrcnn") and kind != "maskrcnn":
+        raise ConfigError(f"{where}: a 'maskrcnn' section needs model.kind: maskrcnn (got {kind!r})")
     sections = {k: _build(cls, d.get(k) or {}, f"{where}: {k}") for k, cls in _SECTIONS.items()}
     try:
         return TrainConfig(name=str(d["name"]), seed=int(d.get("seed", 0)), **sections)

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from skimage.transform import resize as sk_resize
-
 from nseg_data.sample import Sample
 from nseg_infer.preprocess import Normalization, normalize
+from skimage.transform import resize as sk_resize
+
 from nseg_train.augment import geometric, photometric, random_crop
 from nseg_train.config import TrainConfig
 from nseg_train.targets import make_targets

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -22,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-
 from nseg_data.dataset import load_kaggle_folder
 from nseg_data.split import load_splits
+
 from nseg_train.checkpoint import FORMAT, load_checkpoint, save_atomic, versions
 from nseg_train.config import TrainConfig
 from nseg_train.distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
@@ -50,6 +51,7 @@ class RunOptions:
     limit_val: int | None = None
     workers: int | None = None
     progress: bool = True
+    stop_after: int | None = None  # epochs to run in this invocation (time-boxed sessions); resume later
 
 
 def pick_device(name: str, info: DistInfo) -> torch.device:
@@ -209,7 +211,8 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
         )
 
     use_bar = opts.progress and info.is_main
-    for epoch in range(start_epoch, cfg.optim.epochs):
+    end_epoch = cfg.optim.epochs if opts.stop_after is None else min(cfg.optim.epochs, start_epoch + opts.stop_after)
+    for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         dataset.set_epoch(epoch)
         if sampler is not None:
@@ -284,5 +287,21 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
         barrier(info)
     if writer is not None:
         writer.close()
-    summary = {"epochs": cfg.optim.epochs, "steps": step, "best_val_dsb": broadcast_object(info, best), "out": str(out)}
-    return summary
+    return {
+        "epochs": cfg.optim.epochs,
+        "steps": step,
+        "best_val_dsb": broadcast_object(info, best),
+        "out": str(out),
+        "rank": info.rank,
+        "world_size": info.world_size,
+        "weights_sha256": parameters_sha256(model),
+    }
+
+
+def parameters_sha256(model: torch.nn.Module) -> str:
+    """Hash of the learnable weights: equal on every DDP rank after a correct run."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

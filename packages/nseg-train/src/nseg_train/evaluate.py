@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from nseg_data.metrics import ImageScores, mean_scores, score_image
 from nseg_data.sample import Sample
+
 from nseg_train.config import TrainConfig
 from nseg_train.predict import instances_from_probs, predict_probs
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from nseg_infer.instances import WatershedParams, unet_instances
 from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential
 from skimage.transform import resize as sk_resize
 
-from nseg_infer.instances import WatershedParams, unet_instances
 from nseg_train.config import TrainConfig
 from nseg_train.datasets import normalize_for
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from nseg_data.dataset import load_kaggle_folder
 from nseg_data.split import Splits, load_splits
+
 from nseg_train.checkpoint import load_model
-from nseg_train.engine import pick_device
 from nseg_train.distributed import DistInfo
+from nseg_train.engine import pick_device
 from nseg_train.evaluate import EvalResult, evaluate_samples, write_report
 from nseg_train.tasks import TASKS
 from nseg_train.viz import gallery

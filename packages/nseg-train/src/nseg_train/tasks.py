@@ -11,8 +11,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-
 from nseg_data.sample import Sample
+
 from nseg_train.config import TrainConfig
 from nseg_train.datasets import CropDataset, prepare
 from nseg_train.losses import unet_loss

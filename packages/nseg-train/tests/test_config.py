@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+
+from nseg_train.config import ConfigError, config_from_dict, load_config
+
+
+@pytest.mark.parametrize("preset", ["unet", "unet-paper"])
+def test_presets_load(preset):
+    cfg = load_config(preset)
+    assert cfg.name == preset
+
+
+def test_paper_preset_is_the_seed_setup():
+    cfg = load_config("unet-paper")
+    assert cfg.model.channels == (4, 8, 16, 32, 64)
+    assert cfg.model.strides == (2, 2, 2, 2) and cfg.model.num_res_units == 2
+    assert cfg.data.resize == 512 and cfg.data.crop_size == 96 and cfg.data.crops_per_image == 4
+    assert cfg.optim.optimizer == "adam" and cfg.optim.lr == 0.01 and cfg.optim.epochs == 25
+    assert cfg.optim.loss == "dice" and cfg.eval.instances == "components" and cfg.eval.every == 2
+
+
+def test_default_predicts_separation():
+    cfg = load_config("unet")
+    assert cfg.model.out_channels == 2 and cfg.eval.instances == "watershed" and cfg.data.resize is None
+
+
+def test_unknown_key_is_an_error(tmp_path: Path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\noptim: {lrr: 0.1}\n")
+    with pytest.raises(ConfigError, match="lrr"):
+        load_config(p)
+
+
+@pytest.mark.parametrize(
+    "patch, msg",
+    [
+        ({"data": {"crop_size": 100}}, "multiple of 16"),
+        ({"model": {"channels": [4, 8], "strides": [2, 2]}}, "one entry fewer"),
+        ({"model": {"targets": "fg"}}, "watershed"),
+        ({"optim": {"lr": -1}}, "positive"),
+        ({"augment": {"invert_p": 2}}, "probability"),
+    ],
+)
+def test_invalid_values_rejected(patch, msg):
+    with pytest.raises(ConfigError, match=msg):
+        config_from_dict({"name": "x", **patch})
+
+
+def test_missing_preset_lists_presets():
+    with pytest.raises(ConfigError, match="unet-paper"):
+        load_config("no-such-preset")
+
+
+def test_round_trip_through_dict():
+    cfg = load_config("unet")
+    assert config_from_dict(cfg.to_dict()) == cfg

@@ -1,0 +1,118 @@
+import csv
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nseg_train.checkpoint import load_checkpoint, load_model
+from nseg_train.cli import app
+from nseg_train.config import load_config
+from nseg_train.engine import RunOptions, TrainError, train
+
+runner = CliRunner()
+
+
+def run_cli(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_cli_trains_writes_everything_and_resumes(synth_data, tiny_config, tmp_path):
+    data, splits = synth_data
+    out = tmp_path / "run"
+    r = run_cli("unet", "--config", tiny_config, "--data", data, "--splits", splits, "--out", out, "--epochs", "1", "--no-progress")
+    assert r.exit_code == 0, r.output
+    for name in ("last.pt", "best.pt", "log.csv", "curves.png", "config.yaml", "splits.json"):
+        assert (out / name).exists(), name
+    ck = load_checkpoint(out / "last.pt")
+    assert ck["epoch"] == 0 and ck["kind"] == "unet" and ck["splits_sha256"]
+    w_before = {k: v.clone() for k, v in ck["model"].items()}
+
+    # A second run into the same folder without --resume must refuse rather than overwrite.
+    r = runner.invoke(app, ["unet", "--config", str(tiny_config), "--data", str(data), "--splits", str(splits), "--out", str(out), "--epochs", "2"])
+    assert r.exit_code != 0 and "--resume" in r.output
+
+    r = run_cli("unet", "--config", tiny_config, "--data", data, "--splits", splits, "--out", out, "--epochs", "2", "--resume", "--no-progress")
+    assert r.exit_code == 0, r.output
+    ck2 = load_checkpoint(out / "last.pt")
+    assert ck2["epoch"] == 1 and ck2["step"] > ck["step"]
+    assert any(not torch.equal(w_before[k], ck2["model"][k]) for k in w_before)
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert all(r["val_dsb"] != "" for r in rows)
+
+
+def test_resume_is_deterministic(synth_data, tiny_config, tmp_path):
+    """Two epochs straight == one epoch, stop, resume for the second."""
+    data, splits = synth_data
+    cfg = load_config(tiny_config)
+    base = dict(data_dir=data, splits_file=splits, progress=False)
+    a = train(cfg, RunOptions(out_dir=tmp_path / "a", epochs=2, **base))
+    train(cfg, RunOptions(out_dir=tmp_path / "b", epochs=2, stop_after=1, **base))
+    b = train(cfg, RunOptions(out_dir=tmp_path / "b", epochs=2, resume=True, **base))
+    assert a["weights_sha256"] == b["weights_sha256"]
+
+
+def test_resume_with_other_config_is_refused(synth_data, tiny_config, tmp_path):
+    data, splits = synth_data
+    cfg = load_config(tiny_config)
+    train(cfg, RunOptions(data_dir=data, splits_file=splits, out_dir=tmp_path / "r", epochs=1, progress=False))
+    other = cfg.replace(seed=cfg.seed + 1)
+    with pytest.raises(TrainError, match="config differs"):
+        train(other, RunOptions(data_dir=data, splits_file=splits, out_dir=tmp_path / "r", epochs=2, resume=True, progress=False))
+
+
+def test_bad_config_and_data_exit_nonzero_with_message(synth_data, tmp_path):
+    data, splits = synth_data
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: {channels: [4, 8], strides: [2, 2, 2]}\n")
+    r = runner.invoke(app, ["unet", "--config", str(bad), "--data", str(data), "--splits", str(splits), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "bad.yaml" in r.output
+    r = runner.invoke(app, ["unet", "--config", "unet", "--data", str(data), "--splits", str(tmp_path / "nope.json"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "nope.json" in r.output
+
+
+def test_evaluate_writes_report(synth_data, tiny_config, tmp_path):
+    data, splits = synth_data
+    cfg = load_config(tiny_config)
+    train(cfg, RunOptions(data_dir=data, splits_file=splits, out_dir=tmp_path / "run", epochs=1, progress=False))
+    r = run_cli("evaluate", tmp_path / "run" / "best.pt", "--split", "locked", "--data", data, "--out", tmp_path / "ev")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert 0.0 <= m["dsb_score"] <= 1.0 and m["split"] == "locked"
+    assert set(m["per_modality"]) <= {"fluorescence", "brightfield", "histology"}
+    assert len(m["images"]) == m["overall"]["n_images"] > 0
+    assert (tmp_path / "ev" / "gallery.png").stat().st_size > 1000
+    assert "| overall |" in (tmp_path / "ev" / "metrics.md").read_text()
+    model, loaded_cfg, _ = load_model(tmp_path / "run" / "best.pt")
+    assert loaded_cfg == cfg.replace(optim=dataclasses.replace(cfg.optim, epochs=1))
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_end_with_identical_weights(synth_data, tiny_config, tmp_path):
+    data, splits = synth_data
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "from pathlib import Path\n"
+        "from nseg_train.config import load_config\n"
+        "from nseg_train.engine import RunOptions, train\n"
+        f"cfg = load_config({str(tiny_config)!r})\n"
+        f"s = train(cfg, RunOptions(data_dir=Path({str(data)!r}), splits_file=Path({str(splits)!r}), out_dir=Path({str(tmp_path / 'ddp')!r}), epochs=2, device='cpu', progress=False))\n"
+        f"Path({str(tmp_path)!r}, f\"rank{{s['rank']}}.json\").write_text(json.dumps(s))\n"
+    )
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", str(script)], capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["weights_sha256"] == r1["weights_sha256"]
+    assert (tmp_path / "ddp" / "last.pt").exists()
