@@ -88,7 +88,7 @@ def test_evaluate_writes_report(synth_data, tiny_config, tmp_path):
     assert len(m["images"]) == m["overall"]["n_images"] > 0
     assert (tmp_path / "ev" / "gallery.png").stat().st_size > 1000
     assert "| overall |" in (tmp_path / "ev" / "metrics.md").read_text()
-    model, loaded_cfg, _ = load_model(tmp_path / "run" / "best.pt")
+    _model, loaded_cfg, _ = load_model(tmp_path / "run" / "best.pt")
     assert loaded_cfg == cfg.replace(optim=dataclasses.replace(cfg.optim, epochs=1))
 
 
