@@ -51,12 +51,13 @@ def load_sample(path: Path) -> Sample:
     with np.load(path) as z:
         header = json.loads(z["header"].tobytes().decode())
         labels = z["labels"].astype(np.uint32) if "labels" in z.files else None
+        image = z["image"]  # each z[...] access decompresses again
         return Sample(
             id=header["id"],
-            image=z["image"],
+            image=image,
             labels=labels,
             # Recomputed, not trusted from the cache: the classifier may have changed since.
-            modality=infer_modality(z["image"]),
+            modality=infer_modality(image),
             source=header["source"],
             meta=header.get("meta", {}),
         )
