@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import imagecodecs
+import numpy as np
+import pytest
+import tifffile
+from infer_testkit import synthetic_blobs
+from typer.testing import CliRunner
+
+from nseg_infer import backends
+from nseg_infer.bundle import load_bundle
+from nseg_infer.cli import app
+from nseg_infer.measure import COLUMNS
+from nseg_infer.outputs import SUMMARY_COLUMNS, write_labels
+from nseg_infer.run import Predictor, RunConfig, expand_inputs
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    d = tmp_path_factory.mktemp("in")
+    img, gt = synthetic_blobs((300, 420), 120, seed=5)
+    (d / "a.png").write_bytes(imagecodecs.png_encode(img))
+    tifffile.imwrite(d / "b.tif", (img.astype(np.uint16) * 200), compression="zlib")
+    (d / "empty.png").write_bytes(b"")
+    data = (d / "a.png").read_bytes()
+    (d / "cut.png").write_bytes(data[: len(data) // 3])
+    (d / "notes.tif").write_bytes(b"this is not a tiff")
+    return d, gt
+
+
+@pytest.fixture(scope="module")
+def predictor(unet_bundle):
+    return Predictor(unet_bundle)
+
+
+def test_batch_outputs_and_failures(predictor, images, tmp_path):
+    d, gt = images
+    files, missing = expand_inputs([d, d / "a.png", str(d / "*.tif"), d / "nope.png"])
+    assert [f.name for f in files] == ["a.png", "b.tif", "cut.png", "empty.png", "notes.tif"]
+    assert len(missing) == 1 and "nope.png" in missing[0].error
+    seen = []
+    results = predictor.process_many(files, tmp_path, progress=seen.append)
+    assert len(seen) == 5
+    by = {r.input.name: r for r in results}
+    for bad in ("cut.png", "empty.png", "notes.tif"):
+        assert not by[bad].ok and str(d / bad) in by[bad].error
+    for good in ("a.png", "b.tif"):
+        r = by[good]
+        assert r.ok, r.error
+        assert abs(r.n_nuclei - (len(np.unique(gt)) - 1)) <= 3
+        for p in r.outputs:
+            assert p.is_file() and p.stat().st_size > 0
+    # Atomic writes: no temp files left behind, even with failures in the batch.
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or ".tmp" in p.name]
+    with open(tmp_path / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == SUMMARY_COLUMNS
+    assert [r["status"] for r in rows] == ["ok", "ok", "error", "error", "error"]
+
+
+def test_products_content(predictor, images, tmp_path):
+    d, _ = images
+    r = predictor.process_file(d / "a.png", tmp_path)
+    labels = tifffile.imread(r.outputs[0])
+    assert labels.dtype == np.uint16 and labels.shape == (300, 420)
+    with open(r.outputs[1]) as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == COLUMNS and len(rows) == r.n_nuclei == labels.max()
+    assert sorted(int(x["label"]) for x in rows) == list(range(1, r.n_nuclei + 1))
+    row = rows[0]
+    lab = int(row["label"])
+    assert int(row["area"]) == int((labels == lab).sum())
+    assert float(row["integrated_intensity"]) == pytest.approx(float(row["mean_intensity"]) * int(row["area"]), 1e-3)
+    gj = json.loads(r.outputs[3].read_text())
+    assert gj["type"] == "FeatureCollection" and len(gj["features"]) == r.n_nuclei
+    for feat in gj["features"]:
+        assert feat["properties"]["objectType"] == "detection"
+        ring = feat["geometry"]["coordinates"][0]
+        assert feat["geometry"]["type"] == "Polygon" and len(ring) >= 4 and ring[0] == ring[-1]
+        xs, ys = np.array(ring).T
+        assert np.sum(xs[:-1] * ys[1:] - xs[1:] * ys[:-1]) > 0  # counter-clockwise exterior
+    from PIL import Image
+
+    ov = np.asarray(Image.open(r.outputs[2]))
+    assert ov.shape == (300, 420, 3) and (ov == (255, 255, 0)).all(axis=2).any()
+
+
+def test_large_image_writes_tiled_bigtiff_and_overview(unet_bundle, images, tmp_path):
+    d, _ = images
+    small = Predictor(unet_bundle).process_file(d / "a.png", tmp_path / "ref")
+    p = Predictor(unet_bundle, RunConfig(large_px=10_000, block=128, margin=48, overview_side=200))
+    r = p.process_file(d / "a.png", tmp_path / "big")
+    assert r.ok, r.error
+    with tifffile.TiffFile(r.outputs[0]) as tf:
+        assert tf.is_bigtiff and tf.pages[0].is_tiled and tf.pages[0].compression != 1
+        big = tf.asarray()
+    ref = tifffile.imread(small.outputs[0])
+    assert big.dtype == np.uint16 and r.n_nuclei == small.n_nuclei
+    assert np.array_equal(big > 0, ref > 0)
+    from PIL import Image
+
+    assert max(Image.open(r.outputs[2]).size) <= 210
+    assert not [q for q in (tmp_path / "big").iterdir() if q.name.startswith(".")]
+
+
+def test_label_dtype_rule(tmp_path):
+    small = np.arange(12, dtype=np.uint32).reshape(3, 4)
+    assert tifffile.imread(write_labels(tmp_path / "s.tif", small, 11, tiled=False)).dtype == np.uint16
+    big = small + 70_000
+    out = tifffile.imread(write_labels(tmp_path / "b.tif", big, int(big.max()), tiled=False))
+    assert out.dtype == np.uint32 and np.array_equal(out, big)
+    out = tifffile.imread(write_labels(tmp_path / "t.tif", big, int(big.max()), tiled=True))
+    assert out.dtype == np.uint32 and np.array_equal(out, big)
+
+
+def test_cli_lists_failures_and_exits_nonzero(unet_bundle, images, tmp_path):
+    d, _ = images
+    res = CliRunner().invoke(app, ["run", str(d / "a.png"), str(d / "empty.png"), str(d / "cut.png"),
+                                   "--out", str(tmp_path), "--model", str(unet_bundle), "--device", "cpu"])
+    assert res.exit_code == 1, res.output
+    assert "2 failed" in res.output and str(d / "empty.png") in res.output and str(d / "cut.png") in res.output
+    assert "1 of 3 images segmented" in res.output
+    assert (tmp_path / "a.labels.tif").is_file() and (tmp_path / "summary.csv").is_file()
+    ok = CliRunner().invoke(app, ["run", str(d / "a.png"), "--out", str(tmp_path / "ok"), "--model",
+                                  str(unet_bundle), "--tile", "64", "--overlap", "16", "--batch", "2"])
+    assert ok.exit_code == 0, ok.output
+    bad_model = CliRunner().invoke(app, ["run", str(d / "a.png"), "--out", str(tmp_path), "--model",
+                                         str(tmp_path / "none")])
+    assert bad_model.exit_code == 2 and "not found" in bad_model.output
+
+
+def test_device_choice_is_logged_and_unavailable_gpu_is_an_error(unet_bundle, caplog):
+    b = load_bundle(unet_bundle)
+    with caplog.at_level("INFO", logger="nseg_infer.backends"):
+        be = backends.create_backend(b, "auto")
+    assert be.name == "onnxruntime:CPU" and "backend: onnxruntime:CPU" in caplog.text
+    if "CUDAExecutionProvider" not in backends.ort_providers():
+        with pytest.raises(backends.BackendError, match="cuda"):
+            backends.create_backend(b, "cuda")
+    with pytest.raises(backends.BackendError, match="TensorRT"):
+        backends.create_backend(b, "trt")
+
+
+def test_runtime_never_imports_torch():
+    code = ("import sys, pkgutil, importlib, nseg_infer\n"
+            "for m in pkgutil.walk_packages(nseg_infer.__path__, 'nseg_infer.'): importlib.import_module(m.name)\n"
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
