@@ -116,3 +116,18 @@ def test_torchrun_two_ranks_end_with_identical_weights(synth_data, tiny_config, 
     assert r0["world_size"] == r1["world_size"] == 2
     assert r0["weights_sha256"] == r1["weights_sha256"]
     assert (tmp_path / "ddp" / "last.pt").exists()
+
+
+def test_tune_picks_best_on_val_and_refuses_locked(synth_data, tiny_config, tmp_path):
+    from nseg_train.tune import tune_checkpoint
+
+    data, splits = synth_data
+    cfg = load_config(tiny_config)
+    train(cfg, RunOptions(data_dir=data, splits_file=splits, out_dir=tmp_path / "run", epochs=1, progress=False))
+    grid = {"fg_threshold": (0.3, 0.5), "seed_threshold": (0.4, 0.6), "min_size": (4,)}
+    r = tune_checkpoint(tmp_path / "run" / "best.pt", data=data, splits=None, out=tmp_path / "tuned.pt", cache=None, grid=grid)
+    assert r.best_dsb == max(row["dsb"] for row in r.table) >= r.baseline_dsb - 1e-9
+    _m, tuned_cfg, ck = load_model(tmp_path / "tuned.pt")
+    assert tuned_cfg.eval.fg_threshold == r.best["fg_threshold"] and "optimizer" not in ck
+    with pytest.raises(ValueError, match="locked"):
+        tune_checkpoint(tmp_path / "run" / "best.pt", data=data, splits=None, out=tmp_path / "x.pt", cache=None, split="locked")

@@ -85,5 +85,27 @@ def evaluate(
     typer.echo(f"DSB {result.overall['dsb']:.3f} on {len(result.rows)} '{split}' images; report in {out}")
 
 
+@app.command()
+def tune(
+    checkpoint: Path = typer.Argument(..., help="a UNet checkpoint, e.g. RUN_DIR/best.pt"),
+    data: Path = _DATA,
+    out: Path = typer.Option(..., "--out", help="where to write the tuned, weights-only checkpoint"),
+    splits: Path = typer.Option(None, "--splits", help="splits JSON (default: the one stored in the checkpoint)"),
+    split: str = typer.Option("val", "--split", help="never 'locked'"),
+    cache: Path = _CACHE,
+    limit: int = typer.Option(None, "--limit", help="use only the first N images of the split"),
+) -> None:
+    """Grid-search the watershed thresholds on the validation split; write them into a new checkpoint."""
+    from tqdm import tqdm
+
+    from nseg_train.tune import tune_checkpoint
+
+    try:
+        r = tune_checkpoint(checkpoint, data=data, splits=splits, out=out, cache=cache, split=split, limit=limit, progress=lambda x: tqdm(x, desc="predict"))
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"val DSB {r.baseline_dsb:.4f} -> {r.best_dsb:.4f} with {r.best}; wrote {out}")
+
+
 if __name__ == "__main__":
     app()
