@@ -39,6 +39,17 @@ def test_ingest_fails_on_bad_input(kaggle_dir, tmp_path):
     assert "m0.png" in r.output
 
 
+def test_ingest_missing_masks_folder(kaggle_dir, tmp_path):
+    import shutil
+
+    shutil.rmtree(kaggle_dir / "img_b" / "masks")
+    r = run("ingest", kaggle_dir, "--cache", tmp_path / "c")
+    assert r.exit_code == 1 and "img_b/masks" in r.output
+    r = run("ingest", kaggle_dir, "--cache", tmp_path / "c", "--allow-unlabelled")
+    assert r.exit_code == 0 and "samples: 2" in r.output
+    assert run("ingest", kaggle_dir, "--cache", tmp_path / "c").exit_code == 1  # the cache does not hide it
+
+
 def test_stats(kaggle_dir, tmp_path):
     r = run("stats", kaggle_dir, "--json", tmp_path / "s.json")
     assert r.exit_code == 0, r.output

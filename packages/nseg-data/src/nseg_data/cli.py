@@ -17,6 +17,7 @@ PART = typer.Option("stage1_train", "--part", help="Part of the competition zip:
 MASKS_FROM = typer.Option("png", "--masks-from", help="Competition zip masks: png (mask files) or csv (run lengths).")
 LABELS_CSV = typer.Option(None, "--labels-csv", help="Take masks from this run-length CSV (ImageId,EncodedPixels).")
 SOLUTION = typer.Option(None, "--solution", help="stage1_solution.csv for a stage1_test folder or zip.")
+UNLABELLED = typer.Option(False, "--allow-unlabelled", help="Accept images without masks/labels (labels=None).")
 SPLITS = typer.Option(Path("splits.json"), "--splits", help="Splits JSON file (written by `nseg-data split`).")
 
 
@@ -59,11 +60,13 @@ def ingest(
     form: str | None = FORM, part: str = PART, masks_from: str = MASKS_FROM,
     labels_csv: Path | None = LABELS_CSV, solution: Path | None = SOLUTION,
     json_out: Path | None = typer.Option(None, "--json", help="Write the timings here."),
+    allow_unlabelled: bool = UNLABELLED,
 ) -> None:
     """Decode every sample into the cache, then load again from it; report both times."""
     with _errors_exit():
-        first = _load(path, cache, form, part, masks_from, labels_csv, solution, require_labels=False, strict=False)
-        second = _load(path, cache, form, part, masks_from, labels_csv, solution, require_labels=False, strict=False)
+        opts = {"require_labels": not allow_unlabelled, "strict": False}
+        first = _load(path, cache, form, part, masks_from, labels_csv, solution, **opts)
+        second = _load(path, cache, form, part, masks_from, labels_csv, solution, **opts)
     n = len(first.samples)
     kind = "cold" if first.cached == 0 else f"partly cached ({first.cached}/{n} already in cache)"
     typer.echo(f"form: {first.form}  samples: {n}  errors: {len(first.errors)}")
@@ -81,13 +84,13 @@ def ingest(
 def stats(
     path: Path = typer.Argument(...), cache: Path | None = CACHE, form: str | None = FORM, part: str = PART,
     masks_from: str = MASKS_FROM, labels_csv: Path | None = LABELS_CSV,
-    json_out: Path | None = typer.Option(None, "--json"),
+    json_out: Path | None = typer.Option(None, "--json"), allow_unlabelled: bool = UNLABELLED,
 ) -> None:
     """Images, nuclei, sizes and nucleus areas per modality."""
     import numpy as np
 
     with _errors_exit():
-        res = _load(path, cache, form, part, masks_from, labels_csv, require_labels=False, strict=False)
+        res = _load(path, cache, form, part, masks_from, labels_csv, require_labels=not allow_unlabelled, strict=False)
     groups: dict[str, list] = {}
     for s in res.samples:
         groups.setdefault(str(s.modality), []).append(s)
@@ -122,13 +125,13 @@ def split(
     val: float = typer.Option(0.30, "--val", help="Fraction of the rest used for validation."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing, different splits file."),
     cache: Path | None = CACHE, form: str | None = FORM, part: str = PART, masks_from: str = MASKS_FROM,
-    labels_csv: Path | None = LABELS_CSV,
+    labels_csv: Path | None = LABELS_CSV, allow_unlabelled: bool = UNLABELLED,
 ) -> None:
     """Stratified, seeded locked/val/train split, written to JSON; prints the per-split modality table."""
     from nseg_data.split import load_splits, make_splits, save_splits
 
     with _errors_exit():
-        res = _load(path, cache, form, part, masks_from, labels_csv, require_labels=False)
+        res = _load(path, cache, form, part, masks_from, labels_csv, require_labels=not allow_unlabelled)
         splits = make_splits({s.id: str(s.modality) for s in res.samples}, seed=seed, locked_fraction=locked,
                              val_fraction=val)
         if out.exists():

@@ -11,7 +11,7 @@ from pathlib import Path
 from nseg_data import cache
 from nseg_data.errors import DataError
 from nseg_data.readers import kaggle_folder, kaggle_zip, label_folder, rle_csv, stage1_test
-from nseg_data.readers.entries import Entry
+from nseg_data.readers.entries import Entry, make_key
 from nseg_data.sample import Sample
 
 
@@ -73,12 +73,16 @@ def load_kaggle_folder(
 
 def _kaggle_folder_entries(path: Path, opts: dict) -> list[Entry]:
     require = opts.get("require_labels", True)
-    return [
-        # Same key as `cache.cache_path`, so load_kaggle_folder and open_dataset share cache files.
-        Entry(id=sid, key=cache.fingerprint_dir(path / sid), source=str(path / sid),
-              load=partial(kaggle_folder.read_sample, path / sid, require_masks=require))
-        for sid in kaggle_folder.list_ids(path)
-    ]
+    out = []
+    for sid in kaggle_folder.list_ids(path):
+        key = cache.fingerprint_dir(path / sid)
+        # Same key as `cache.cache_path` (shared with load_kaggle_folder) only when masks are required,
+        # so an unlabelled entry cached leniently is never served to a strict load.
+        if not require:
+            key = make_key(key, "masks-optional")
+        load = partial(kaggle_folder.read_sample, path / sid, require_masks=require)
+        out.append(Entry(id=sid, key=key, source=str(path / sid), load=load))
+    return out
 
 
 def _rle_csv_entries(path: Path, opts: dict) -> list[Entry]:
