@@ -1,0 +1,158 @@
+"""Bundle metadata.json (contract in docs/architecture.md): built from a checkpoint, written atomically.
+
+Everything the runtime needs to reproduce training's view of an image lives here, so the
+runtime never has to see the training config's Python types.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from nseg_infer.bundle import FORMAT, sha256_file
+
+METADATA = "metadata.json"
+# Keys this exporter always writes; the runtime's reader requires a subset of them.
+REQUIRED_KEYS = (
+    "format", "kind", "model_file", "sha256", "inputs", "outputs", "preprocessing", "tiling",
+    "postprocessing", "training", "metrics", "versions", "engines",
+)
+
+
+class MetadataError(ValueError):
+    pass
+
+
+def nseg_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nseg-export")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return "0+unknown"
+
+
+def versions(opset: int) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+    import torch
+    import torchvision
+
+    return {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "opset": int(opset),
+        "nseg": nseg_version(),
+        "python": platform.python_version(),
+    }
+
+
+def _jsonable(obj: Any) -> Any:
+    # Checkpoint configs and metrics may hold tuples / numpy scalars; JSON must round-trip them.
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def preprocessing(cfg: Any, size_divisor: int) -> dict[str, Any]:
+    d = cfg.data
+    if d.normalization != "percentile":
+        raise MetadataError(
+            f"data.normalization={d.normalization!r} cannot be exported: the runtime implements only "
+            "'percentile' normalisation, so the bundle would see different inputs than training did")
+    if d.resize:
+        raise MetadataError(
+            f"data.resize={d.resize} cannot be exported: the runtime predicts at native resolution, "
+            "so a model trained on resized images would be fed a scale it never saw")
+    return {
+        "channel_order": "RGB",
+        "layout": "NCHW",
+        "normalization": {"kind": "percentile", "low_percentile": float(d.low_percentile),
+                          "high_percentile": float(d.high_percentile)},
+        "size_divisor": int(size_divisor),
+    }
+
+
+def unet_postprocessing(cfg: Any) -> dict[str, Any]:
+    e = cfg.eval
+    if e.instances == "watershed":
+        return {"kind": "unet_watershed", "fg_threshold": float(e.fg_threshold),
+                "seed_threshold": float(e.seed_threshold), "min_seed_area": int(e.min_seed_area),
+                "min_size": int(e.min_size)}
+    return {"kind": "components", "fg_threshold": float(e.fg_threshold), "min_size": int(e.min_size)}
+
+
+def training_section(ckpt: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "config": _jsonable(ckpt.get("config", {})),
+        "splits_sha256": ckpt.get("splits_sha256"),
+        "epoch": ckpt.get("epoch"),
+        "step": ckpt.get("step"),
+        "checkpoint_versions": _jsonable(ckpt.get("versions", {})),
+    }
+
+
+def build_metadata(
+    *,
+    kind: str,
+    ckpt: dict[str, Any],
+    model_path: Path,
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    preprocessing: dict[str, Any],
+    tiling: dict[str, Any],
+    postprocessing: dict[str, Any],
+    opset: int,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "kind": kind,
+        "model_file": model_path.name,
+        "sha256": sha256_file(model_path),
+        "inputs": inputs,
+        "outputs": outputs,
+        "preprocessing": preprocessing,
+        "tiling": tiling,
+        "postprocessing": postprocessing,
+        "training": training_section(ckpt),
+        "metrics": _jsonable(ckpt.get("metrics", {})),
+        "versions": versions(opset),
+        "engines": [],
+    }
+    if extra:
+        meta.update(_jsonable(extra))
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:  # pragma: no cover - guards future edits of this function
+        raise MetadataError(f"metadata is missing {missing}")
+    return meta
+
+
+def write_json_atomic(path: Path, obj: Any) -> Path:
+    """Temp file in the same folder, then rename: a reader never sees half a metadata.json."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_metadata(bundle_dir: Path) -> dict[str, Any]:
+    p = Path(bundle_dir) / METADATA
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise MetadataError(f"{p}: missing (not a bundle folder?)") from e
+    except json.JSONDecodeError as e:
+        raise MetadataError(f"{p}: not valid JSON: {e}") from e

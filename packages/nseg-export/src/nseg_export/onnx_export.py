@@ -1,0 +1,349 @@
+"""Checkpoint -> ONNX bundle (model.onnx + metadata.json [+ model.fp16.onnx]).
+
+UNet: the graph ends in a sigmoid so the runtime receives probabilities, exactly what training's
+`predict_probs` hands the instance step. Mask R-CNN: one fixed tile, batch 1, and the graph stops
+before mask pasting, which needs per-detection loops that TensorRT's ONNX parser rejects; the
+runtime pastes in numpy (`nseg_infer.maskpaste`).
+
+The TorchScript-based exporter (`dynamo=False`) is used for both kinds: it handles torchvision's
+detection models, which the dynamo exporter cannot trace in torch 2.14, and needs no onnxscript.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nseg_export.metadata import (
+    METADATA,
+    MetadataError,
+    build_metadata,
+    preprocessing,
+    unet_postprocessing,
+    write_json_atomic,
+)
+
+DEFAULT_OPSET = 17
+MODEL_FILE = "model.onnx"
+FP16_FILE = "model.fp16.onnx"
+# Ops TensorRT's ONNX parser rejects (sequences) or cannot give static-rank outputs for (Loop/Scan).
+TRT_UNSUPPORTED_OPS = frozenset({
+    "Loop", "Scan", "SequenceAt", "SequenceConstruct", "SequenceEmpty", "SequenceErase", "SequenceInsert",
+    "SequenceLength", "SequenceMap", "SplitToSequence", "ConcatFromSequence",
+})
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    opset: int = DEFAULT_OPSET
+    fp16: bool = False
+    simplify: bool = False
+    batch: int = 4  # tiles per model call the runtime uses (and TensorRT profiles optimise for)
+    tile: int | None = None  # default: the checkpoint's eval tile
+    halo: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.opset < 17:
+            raise ExportError(f"opset must be >= 17 (LayerNorm/RoiAlign semantics we rely on), got {self.opset}")
+        if self.batch < 1:
+            raise ExportError("batch must be >= 1")
+
+
+def _torch_export(module: Any, args: tuple, path: Path, *, opset: int, input_names: list[str],
+                  output_names: list[str], dynamic_axes: dict | None) -> None:
+    import torch
+
+    with warnings.catch_warnings():
+        # The legacy exporter warns about itself and about every traced shape-to-int; both are expected here.
+        warnings.simplefilter("ignore")
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            torch.onnx.export(
+                module, args, str(path), input_names=input_names, output_names=output_names,
+                dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False,
+            )
+
+
+def check_onnx(path: Path) -> Any:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:
+        raise ExportError(f"{path}: onnx.checker rejected the exported graph: {e}") from e
+    return onnx.load(str(path))
+
+
+def graph_ops(model: Any) -> set[str]:
+    ops: set[str] = set()
+
+    def walk(g: Any) -> None:
+        for n in g.node:
+            ops.add(n.op_type)
+            for a in n.attribute:
+                if a.g is not None and len(a.g.node):
+                    walk(a.g)
+                for sub in a.graphs:
+                    walk(sub)
+
+    walk(model.graph)
+    return ops
+
+
+def simplify_onnx(path: Path) -> None:
+    try:
+        import onnxslim
+    except ImportError as e:
+        raise ExportError("--simplify needs onnxslim: pip install 'nseg-export[simplify]'") from e
+    import onnx
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        slim = onnxslim.slim(onnx.load(str(path)))
+    if slim is None:
+        raise ExportError(f"{path}: onnxslim failed to simplify the graph")
+    onnx.save(slim, str(path))
+
+
+def fp16_variant(src: Path, dst: Path) -> None:
+    """FP16 weights and activations inside, float32 at the boundary, so the runtime feeds one dtype."""
+    try:
+        from onnxconverter_common import float16
+    except ImportError as e:
+        raise ExportError("--fp16 needs onnxconverter-common: pip install 'nseg-export[fp16]'") from e
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it warns for every value clipped to the fp16 range
+        m16 = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(m16, str(dst))
+    check_onnx(dst)
+
+
+# ---------------------------------------------------------------- UNet
+
+
+def unet_graph(model: Any) -> Any:
+    import torch
+
+    class UNetProbs(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(self.net(image))
+
+    # eval() on the wrapper too: a wrapper left in train mode would run BatchNorm on batch statistics in torch.
+    return UNetProbs(model).eval()
+
+
+def export_unet_onnx(model: Any, path: Path, *, size_divisor: int, opset: int = DEFAULT_OPSET) -> None:
+    import torch
+
+    gen = torch.Generator().manual_seed(1234)
+    # Non-square and batch 2 so no axis can be specialised to a traced constant without the checks noticing.
+    sample = torch.rand(2, 3, 4 * size_divisor, 6 * size_divisor, generator=gen)
+    dyn = {0: "batch", 2: "height", 3: "width"}
+    _torch_export(unet_graph(model), (sample,), path, opset=opset, input_names=["image"],
+                  output_names=["probs"], dynamic_axes={"image": dyn, "probs": dyn})
+
+
+def _unet_io(out_channels: int) -> tuple[list[dict], list[dict]]:
+    dyn = {"0": "batch", "2": "height", "3": "width"}
+    channels = ["foreground", "distance"][:out_channels]
+    inputs = [{"name": "image", "dtype": "float32", "shape": ["batch", 3, "height", "width"], "dynamic_axes": dyn}]
+    outputs = [{"name": "probs", "dtype": "float32", "shape": ["batch", out_channels, "height", "width"],
+                "dynamic_axes": dyn, "channels": channels}]
+    return inputs, outputs
+
+
+# ---------------------------------------------------------------- Mask R-CNN
+
+
+def maskrcnn_graph(model: Any) -> Any:
+    """torchvision MaskRCNN -> module(image [1,3,T,T]) -> boxes [N,4], scores [N], masks [N,1,M,M].
+
+    The model's own transform (normalisation, resize) stays in the graph; its postprocess (box
+    rescale + pasting) is replaced by the box rescale alone.
+    """
+    import torch
+    from torchvision.models.detection.transform import resize_boxes
+
+    class MaskRCNNTile(torch.nn.Module):
+        def __init__(self, det: torch.nn.Module) -> None:
+            super().__init__()
+            self.det = det
+
+        def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            d = self.det
+            size = (int(image.shape[-2]), int(image.shape[-1]))
+            images, _ = d.transform([image[0]])
+            features = d.backbone(images.tensors)
+            proposals, _ = d.rpn(images, features)
+            detections, _ = d.roi_heads(features, proposals, images.image_sizes)
+            det = detections[0]
+            boxes = resize_boxes(det["boxes"], images.image_sizes[0], size)
+            return boxes, det["scores"], det["masks"]
+
+    return MaskRCNNTile(model).eval()
+
+
+def export_maskrcnn_onnx(model: Any, path: Path, *, tile: int, opset: int = DEFAULT_OPSET) -> None:
+    import torch
+
+    gen = torch.Generator().manual_seed(1234)
+    sample = torch.rand(1, 3, tile, tile, generator=gen)
+    _torch_export(maskrcnn_graph(model), (sample,), path, opset=opset, input_names=["image"],
+                  output_names=["boxes", "scores", "masks"],
+                  dynamic_axes={"boxes": {0: "detections"}, "scores": {0: "detections"},
+                                "masks": {0: "detections"}})
+    bad = graph_ops(check_onnx(path)) & TRT_UNSUPPORTED_OPS
+    if bad:
+        raise ExportError(f"{path}: Mask R-CNN graph contains {sorted(bad)}, which TensorRT cannot build; "
+                          "something with a dynamic loop or sequence leaked into the graph")
+
+
+def _maskrcnn_io(tile: int, mask_size: int) -> tuple[list[dict], list[dict]]:
+    inputs = [{"name": "image", "dtype": "float32", "shape": [1, 3, tile, tile], "dynamic_axes": {}}]
+    outputs = [
+        {"name": "boxes", "dtype": "float32", "shape": ["detections", 4], "dynamic_axes": {"0": "detections"},
+         "box_format": "xyxy"},
+        {"name": "scores", "dtype": "float32", "shape": ["detections"], "dynamic_axes": {"0": "detections"}},
+        {"name": "masks", "dtype": "float32", "shape": ["detections", 1, mask_size, mask_size],
+         "dynamic_axes": {"0": "detections"}, "channels": ["mask_probability"]},
+    ]
+    return inputs, outputs
+
+
+def maskrcnn_mask_size(model: Any) -> int:
+    # MaskRCNN upsamples the mask head's RoIAlign output by 2 (ConvTranspose stride 2).
+    out = model.roi_heads.mask_roi_pool.output_size
+    return 2 * int(out[0] if isinstance(out, (tuple, list)) else out)
+
+
+def maskrcnn_postprocessing(cfg: Any, model: Any) -> dict[str, Any]:
+    mcfg = getattr(cfg, "maskrcnn", None)
+
+    def pick(name: str, default: float) -> float:
+        return float(getattr(mcfg, name, default)) if mcfg is not None else float(default)
+
+    return {
+        "kind": "maskrcnn",
+        "score_threshold": pick("score_threshold", 0.5),
+        "mask_threshold": pick("mask_threshold", 0.5),
+        "nms_threshold": pick("nms_threshold", float(model.roi_heads.nms_thresh)),
+        "min_size": int(getattr(mcfg, "min_size", cfg.eval.min_size) if mcfg is not None else cfg.eval.min_size),
+    }
+
+
+def maskrcnn_tile(cfg: Any) -> int:
+    mcfg = getattr(cfg, "maskrcnn", None)
+    for name in ("tile", "tile_size"):
+        if mcfg is not None and getattr(mcfg, name, None):
+            return int(getattr(mcfg, name))
+    return int(cfg.eval.tile)
+
+
+# ---------------------------------------------------------------- bundle
+
+
+def _prepare_dir(out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir}: exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def export_model(
+    model: Any, cfg: Any, ckpt: dict[str, Any], out_dir: Path, options: ExportOptions = ExportOptions()
+) -> dict[str, Any]:
+    """Write a complete bundle for an already built model. Files land in a temp folder first and are
+    moved in at the end, so a failed export never leaves a bundle whose metadata disagrees with its model."""
+    out_dir = _prepare_dir(out_dir)
+    kind = cfg.model.kind
+    model.eval()
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export.") as tmp_s:
+        tmp = Path(tmp_s)
+        onnx_path = tmp / MODEL_FILE
+        extra: dict[str, Any] = {"precision": "fp32"}
+        try:
+            if kind == "unet":
+                div = int(cfg.model.size_divisor)
+                pre = preprocessing(cfg, div)
+                tile = int(options.tile or cfg.eval.tile)
+                halo = int(cfg.eval.halo if options.halo is None else options.halo)
+                if tile % div:
+                    raise ExportError(f"tile {tile} must be a multiple of the model's size divisor {div}")
+                export_unet_onnx(model, onnx_path, size_divisor=div, opset=options.opset)
+                check_onnx(onnx_path)
+                inputs, outputs = _unet_io(int(cfg.model.out_channels))
+                post = unet_postprocessing(cfg)
+                tiling = {"tile": tile, "halo": halo, "batch": int(options.batch)}
+            elif kind == "maskrcnn":
+                tile = int(options.tile or maskrcnn_tile(cfg))
+                # Mask R-CNN pads to multiples of 32 internally; a fixed tile that is already one keeps
+                # the graph free of padding arithmetic.
+                pre = preprocessing(cfg, 32)
+                if tile % 32:
+                    raise ExportError(f"Mask R-CNN tile {tile} must be a multiple of 32")
+                halo = int(cfg.eval.halo if options.halo is None else options.halo)
+                if options.fp16:
+                    raise ExportError("--fp16 ONNX variants are UNet-only; build a TensorRT engine with "
+                                      "`nseg-export trt --fp16` for Mask R-CNN")
+                export_maskrcnn_onnx(model, onnx_path, tile=tile, opset=options.opset)
+                inputs, outputs = _maskrcnn_io(tile, maskrcnn_mask_size(model))
+                post = maskrcnn_postprocessing(cfg, model)
+                tiling = {"tile": tile, "halo": halo, "batch": 1}
+                extra["maskrcnn"] = {"graph_score_threshold": float(model.roi_heads.score_thresh),
+                                     "detections_per_image": int(model.roi_heads.detections_per_img)}
+            else:
+                raise ExportError(f"unknown model kind {kind!r}")
+        except MetadataError as e:
+            raise ExportError(str(e)) from e
+        if options.simplify:
+            simplify_onnx(onnx_path)
+            check_onnx(onnx_path)
+            extra["simplified"] = "onnxslim"
+        files = [onnx_path]
+        if options.fp16:
+            fp16_path = tmp / FP16_FILE
+            fp16_variant(onnx_path, fp16_path)
+            from nseg_infer.bundle import sha256_file
+
+            extra["variants"] = [{"file": FP16_FILE, "precision": "fp16", "sha256": sha256_file(fp16_path),
+                                  "io_dtype": "float32"}]
+            files.append(fp16_path)
+        meta = build_metadata(
+            kind=kind, ckpt=ckpt, model_path=onnx_path, inputs=inputs, outputs=outputs, preprocessing=pre,
+            tiling=tiling, postprocessing=post, opset=options.opset, extra=extra,
+        )
+        # Stale engines or variants from an earlier export would not match the new model.
+        for old in [*out_dir.glob("*.engine"), out_dir / FP16_FILE, out_dir / METADATA]:
+            if old.exists():
+                old.unlink()
+        for f in files:
+            os.replace(f, out_dir / f.name)
+        write_json_atomic(out_dir / METADATA, meta)
+    return meta
+
+
+def export_checkpoint(checkpoint: Path, out_dir: Path, options: ExportOptions = ExportOptions()) -> dict[str, Any]:
+    from nseg_train.checkpoint import load_model
+
+    try:
+        model, cfg, ckpt = load_model(Path(checkpoint))
+    except KeyError as e:
+        raise ExportError(f"{checkpoint}: no model builder registered for kind {e} in nseg_train") from e
+    except (FileNotFoundError, ValueError) as e:
+        raise ExportError(str(e)) from e
+    return export_model(model, cfg, ckpt, out_dir, options)

@@ -1,0 +1,86 @@
+"""Tiny checkpoints in the real nseg-checkpoint/1 format, built with nseg_train's own config and builders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[3]
+SAMPLE_DATA = REPO / "examples" / "sample" / "stage1_train"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The CPU is shared: two threads keep the suite from starving a training run.
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def disc_sample(rng: np.random.Generator, h: int, w: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[:h, :w]
+    labels = np.zeros((h, w), np.uint32)
+    for i in range(1, n + 1):
+        r = rng.uniform(4, 9)
+        cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
+        labels[((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (labels == 0)] = i
+    img = np.where(labels > 0, 180.0, 40.0) + rng.normal(0, 8, (h, w))
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    return np.repeat(img[..., None], 3, axis=2), labels
+
+
+def tiny_unet_config():
+    from nseg_train.config import load_config
+
+    cfg = load_config("unet")
+    return cfg.replace(
+        model=cfg.model.__class__(kind="unet", targets="fg_dist", channels=(8, 16, 32), strides=(2, 2),
+                                  num_res_units=1, norm="batch"),
+        eval=cfg.eval.__class__(tile=128, halo=16, min_size=8),
+    )
+
+
+def make_unet_checkpoint(path: Path, steps: int = 40) -> Path:
+    """A few dozen Adam steps on synthetic discs: outputs that look like a model's, not like noise near 0.5."""
+    from nseg_train.checkpoint import FORMAT, save_atomic, versions
+    from nseg_train.datasets import normalize_for
+    from nseg_train.models import MODEL_BUILDERS
+    from nseg_train.targets import make_targets
+
+    torch.manual_seed(0)
+    cfg = tiny_unet_config()
+    model = MODEL_BUILDERS["unet"](cfg.model)
+    rng = np.random.default_rng(0)
+    data = [disc_sample(rng, 48, 48, 4) for _ in range(6)]
+    x = torch.from_numpy(np.stack([normalize_for(cfg, im).transpose(2, 0, 1) for im, _ in data]))
+    y = torch.from_numpy(np.stack([make_targets(lab, "fg_dist") for _, lab in data]))
+    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+        loss.backward()
+        opt.step()
+    model.eval()
+    ckpt = {
+        "format": FORMAT, "kind": "unet", "config": cfg.to_dict(), "model": model.state_dict(), "epoch": 0,
+        "step": steps, "optimizer": None, "scheduler": None, "scaler": None, "splits": {},
+        "splits_sha256": "0" * 64, "metrics": {"val_dsb": 0.5, "train_loss": float(loss.detach())}, "versions": versions(),
+    }
+    save_atomic(ckpt, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def unet_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_unet_checkpoint(tmp_path_factory.mktemp("ckpt") / "unet.pt")
+
+
+@pytest.fixture(scope="session")
+def unet_bundle(unet_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from nseg_export.onnx_export import ExportOptions, export_checkpoint
+
+    out = tmp_path_factory.mktemp("bundle") / "unet"
+    export_checkpoint(unet_ckpt, out, ExportOptions(fp16=True))
+    return out
