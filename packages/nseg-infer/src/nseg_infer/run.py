@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from nseg_data.errors import DataError
 
 from nseg_infer.backends import DEVICES, Backend, create_backend
 from nseg_infer.bundle import Bundle, load_bundle
@@ -35,6 +34,10 @@ from nseg_infer.stitch import MaskRCNNMerger, UNetMerger, block_instances, paste
 from nseg_infer.tiling import Block, Tile, TileGrid, Window, block_grid, tile_grid
 
 log = logging.getLogger(__name__)
+
+
+# Our own products, skipped when a folder is expanded so re-running into the input folder is safe.
+PRODUCT_SUFFIXES = (".labels.tif", ".overlay.png")
 
 
 @dataclass(frozen=True)
@@ -261,7 +264,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list
         p = Path(s)
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SUPPORTED
-                           and not q.name.startswith("."))
+                           and not q.name.startswith(".") and not q.name.endswith(PRODUCT_SUFFIXES))
             files.extend(found)
             if not found:
                 missing.append(FileResult(p, error=f"{p}: folder has no supported images ({', '.join(SUPPORTED)})"))
@@ -430,9 +433,12 @@ class Predictor:
                         del pred
                         Path(canvas_file).unlink(missing_ok=True)
             return FileResult(p, paths.all(), n, time.perf_counter() - t0, None, h, w, self.backend_name)
-        except (DataError, OSError, ValueError, RuntimeError, MemoryError) as e:
-            msg = str(e) if str(p) in str(e) else f"{p}: {e}"
+        except Exception as e:
+            # Deliberately broad: decoders and runtimes raise their own types for corrupt input,
+            # and one bad file must never stop a batch. The traceback stays in the debug log.
+            msg = str(e) if str(p) in str(e) else f"{p}: {type(e).__name__}: {e}"
             log.error("%s", msg)
+            log.debug("traceback for %s", p, exc_info=True)
             return FileResult(p, (), 0, time.perf_counter() - t0, msg, h, w, self.backend_name)
 
     def process_many(self, paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
