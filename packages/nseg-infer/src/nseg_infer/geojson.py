@@ -6,9 +6,21 @@ import json
 from typing import IO
 
 import numpy as np
-from skimage.measure import approximate_polygon, find_contours
+from skimage.measure import find_contours
 
 CLASSIFICATION = {"name": "Nucleus", "color": [255, 200, 0]}
+
+
+def _drop_collinear(ring: np.ndarray) -> np.ndarray:
+    """Keep only the vertices where a closed contour turns (vectorised; the polygon is unchanged)."""
+    pts = ring[:-1] if len(ring) > 1 and np.array_equal(ring[0], ring[-1]) else ring
+    if len(pts) < 4:
+        return ring
+    prev = pts - np.roll(pts, 1, axis=0)
+    nxt = np.roll(pts, -1, axis=0) - pts
+    turn = np.abs(prev[:, 0] * nxt[:, 1] - prev[:, 1] * nxt[:, 0]) > 1e-9
+    kept = pts[turn]
+    return np.vstack([kept, kept[:1]]) if len(kept) >= 3 else ring
 
 
 def mask_polygon(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[list[float]] | None:
@@ -18,8 +30,7 @@ def mask_polygon(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[lis
     contours = find_contours(padded, 0.5)
     if not contours:
         return None
-    ring = max(contours, key=len)
-    ring = approximate_polygon(ring, tolerance=0.25)
+    ring = _drop_collinear(max(contours, key=len))
     oy, ox = offset
     pts = [[round(float(c) - 1 + 0.5 + ox, 2), round(float(r) - 1 + 0.5 + oy, 2)] for r, c in ring]
     if pts[0] != pts[-1]:

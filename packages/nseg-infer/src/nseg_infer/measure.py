@@ -23,6 +23,38 @@ def gray_intensity(raw: np.ndarray) -> np.ndarray:
     return a.astype(np.float32)
 
 
+def solidity(image: np.ndarray, area: int) -> float:
+    """Area over the area of the convex hull of the pixel squares (for a mask crop `image`).
+    Only each row's outermost pixel corners can be hull vertices (~4 points per row), and a
+    monotone chain over those is ~100x faster than skimage's rasterised hull (or scipy's Qhull,
+    whose per-call overhead is milliseconds), which dominated large images."""
+    rows = np.flatnonzero(image.any(axis=1))
+    left = image[rows].argmax(axis=1)
+    right = image.shape[1] - image[rows][:, ::-1].argmax(axis=1)
+    ys = np.concatenate([rows, rows + 1, rows, rows + 1])
+    xs = np.concatenate([left, left, right, right])
+    hull = _hull_area(sorted(set(zip(xs.tolist(), ys.tolist(), strict=True))))
+    return min(1.0, area / hull) if hull > 0 else 1.0
+
+
+def _hull_area(pts: list[tuple[int, int]]) -> float:
+    """Area of the convex hull of sorted integer points (Andrew's monotone chain + shoelace)."""
+    if len(pts) < 3:
+        return 0.0
+
+    def half(points):
+        chain: list[tuple[int, int]] = []
+        for p in points:
+            while len(chain) >= 2 and ((chain[-1][0] - chain[-2][0]) * (p[1] - chain[-2][1])
+                                       - (chain[-1][1] - chain[-2][1]) * (p[0] - chain[-2][0])) <= 0:
+                chain.pop()
+            chain.append(p)
+        return chain
+
+    hull = half(pts)[:-1] + half(pts[::-1])[:-1]
+    return 0.5 * abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(hull, hull[1:] + hull[:1], strict=True)))
+
+
 def measure_regions(regions, offset: tuple[int, int] = (0, 0), scores: np.ndarray | None = None) -> list[dict]:
     """Rows for skimage RegionProperties (made with an intensity image); `offset` maps the crop to
     image coordinates and `scores[label - 1]` gives the model score where there is one."""
@@ -36,7 +68,7 @@ def measure_regions(regions, offset: tuple[int, int] = (0, 0), scores: np.ndarra
         row = {
             "label": int(r.label), "centroid_y": round(cy + oy, 3), "centroid_x": round(cx + ox, 3),
             "area": area, "perimeter": round(float(r.perimeter), 3),
-            "eccentricity": round(float(r.eccentricity), 5), "solidity": round(float(r.solidity), 5),
+            "eccentricity": round(float(r.eccentricity), 5), "solidity": round(solidity(r.image, area), 5),
             "mean_intensity": round(mean, 4), "integrated_intensity": round(mean * area, 3),
             "bbox_y0": y0 + oy, "bbox_x0": x0 + ox, "bbox_y1": y1 + oy, "bbox_x1": x1 + ox,
         }
