@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from nseg_train.config import TrainConfig, config_from_dict
-from nseg_train.models import MODEL_BUILDERS
+from nseg_train.models import build_model_for
 
 FORMAT = "nseg-checkpoint/1"
 
@@ -57,7 +57,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def load_model(path: Path) -> tuple[torch.nn.Module, TrainConfig, dict[str, Any]]:
     ckpt = load_checkpoint(path)
     cfg = config_from_dict(ckpt["config"], where=f"{path}: config")
-    model = MODEL_BUILDERS[cfg.model.kind](cfg.model)
+    model = build_model_for(cfg)
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, cfg, ckpt

@@ -14,7 +14,7 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-def _train(kind: str, config: str, data: Path, splits: Path, out: Path, resume: bool, device: str, epochs, cache, limit_train, limit_val, workers, progress, stop_after=None) -> None:
+def _train(kind: str, config: str, data: Path, splits: Path, out: Path, resume: bool, device: str, epochs, cache, limit_train, limit_val, workers, progress, stop_after=None, backbone_weights=None) -> None:
     from nseg_data.errors import DataError
 
     from nseg_train.config import ConfigError, load_config
@@ -24,6 +24,10 @@ def _train(kind: str, config: str, data: Path, splits: Path, out: Path, resume: 
         cfg = load_config(config)
         if cfg.model.kind != kind:
             _fail(f"{config}: model.kind is {cfg.model.kind!r}, use `nseg-train {cfg.model.kind}`")
+        if backbone_weights is not None:
+            import dataclasses
+
+            cfg = cfg.replace(maskrcnn=dataclasses.replace(cfg.maskrcnn, backbone_weights=str(backbone_weights)))
         opts = RunOptions(
             data_dir=data, splits_file=splits, out_dir=out, cache_dir=cache, resume=resume, device=device,
             epochs=epochs, limit_train=limit_train, limit_val=limit_val, workers=workers, progress=progress,
@@ -60,6 +64,57 @@ def unet(
 ) -> None:
     """Train a MONAI UNet (presets: unet, unet-paper). Run under torchrun for multi-GPU / multi-node."""
     _train("unet", config, data, splits, out, resume, device, epochs, cache, limit_train, limit_val, workers, progress, stop_after)
+
+
+@app.command()
+def maskrcnn(
+    config: str = _CONFIG,
+    data: Path = _DATA,
+    splits: Path = _SPLITS,
+    out: Path = _OUT,
+    resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
+    backbone_weights: Path = typer.Option(
+        None, "--backbone-weights", help="local state_dict of the backbone's classification network (e.g. ImageNet ResNet-50); default: from scratch"
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    epochs: int = typer.Option(None, "--epochs", help="override optim.epochs"),
+    cache: Path = _CACHE,
+    limit_train: int = typer.Option(None, "--limit-train", help="use only the first N training images"),
+    limit_val: int = typer.Option(None, "--limit-val", help="use only the first N validation images"),
+    workers: int = typer.Option(None, "--workers", help="data loader workers (default from config)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    stop_after: int = typer.Option(None, "--stop-after", help="run at most N epochs now, then stop (continue with --resume)"),
+) -> None:
+    """Train a torchvision Mask R-CNN (presets: maskrcnn, maskrcnn-paper). Run under torchrun for multi-GPU / multi-node."""
+    _train("maskrcnn", config, data, splits, out, resume, device, epochs, cache, limit_train, limit_val, workers, progress, stop_after, backbone_weights)
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="run directories (or checkpoints); each run's best.pt is evaluated"),
+    split: str = typer.Option("locked", "--split", help="the split every run is scored on"),
+    data: Path = _DATA,
+    out: Path = typer.Option(..., "--out", help="folder for comparison.md/.json, comparison.png and curves.png"),
+    splits: Path = typer.Option(None, "--splits", help="splits JSON (default: the one stored in the first run)"),
+    cache: Path = _CACHE,
+    device: str = typer.Option("auto", "--device"),
+    gallery_images: int = typer.Option(4, "--gallery", help="images in the comparison figure"),
+    limit: int = typer.Option(None, "--limit", help="use only the first N images of the split"),
+) -> None:
+    """Score finished runs on one split: instance metrics, size, training and inference time, figures."""
+    from tqdm import tqdm
+
+    from nseg_train.compare import CompareError, compare_runs
+
+    try:
+        compare_runs(
+            runs, split=split, data=data, splits=splits, out=out, cache=cache, device=device,
+            gallery_images=gallery_images, limit=limit, progress=lambda x, desc: tqdm(x, desc=desc),
+        )
+    except (CompareError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo((out / "comparison.md").read_text())
+    typer.echo(f"written: {out / 'comparison.md'}, {out / 'comparison.png'}, {out / 'curves.png'}")
 
 
 @app.command()

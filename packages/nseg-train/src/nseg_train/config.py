@@ -149,9 +149,9 @@ class MaskRCNNConfig:
     anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     # None keeps native resolution (the default: nuclei sizes are physical); numbers give
-    # torchvision's resize (shorter side to min_size, longer side at most max_size), as detectron2 does.
-    min_size: int | None = None
-    max_size: int | None = None
+    # torchvision's resize (shorter side to min, longer side at most max), as detectron2 does.
+    transform_min_size: int | None = None
+    transform_max_size: int | None = None
     rpn_pre_nms_top_n_train: int = 3000
     rpn_post_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 3000
@@ -168,9 +168,9 @@ class MaskRCNNConfig:
     mask_resolution: int = 14
     mask_head_channels: int = 256
     mask_threshold: float = 0.5
-    # Fixed tile of the exported graph and of validation, so a validation score is the runtime's.
+    # Fixed tile of the exported graph and of validation, so a validation score is the runtime's;
+    # the tile overlap is eval.halo, as for the UNet.
     tile: int = 512
-    halo: int = 64
     # detectron2 counts iterations, not epochs. When set, one "epoch" is this many optimizer steps
     # of modality-balanced random crops, so optim.epochs x iterations_per_epoch is the iteration
     # budget and eval.every counts these blocks (the paper preset: 10 x 1000, eval every 1).
@@ -186,10 +186,11 @@ class MaskRCNNConfig:
             raise ConfigError("maskrcnn.anchor_sizes must be positive sizes in pixels")
         if not self.aspect_ratios or any(r <= 0 for r in self.aspect_ratios):
             raise ConfigError("maskrcnn.aspect_ratios must be positive")
-        if (self.min_size is None) != (self.max_size is None):
-            raise ConfigError("maskrcnn.min_size and maskrcnn.max_size are set together (or both null for native resolution)")
-        if self.min_size is not None and not 0 < self.min_size <= self.max_size:
-            raise ConfigError("maskrcnn.min_size must satisfy 0 < min_size <= max_size")
+        lo, hi = self.transform_min_size, self.transform_max_size
+        if (lo is None) != (hi is None):
+            raise ConfigError("maskrcnn.transform_min_size and transform_max_size are set together (or both null: native resolution)")
+        if lo is not None and not 0 < lo <= hi:
+            raise ConfigError("maskrcnn.transform_min_size must satisfy 0 < min <= max")
         if self.box_detections_per_img < 1000:
             # Crowded DSB images hold 370+ nuclei per image, and tiles overlap.
             raise ConfigError(f"maskrcnn.box_detections_per_img must be >= 1000, got {self.box_detections_per_img}")
@@ -203,10 +204,19 @@ class MaskRCNNConfig:
         for name in ("rpn_nms_thresh", "box_positive_fraction", "box_score_thresh", "box_nms_thresh", "mask_threshold"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"maskrcnn.{name} must be in [0, 1]")
-        if self.tile % 32 or self.halo < 0 or 2 * self.halo >= self.tile:
-            raise ConfigError("maskrcnn.tile must be a multiple of 32 and maskrcnn.halo in [0, tile/2)")
+        if self.tile % 32 or self.tile < 64:
+            raise ConfigError("maskrcnn.tile must be a multiple of 32 and >= 64")
         if self.iterations_per_epoch is not None and self.iterations_per_epoch < 1:
             raise ConfigError("maskrcnn.iterations_per_epoch must be >= 1 (or null: one pass over the crops)")
+
+    # The names the bundle's post-processing uses (architecture.md), read by nseg-export.
+    @property
+    def score_threshold(self) -> float:
+        return self.box_score_thresh
+
+    @property
+    def nms_threshold(self) -> float:
+        return self.box_nms_thresh
 
 
 @dataclass(frozen=True)
@@ -221,6 +231,8 @@ class TrainConfig:
     maskrcnn: MaskRCNNConfig = field(default_factory=MaskRCNNConfig)
 
     def __post_init__(self) -> None:
+        if self.model.kind == "maskrcnn" and 2 * self.eval.halo >= self.maskrcnn.tile:
+            raise ConfigError(f"eval.halo ({self.eval.halo}) must be less than half of maskrcnn.tile ({self.maskrcnn.tile})")
         if self.model.kind != "unet":
             return
         if self.model.targets == "fg" and self.eval.instances == "watershed":

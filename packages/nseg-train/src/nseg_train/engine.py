@@ -30,6 +30,7 @@ from nseg_train.checkpoint import FORMAT, load_checkpoint, save_atomic, versions
 from nseg_train.config import TrainConfig
 from nseg_train.distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
 from nseg_train.evaluate import evaluate_samples, markdown_table
+from nseg_train.machine import describe
 from nseg_train.tasks import TASKS
 from nseg_train.viz import plot_curves
 
@@ -160,8 +161,12 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = task.build_model().to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt_cls = torch.optim.AdamW if cfg.optim.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    if cfg.optim.optimizer == "sgd":
+        # detectron2's SOLVER.MOMENTUM default, which the seed study's Mask R-CNN kept.
+        optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=0.9, weight_decay=cfg.optim.weight_decay)
+    else:
+        opt_cls = torch.optim.AdamW if cfg.optim.optimizer == "adamw" else torch.optim.Adam
+        optimizer = opt_cls(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
     amp = cfg.optim.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
@@ -276,6 +281,7 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
                 "metrics": {k: v for k, v in row.items() if k.startswith("val_")},
                 "train_seconds": sum(float(r.get("seconds") or 0) for r in history),
                 "versions": versions(),
+                "machine": describe(str(device)),
             }
             save_atomic(ckpt, last_path)
             if is_best:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from monai.networks.nets import UNet
 
-from nseg_train.config import ModelConfig
+from nseg_train.config import ModelConfig, TrainConfig
 
 
 def build_unet(
@@ -49,3 +49,13 @@ MODEL_BUILDERS: dict[str, Callable[[ModelConfig], torch.nn.Module]] = {"unet": u
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def build_model_for(cfg: TrainConfig) -> torch.nn.Module:
+    """The architecture a whole config describes, without any pretrained weights (checkpoints
+    bring their own). Mask R-CNN needs its own config section, hence not MODEL_BUILDERS."""
+    if cfg.model.kind == "maskrcnn":
+        from nseg_train.maskrcnn import maskrcnn_from_config
+
+        return maskrcnn_from_config(cfg.maskrcnn)
+    return MODEL_BUILDERS[cfg.model.kind](cfg.model)

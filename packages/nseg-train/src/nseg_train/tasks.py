@@ -15,7 +15,10 @@ from nseg_data.sample import Sample
 
 from nseg_train.config import TrainConfig
 from nseg_train.datasets import CropDataset, prepare
+from nseg_train.detection_data import DetectionDataset, collate_detection, prepare_detection
+from nseg_train.detection_predict import predict_maskrcnn
 from nseg_train.losses import unet_loss
+from nseg_train.maskrcnn import load_backbone_weights, maskrcnn_from_config
 from nseg_train.models import MODEL_BUILDERS
 from nseg_train.predict import instances_from_probs, predict_probs
 
@@ -55,4 +58,32 @@ class UNetTask:
         return instances_from_probs(predict_probs(model, sample.image, cfg, device), cfg)
 
 
-TASKS: dict[str, Callable[[TrainConfig], Task]] = {"unet": UNetTask}
+class MaskRCNNTask:
+    collate = staticmethod(collate_detection)
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+
+    def build_model(self) -> torch.nn.Module:
+        model = maskrcnn_from_config(self.cfg.maskrcnn)
+        if self.cfg.maskrcnn.backbone_weights:
+            load_backbone_weights(model, self.cfg.maskrcnn.backbone_weights, backbone=self.cfg.maskrcnn.backbone)
+        return model
+
+    def train_dataset(self, samples: list[Sample], *, seed: int) -> DetectionDataset:
+        return DetectionDataset(prepare_detection(samples, self.cfg), self.cfg, seed=seed)
+
+    def loss(self, model, batch, device):
+        images, targets = batch
+        images = [x.to(device, non_blocking=True) for x in images]
+        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+        parts = model(images, targets)
+        # torchvision's loss dict is the objective detectron2 optimises too: an unweighted sum.
+        loss = sum(parts.values())
+        return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+    def predict(self, model, sample, cfg, device):
+        return predict_maskrcnn(model, sample.image, cfg, device)
+
+
+TASKS: dict[str, Callable[[TrainConfig], Task]] = {"unet": UNetTask, "maskrcnn": MaskRCNNTask}

@@ -75,3 +75,33 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def plot_curves_side_by_side(runs: list[tuple[str, list[dict]]], path: Path, title: str = "") -> None:
+    """One column per run (log.csv rows): training loss on top, validation metrics below, with a
+    shared metric axis so the runs can be read against each other."""
+    if not runs:
+        return
+    fig, axes = plt.subplots(2, len(runs), figsize=(4.2 * len(runs), 6.4), squeeze=False)
+    for c, (name, history) in enumerate(runs):
+        top, bottom = axes[0, c], axes[1, c]
+        top.set_title(name, fontsize=9)
+        if history:
+            top.plot([int(h["epoch"]) + 1 for h in history], [float(h["train_loss"]) for h in history], label="train loss")
+        top.set_xlabel("epoch")
+        if top.lines:
+            top.legend(fontsize=7)
+        for key, label in (("val_dsb", "val DSB"), ("val_f1_50", "val F1@0.5"), ("val_aji", "val AJI")):
+            pts = [(int(h["epoch"]) + 1, float(h[key])) for h in history if h.get(key) not in (None, "")]
+            if pts:
+                bottom.plot(*zip(*pts, strict=True), marker="o", label=label)
+        bottom.set_xlabel("epoch")
+        bottom.set_ylim(0, 1)
+        if bottom.lines:
+            bottom.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
