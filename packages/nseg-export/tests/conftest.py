@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[3]
-SAMPLE_DATA = REPO / "examples" / "sample" / "stage1_train"
+# --import-mode=importlib keeps test folders off sys.path; the helper module has a package-unique name.
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -41,7 +42,7 @@ def tiny_unet_config():
     )
 
 
-def make_unet_checkpoint(path: Path, steps: int = 40) -> Path:
+def make_unet_checkpoint(path: Path, steps: int = 30) -> Path:
     """A few dozen Adam steps on synthetic discs: outputs that look like a model's, not like noise near 0.5."""
     from nseg_train.checkpoint import FORMAT, save_atomic, versions
     from nseg_train.datasets import normalize_for
@@ -83,4 +84,74 @@ def unet_bundle(unet_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
     out = tmp_path_factory.mktemp("bundle") / "unet"
     export_checkpoint(unet_ckpt, out, ExportOptions(fp16=True))
+    return out
+
+
+def tiny_maskrcnn_config():
+    from nseg_train.config import config_from_dict
+
+    return config_from_dict({
+        "name": "tiny-maskrcnn", "model": {"kind": "maskrcnn"}, "optim": {"loss": "dice"},
+        "eval": {"tile": 64, "halo": 8, "min_size": 4},
+        "maskrcnn": {"backbone": "resnet18_fpn", "tile": 64, "box_representation_size": 32, "mask_head_channels": 8},
+    })
+
+
+def make_maskrcnn_checkpoint(path: Path) -> Path:
+    """An untrained tiny Mask R-CNN whose classifier is shifted so that a blank tile yields zero
+    detections and a blob tile a few: both graph paths (empty and non-empty outputs) get exercised."""
+    from nseg_train.checkpoint import FORMAT, save_atomic, versions
+    from nseg_train.datasets import normalize_for
+    from nseg_train.models import build_model_for
+
+    from nseg_export.parity import blob_image
+
+    cfg = tiny_maskrcnn_config()
+    rng = np.random.default_rng(0)
+    tiles = [normalize_for(cfg, np.full((64, 64, 3), 30, np.uint8)), normalize_for(cfg, blob_image(rng, 64, 64))]
+    scale = 20.0
+    for seed in range(20):
+        # Untrained, the classifier ranks proposals arbitrarily; take the first initialisation whose
+        # blob tile outranks the blank one, so a threshold between them exists.
+        torch.manual_seed(seed)
+        model = build_model_for(cfg).eval()
+        logits: list[torch.Tensor] = []
+        cls = model.roi_heads.box_predictor.cls_score
+        hook = cls.register_forward_hook(lambda mod, inp, out, acc=logits: acc.append(out.detach()))
+        with torch.no_grad():
+            for x in tiles:
+                model([torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))])
+        hook.remove()
+        # Two-class softmax score > 0.5 iff (fg - bg logit) > 0: put zero between the blank tile's best and
+        # the blob tile's 3rd best, and scale so scores sit far from the threshold.
+        blank_best = float((logits[0][:, 1] - logits[0][:, 0]).max()) * scale
+        blob_third = float(torch.topk((logits[1][:, 1] - logits[1][:, 0]) * scale, 3).values[-1])
+        if blob_third > blank_best + 1.0:
+            break
+    else:
+        raise RuntimeError("no initialisation separates blank from blob tiles")
+    with torch.no_grad():
+        cls.weight.mul_(scale)
+        cls.bias.mul_(scale)
+        cls.bias[1] -= (blank_best + blob_third) / 2
+    ckpt = {
+        "format": FORMAT, "kind": "maskrcnn", "config": cfg.to_dict(), "model": model.state_dict(), "epoch": 0,
+        "step": 0, "optimizer": None, "scheduler": None, "scaler": None, "splits": {},
+        "splits_sha256": "1" * 64, "metrics": {"val_dsb": 0.1}, "versions": versions(),
+    }
+    save_atomic(ckpt, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def maskrcnn_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_maskrcnn_checkpoint(tmp_path_factory.mktemp("ckpt") / "maskrcnn.pt")
+
+
+@pytest.fixture(scope="session")
+def maskrcnn_bundle(maskrcnn_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from nseg_export.onnx_export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("bundle") / "maskrcnn"
+    export_checkpoint(maskrcnn_ckpt, out)
     return out

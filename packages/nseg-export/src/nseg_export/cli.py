@@ -53,6 +53,13 @@ def parity_cmd(
     """Compare torch and the bundle on unseen inputs; exit 1 unless every check passes."""
     from nseg_export.parity import format_report, run_parity
 
+    if engine is not None:
+        from nseg_export.trt import TrtUnavailable, require_trt
+
+        try:
+            require_trt()  # before minutes of ONNX parity, not after
+        except TrtUnavailable as e:
+            _fail(f"--engine {engine} cannot be checked: {e}", 2)
     rep = run_parity(checkpoint, bundle, data_dir=data, max_images=max_images, seed=seed, threads=threads)
     if engine is not None:
         from nseg_export.trt import TrtUnavailable, engine_parity

@@ -484,6 +484,12 @@ def check_metadata(meta: dict[str, Any], cfg: Any, ckpt: dict[str, Any]) -> list
         want_post = unet_postprocessing(cfg)
         if dict(meta["postprocessing"]) != want_post:
             errs.append(f"postprocessing {meta['postprocessing']} != checkpoint's eval config {want_post}")
+    else:
+        want = {"score_threshold": float(cfg.maskrcnn.score_threshold), "mask_threshold": float(cfg.maskrcnn.mask_threshold),
+                "nms_threshold": float(cfg.maskrcnn.nms_threshold)}
+        have = {k: meta["postprocessing"].get(k) for k in want}
+        if have != want:
+            errs.append(f"postprocessing {have} != checkpoint's maskrcnn config {want}")
     if meta.get("training", {}).get("splits_sha256") != ckpt.get("splits_sha256"):
         errs.append("training.splits_sha256 differs from the checkpoint's (bundle made from another run?)")
     return errs
