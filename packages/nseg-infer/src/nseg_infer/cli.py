@@ -76,5 +76,55 @@ def run(
         raise typer.Exit(1)
 
 
+
+@app.command()
+def watch(
+    in_dir: Path = typer.Argument(..., help="Folder the microscope writes into."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (also holds the ledger and watch.log)."),
+    pattern: str | None = typer.Option(None, help="Glob on file names, e.g. '*.tif' (default: every supported image)."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Also watch subfolders (mirrored in OUT)."),
+    poll: float = typer.Option(2.0, help="Seconds between folder scans (network shares deliver no events)."),
+    settle: float = typer.Option(1.5, help="Seconds a file's size and mtime must stay unchanged before it is read."),
+    fail_after: float = typer.Option(30.0, help="Seconds a stable file that does not decode waits before it fails."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Bundle folder (default: the bundled model)."),
+    batch: int | None = typer.Option(None, help="Images (small ones) or tiles per model call (default: bundle)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | trt"),
+    once: bool = typer.Option(False, "--once", help="Process what is there (once settled), then exit."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Process failed files again."),
+    events: bool = typer.Option(True, "--events/--no-events", help="Use filesystem events to wake early."),
+) -> None:
+    """Segment every image that lands in IN_DIR, exactly once, surviving crashes and restarts."""
+    from nseg_data.errors import DataError
+
+    from nseg_infer.backends import BackendError
+    from nseg_infer.run import Predictor, RunConfig
+    from nseg_infer.watch import WatchConfig, Watcher, WatchError
+
+    try:
+        config = WatchConfig(in_dir, out, pattern=pattern, recursive=recursive, poll=poll, settle=settle,
+                             fail_after=fail_after, batch=batch, once=once, retry_failed=retry_failed, events=events)
+        watcher = Watcher(Predictor(model, RunConfig(batch=batch, device=device)), config)
+        code = watcher.run()
+    except (DataError, BackendError, WatchError, ValueError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    out_dir: Path = typer.Argument(..., help="A `watch` output folder."),
+    failures: int = typer.Option(10, help="How many of the latest failures to list."),
+) -> None:
+    """Counts by state, the latest failures with their errors, and throughput over the last hour."""
+    from nseg_infer.watch import status_report
+
+    try:
+        typer.echo(status_report(out_dir, failures=failures))
+    except FileNotFoundError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
+
+
 if __name__ == "__main__":
     app()
