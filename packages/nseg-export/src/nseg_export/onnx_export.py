@@ -123,7 +123,10 @@ def fp16_variant(src: Path, dst: Path) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # it warns for every value clipped to the fp16 range
-        m16 = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+        # BatchNormalization stays fp32: trained running variances reach ~2e4, and ORT's fp16 BN then
+        # moves probabilities by up to 0.2 (measured on a real nseg checkpoint); with BN in fp32, 1e-3.
+        m16 = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
+                                               op_block_list=["BatchNormalization"])
     onnx.save(m16, str(dst))
     check_onnx(dst)
 
