@@ -257,11 +257,14 @@ class Watcher:
         out = str(self.out_dir)
         wake = self.wake
 
+        def ours(p: str) -> bool:
+            return p == out or p.startswith(out + os.sep)
+
         class Wake(FileSystemEventHandler):
             def on_any_event(self, event) -> None:
                 # Our own writes land in OUT_DIR; if it sits inside IN_DIR they must not spin the scanner.
-                paths = [event.src_path, getattr(event, "dest_path", "") or ""]
-                if any(p and not str(p).startswith(out) for p in paths):
+                paths = [os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", "") or "")]
+                if any(p and not ours(p) for p in paths):
                     wake.set()
 
         observer = Observer()
