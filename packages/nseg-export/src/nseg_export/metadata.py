@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nseg_infer.bundle import FORMAT, sha256_file
+from nseg_train import deploy
 
 METADATA = "metadata.json"
 # Keys this exporter always writes; the runtime's reader requires a subset of them.
@@ -59,31 +60,16 @@ def _jsonable(obj: Any) -> Any:
 
 
 def preprocessing(cfg: Any, size_divisor: int) -> dict[str, Any]:
-    d = cfg.data
-    if d.normalization != "percentile":
-        raise MetadataError(
-            f"data.normalization={d.normalization!r} cannot be exported: the runtime implements only "
-            "'percentile' normalisation, so the bundle would see different inputs than training did")
-    if d.resize:
-        raise MetadataError(
-            f"data.resize={d.resize} cannot be exported: the runtime predicts at native resolution, "
-            "so a model trained on resized images would be fed a scale it never saw")
-    return {
-        "channel_order": "RGB",
-        "layout": "NCHW",
-        "normalization": {"kind": "percentile", "low_percentile": float(d.low_percentile),
-                          "high_percentile": float(d.high_percentile)},
-        "size_divisor": int(size_divisor),
-    }
+    """The training config's deployment, as nseg-train's validation sees it (one definition)."""
+    try:
+        pre = deploy.preprocessing_section(cfg)
+    except deploy.NotDeployable as e:
+        raise MetadataError(f"{e}; the bundle would see different inputs than training did") from e
+    return {**pre, "size_divisor": int(size_divisor)}
 
 
 def unet_postprocessing(cfg: Any) -> dict[str, Any]:
-    e = cfg.eval
-    if e.instances == "watershed":
-        return {"kind": "unet_watershed", "fg_threshold": float(e.fg_threshold),
-                "seed_threshold": float(e.seed_threshold), "min_seed_area": int(e.min_seed_area),
-                "min_size": int(e.min_size)}
-    return {"kind": "components", "fg_threshold": float(e.fg_threshold), "min_size": int(e.min_size)}
+    return deploy.unet_postprocessing_section(cfg)
 
 
 def training_section(ckpt: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from nseg_data.sample import Sample
 
 from nseg_train.config import TrainConfig
 from nseg_train.datasets import CropDataset, prepare
+from nseg_train.deploy import runtime_compatible, runtime_predictor
 from nseg_train.detection_data import DetectionDataset, collate_detection, prepare_detection
 from nseg_train.detection_predict import predict_maskrcnn
 from nseg_train.losses import unet_loss
@@ -55,6 +56,11 @@ class UNetTask:
         return unet_loss(self.cfg.optim.loss, model(x), y)
 
     def predict(self, model, sample, cfg, device):
+        # Deployable configs are validated through the runtime itself (its tiling, blending and
+        # instance step), so the score is the one `nseg-infer run` gets; the seed's setup
+        # (resize, components) has no runtime twin and keeps the direct path.
+        if runtime_compatible(cfg) is None:
+            return runtime_predictor(model, cfg, device).predict(sample.image).labels
         return instances_from_probs(predict_probs(model, sample.image, cfg, device), cfg)
 
 
