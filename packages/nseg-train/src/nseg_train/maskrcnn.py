@@ -183,7 +183,14 @@ def maskrcnn_from_config(cfg: MaskRCNNConfig) -> MaskRCNN:
 _PREFIXES = ("module.", "backbone.body.", "model.")
 
 
-def _normalise_keys(state: dict, body_keys: set[str], mobilenet: bool) -> dict:
+# Classification heads and detection parts that a backbone file may carry and the body never uses.
+_NOT_BODY = ("fc.", "classifier.", "num_batches_tracked")
+
+
+def _normalise_keys(state: dict, mobilenet: bool) -> dict:
+    if any(k.startswith(("backbone.body.", "module.backbone.body.")) for k in state):
+        # A whole detection model: only its backbone body is ours to take.
+        state = {k: v for k, v in state.items() if "backbone.body." in k}
     out = {}
     for k, v in state.items():
         for p in _PREFIXES:
@@ -191,8 +198,9 @@ def _normalise_keys(state: dict, body_keys: set[str], mobilenet: bool) -> dict:
                 k = k[len(p):]
         if mobilenet and k.startswith("features."):
             k = k[len("features."):]
-        out[k] = v
-    return {k: v for k, v in out.items() if k in body_keys}
+        if not (k.startswith(_NOT_BODY) or k.endswith(_NOT_BODY)):
+            out[k] = v
+    return out
 
 
 def load_backbone_weights(model: MaskRCNN, path: str | Path, *, backbone: str) -> int:
@@ -217,7 +225,8 @@ def load_backbone_weights(model: MaskRCNN, path: str | Path, *, backbone: str) -
         raise BackboneWeightsError(f"{path}: expected a state_dict (name -> tensor), got {type(state).__name__}")
     body = model.backbone.body
     want = {k: v for k, v in body.state_dict().items() if not k.endswith("num_batches_tracked")}
-    got = _normalise_keys(state, set(want), backbone.startswith("mobilenet"))
+    have = _normalise_keys(state, backbone.startswith("mobilenet"))
+    got = {k: v for k, v in have.items() if k in want}
     if not got:
         sample = ", ".join(list(state)[:3])
         raise BackboneWeightsError(
@@ -228,6 +237,19 @@ def load_backbone_weights(model: MaskRCNN, path: str | Path, *, backbone: str) -
     if missing:
         raise BackboneWeightsError(
             f"{path}: {len(missing)} of {len(want)} {backbone} backbone tensors are missing, e.g. {missing[0]}; "
+            "is it the weights of another network?"
+        )
+    # The MobileNet extractor stops at its last returned stage; later blocks are legitimately unused.
+    tops = {k.split(".")[0] for k in want}
+    last = max((int(t) for t in tops if t.isdigit()), default=None)
+    extra = sorted(
+        k for k in set(have) - set(want)
+        if not (last is not None and k.split(".")[0].isdigit() and int(k.split(".")[0]) > last)
+    )
+    if extra:
+        # e.g. ResNet-34 weights offered to ResNet-18: the shapes agree, the network does not.
+        raise BackboneWeightsError(
+            f"{path}: {len(extra)} tensors are not part of the {backbone} backbone, e.g. {extra[0]}; "
             "is it the weights of another network?"
         )
     bad = [(k, tuple(v.shape), tuple(want[k].shape)) for k, v in got.items() if v.shape != want[k].shape]
