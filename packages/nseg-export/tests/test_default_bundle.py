@@ -13,10 +13,12 @@ def _default_pair() -> tuple[Path, Path] | str:
     bundle = default_bundle_path()
     if not (bundle / "metadata.json").is_file():
         return f"no default bundle committed at {bundle}"
-    ckpts = sorted(bundle.glob("*.pt"))
-    if not ckpts:
-        return f"default bundle at {bundle} has no checkpoint (*.pt) next to it to compare against"
-    return bundle, ckpts[0]
+    from nseg_train import default_checkpoint_path
+
+    ckpt = default_checkpoint_path()
+    if not ckpt.is_file():
+        return f"no default checkpoint at {ckpt} to compare the bundle at {bundle} against"
+    return bundle, ckpt
 
 
 PAIR = _default_pair()

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from nseg_data.dataset import load_kaggle_folder
 from nseg_data.metrics import dsb_score
 from nseg_data.split import load_splits
+
 from nseg_train.checkpoint import load_checkpoint, load_model, save_atomic
 from nseg_train.predict import instances_from_probs, predict_probs
 
