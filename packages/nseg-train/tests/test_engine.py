@@ -131,3 +131,38 @@ def test_tune_picks_best_on_val_and_refuses_locked(synth_data, tiny_config, tmp_
     assert tuned_cfg.eval.fg_threshold == r.best["fg_threshold"] and "optimizer" not in ck
     with pytest.raises(ValueError, match="locked"):
         tune_checkpoint(tmp_path / "run" / "best.pt", data=data, splits=None, out=tmp_path / "x.pt", cache=None, split="locked")
+
+
+def test_init_starts_from_weights_and_refuses_misfits(synth_data, tiny_config, tmp_path):
+    from nseg_data.split import Splits, load_splits, save_splits
+
+    data, splits = synth_data
+    cfg = load_config(tiny_config)
+    base = dict(data_dir=data, splits_file=splits, progress=False)
+    first = train(cfg, RunOptions(out_dir=tmp_path / "a", epochs=1, **base))
+    src = tmp_path / "a" / "last.pt"
+    a = load_checkpoint(src)
+
+    # lr 1e-30 moves no fp32 weight: the result is the init, so the init was really loaded.
+    frozen = cfg.replace(optim=dataclasses.replace(cfg.optim, lr=1e-30))
+    b = train(frozen, RunOptions(out_dir=tmp_path / "b", epochs=1, init=src, **base))
+    assert b["weights_sha256"] == first["weights_sha256"]
+    ck = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert ck["init"]["path"] == str(src) and ck["train_seconds"] >= a["train_seconds"]
+    fresh = train(frozen, RunOptions(out_dir=tmp_path / "c", epochs=1, **base))
+    assert fresh["weights_sha256"] != first["weights_sha256"]
+
+    wider = cfg.replace(model=dataclasses.replace(cfg.model, channels=(8, 16, 32)))
+    with pytest.raises(TrainError, match="same architecture"):
+        train(wider, RunOptions(out_dir=tmp_path / "d", epochs=1, init=src, **base))
+
+    # A split whose locked set holds images the init trained on would leak the test set.
+    s = load_splits(splits)
+    swapped = Splits(seed=s.seed, locked_fraction=s.locked_fraction, val_fraction=s.val_fraction,
+                     ids={"locked": s["train"], "val": s["val"], "train": s["locked"]}, modality=s.modality)
+    save_splits(swapped, tmp_path / "swapped.json")
+    with pytest.raises(TrainError, match="leak"):
+        train(cfg, RunOptions(data_dir=data, splits_file=tmp_path / "swapped.json", out_dir=tmp_path / "e", epochs=1,
+                              init=src, progress=False))
+    with pytest.raises(TrainError, match="not found"):
+        train(cfg, RunOptions(out_dir=tmp_path / "f", epochs=1, init=tmp_path / "missing.pt", **base))

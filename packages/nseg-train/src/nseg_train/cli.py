@@ -14,7 +14,7 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-def _train(kind: str, config: str, data: Path, splits: Path, out: Path, resume: bool, device: str, epochs, cache, limit_train, limit_val, workers, progress, stop_after=None, backbone_weights=None) -> None:
+def _train(kind: str, config: str, data: Path, splits: Path, out: Path, resume: bool, device: str, epochs, cache, limit_train, limit_val, workers, progress, stop_after=None, backbone_weights=None, init=None) -> None:
     from nseg_data.errors import DataError
 
     from nseg_train.config import ConfigError, load_config
@@ -31,7 +31,7 @@ def _train(kind: str, config: str, data: Path, splits: Path, out: Path, resume: 
         opts = RunOptions(
             data_dir=data, splits_file=splits, out_dir=out, cache_dir=cache, resume=resume, device=device,
             epochs=epochs, limit_train=limit_train, limit_val=limit_val, workers=workers, progress=progress,
-            stop_after=stop_after,
+            stop_after=stop_after, init=init,
         )
         summary = train(cfg, opts)
     except (ConfigError, TrainError, DataError, FileNotFoundError) as exc:
@@ -44,6 +44,8 @@ _DATA = typer.Option(..., "--data", help="dataset folder (Kaggle stage1_train la
 _SPLITS = typer.Option(..., "--splits", help="splits JSON written by `nseg-data split`")
 _OUT = typer.Option(..., "--out", help="run directory (checkpoints, logs, curves)")
 _CACHE = typer.Option(None, "--cache", help="decoded-sample cache directory (recommended)")
+_INIT = typer.Option(None, "--init", help="start from this checkpoint's weights (same architecture; fresh optimizer and "
+                     "schedule), e.g. to fine-tune the default model on your own data")
 
 
 @app.command()
@@ -61,9 +63,10 @@ def unet(
     workers: int = typer.Option(None, "--workers", help="data loader workers (default from config)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     stop_after: int = typer.Option(None, "--stop-after", help="run at most N epochs now, then stop (continue with --resume)"),
+    init: Path = _INIT,
 ) -> None:
     """Train a MONAI UNet (presets: unet, unet-paper). Run under torchrun for multi-GPU / multi-node."""
-    _train("unet", config, data, splits, out, resume, device, epochs, cache, limit_train, limit_val, workers, progress, stop_after)
+    _train("unet", config, data, splits, out, resume, device, epochs, cache, limit_train, limit_val, workers, progress, stop_after, init=init)
 
 
 @app.command()
@@ -84,9 +87,10 @@ def maskrcnn(
     workers: int = typer.Option(None, "--workers", help="data loader workers (default from config)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     stop_after: int = typer.Option(None, "--stop-after", help="run at most N epochs now, then stop (continue with --resume)"),
+    init: Path = _INIT,
 ) -> None:
     """Train a torchvision Mask R-CNN (presets: maskrcnn, maskrcnn-paper). Run under torchrun for multi-GPU / multi-node."""
-    _train("maskrcnn", config, data, splits, out, resume, device, epochs, cache, limit_train, limit_val, workers, progress, stop_after, backbone_weights)
+    _train("maskrcnn", config, data, splits, out, resume, device, epochs, cache, limit_train, limit_val, workers, progress, stop_after, backbone_weights, init)
 
 
 @app.command()

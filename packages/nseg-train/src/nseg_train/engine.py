@@ -53,6 +53,7 @@ class RunOptions:
     workers: int | None = None
     progress: bool = True
     stop_after: int | None = None  # epochs to run in this invocation (time-boxed sessions); resume later
+    init: Path | None = None  # start from this checkpoint's weights (fresh optimizer and schedule)
 
 
 def pick_device(name: str, info: DistInfo) -> torch.device:
@@ -124,6 +125,28 @@ def _write_log(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def _load_init(path: Path, cfg: TrainConfig, splits) -> dict:
+    """Weights to start from, refused when they do not fit or would leak the locked split."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainError(f"{path}: --init checkpoint not found")
+    ckpt = load_checkpoint(path)
+    want = json.dumps(cfg.to_dict()["model"], sort_keys=True, default=list)
+    have = json.dumps((ckpt.get("config") or {}).get("model"), sort_keys=True, default=list)
+    if ckpt.get("kind") != cfg.model.kind or want != have:
+        raise TrainError(f"{path}: its model ({have}) differs from the config's ({want}); --init needs the same architecture")
+    # A model that saw this split's locked images in training or validation would make locked scores meaningless.
+    seen = set()
+    for name in ("train", "val"):
+        seen.update((ckpt.get("splits") or {}).get("splits", {}).get(name, []))
+    leaked = sorted(seen & set(splits["locked"]))
+    if leaked:
+        raise TrainError(f"{path}: was trained or validated on {len(leaked)} images of this split's locked set "
+                         f"(e.g. {leaked[0]}); starting from it would leak the test set")
+    return {"path": str(path), "weights_sha256": _weights_sha256(ckpt["model"]), "splits_sha256": ckpt.get("splits_sha256"),
+            "train_seconds": float(ckpt.get("train_seconds") or 0.0), "model": ckpt["model"]}
+
+
 def train(cfg: TrainConfig, opts: RunOptions) -> dict:
     info = init_distributed("cuda" if opts.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
     try:
@@ -174,6 +197,9 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
     start_epoch, step, best = 0, 0, -1.0
     history: list[dict] = []
     last_path, best_path = out / "last.pt", out / "best.pt"
+    init = _load_init(opts.init, cfg, splits) if opts.init is not None else None
+    if init is not None:
+        model.load_state_dict(init["model"])
     if opts.resume:
         if not last_path.exists():
             raise TrainError(f"{last_path}: --resume given but there is no checkpoint to resume from")
@@ -279,7 +305,9 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
                 "splits": splits.to_json(),
                 "splits_sha256": splits.sha256(),
                 "metrics": {k: v for k, v in row.items() if k.startswith("val_")},
-                "train_seconds": sum(float(r.get("seconds") or 0) for r in history),
+                # Including the run it started from: the compute that made these weights.
+                "train_seconds": sum(float(r.get("seconds") or 0) for r in history) + (init["train_seconds"] if init else 0.0),
+                "init": {k: v for k, v in init.items() if k != "model"} if init else None,
                 "versions": versions(),
                 "machine": describe(str(device)),
             }
@@ -302,6 +330,14 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
         "world_size": info.world_size,
         "weights_sha256": parameters_sha256(model),
     }
+
+
+def _weights_sha256(state: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def parameters_sha256(model: torch.nn.Module) -> str:
