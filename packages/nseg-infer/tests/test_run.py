@@ -167,3 +167,19 @@ def test_region_read_tiff_end_to_end_matches_in_memory(unet_bundle, tmp_path, mo
     a, b = tifffile.imread(ref.outputs[0]), tifffile.imread(r.outputs[0])
     assert r.n_nuclei == ref.n_nuclei >= 250
     assert np.array_equal(a > 0, b > 0)
+
+
+def test_probabilities_are_the_field_predict_segments(unet_bundle, maskrcnn_bundle):
+    """`nseg-train tune` searches instance parameters on `probabilities`; that is only sound if
+    the instance step on it gives exactly `predict`'s labels."""
+    from nseg_infer.instances import unet_instances
+
+    img, _ = synthetic_blobs((300, 420), 120, seed=7)
+    p = Predictor(unet_bundle, RunConfig(tile=128, batch=3))  # several tiles, uneven last batch
+    field = p.probabilities(img)
+    assert field.shape == (2, 300, 420) and field.dtype == np.float32
+    labels = p.predict(img).labels
+    assert labels.max() > 0
+    np.testing.assert_array_equal(unet_instances(field[0], field[1], p.params), labels)
+    with pytest.raises(ValueError, match="UNet"):  # the detector stand-in needs a backend, never called here
+        Predictor(maskrcnn_bundle, backend=object()).probabilities(img)

@@ -332,6 +332,27 @@ class Predictor:
             pred.extra["canvas_file"] = canvas_file
         return pred
 
+    def probabilities(self, image: ImageSource | np.ndarray) -> np.ndarray:
+        """A UNet bundle's blended [2, H, W] field (foreground, distance) before the instance step,
+        exactly as `predict` computes it for an image of one block; `nseg-train tune` searches the
+        instance parameters on it. Holds the whole field in memory."""
+        if self.bundle.kind != "unet":
+            raise ValueError(f"probabilities need a UNet bundle, this one is {self.bundle.kind!r}")
+        src = image if isinstance(image, ImageSource) else ArraySource(image)
+        h, w = src.shape
+        lo, hi = image_norm_stats(src, self.bundle.preprocessing.normalization)
+        grid = self._grid(h, w)
+        merger = UNetMerger(grid, Window(0, h, 0, w))
+
+        def sink(item: tuple[list[Tile], dict[str, np.ndarray]]) -> None:
+            tiles, out = item
+            for t, p in zip(tiles, out[self.output_name], strict=True):  # index order, as in predict
+                merger.aggregate(np.asarray(p[:2], np.float32)[None], [t])
+
+        bgr = self.bundle.preprocessing.channel_order == "BGR"
+        self._run_model(_batches(src, grid.tiles, self.batch, lo, hi, bgr, "reflect"), sink)
+        return merger.finalize()
+
     def _grid(self, h: int, w: int) -> TileGrid:
         return tile_grid(h, w, self.tile, self.halo, self.bundle.preprocessing.size_divisor)
 

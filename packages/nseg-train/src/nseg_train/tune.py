@@ -20,6 +20,7 @@ from nseg_data.metrics import dsb_score
 from nseg_data.split import load_splits
 
 from nseg_train.checkpoint import load_checkpoint, load_model, save_atomic
+from nseg_train.deploy import runtime_compatible, runtime_predictor
 from nseg_train.predict import instances_from_probs, predict_probs
 
 DEFAULT_GRID = {
@@ -57,7 +58,10 @@ def tune_checkpoint(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
     it = progress(res.samples) if progress else res.samples
-    probs = [(s.labels, predict_probs(model, s.image, cfg, device)) for s in it]
+    # The runtime's own normalisation, tiling and blending, as validation and `nseg-infer run` use.
+    field = runtime_predictor(model, cfg, device).probabilities if runtime_compatible(cfg) is None else (
+        lambda image: predict_probs(model, image, cfg, device))
+    probs = [(s.labels, field(s.image)) for s in it]
     grid = grid or DEFAULT_GRID
     keys = list(grid)
     rows = []
