@@ -90,6 +90,21 @@ def test_products_content(predictor, images, tmp_path):
     assert ov.shape == (300, 420, 3) and (ov == (255, 255, 0)).all(axis=2).any()
 
 
+def test_products_are_readable_by_others_as_umask_allows(predictor, images, tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); a shared workstation needs the usual mode."""
+    import os
+    import stat
+
+    d, _ = images
+    old = os.umask(0o022)
+    try:
+        r = predictor.process_file(d / "a.png", tmp_path / "o22")
+    finally:
+        os.umask(old)
+    for f in r.outputs:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+
+
 def test_large_image_writes_tiled_bigtiff_and_overview(unet_bundle, images, tmp_path):
     d, _ = images
     small = Predictor(unet_bundle).process_file(d / "a.png", tmp_path / "ref")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nseg_data.fileperm import publish_mode
 from nseg_data.modality import infer_modality
 from nseg_data.sample import Sample
 
@@ -38,6 +39,7 @@ def save_sample(path: Path, sample: Sample) -> None:
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    publish_mode(fd)
     os.close(fd)
     try:
         np.savez_compressed(tmp, **arrays)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from nseg_data.fileperm import publish_mode
 from nseg_data.sample import Sample
 
 CATEGORY = {"id": 1, "name": "nucleus", "supercategory": "cell"}
@@ -116,6 +117,7 @@ def coco_dict(samples: list[Sample], *, split: str = "") -> dict:
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    publish_mode(fd)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)

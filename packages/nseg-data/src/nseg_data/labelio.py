@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
+from nseg_data.fileperm import publish_mode
 from nseg_data.sample import Sample
 
 
 def _atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    publish_mode(fd)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from nseg_data.errors import DataError
+from nseg_data.fileperm import publish_mode
 
 SPLIT_NAMES = ("locked", "val", "train")
 
@@ -119,6 +120,7 @@ def save_splits(splits: Splits, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    publish_mode(fd)
     with os.fdopen(fd, "w") as f:
         json.dump(splits.to_json(), f, indent=1)
         f.write("\n")

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from nseg_data.fileperm import publish_mode
 from nseg_infer.bundle import FORMAT, sha256_file
 from nseg_train import deploy
 
@@ -123,6 +124,7 @@ def write_json_atomic(path: Path, obj: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    publish_mode(fd)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2, sort_keys=False)

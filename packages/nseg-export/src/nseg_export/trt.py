@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from nseg_data.fileperm import publish_mode
 
 from nseg_export.parity import (
     TOLERANCES,
@@ -382,6 +383,7 @@ def build_bundle_engine(bundle_dir: Path, *, fp16: bool = False, int8: bool = Fa
                         workspace_bytes=int(workspace_gib * (1 << 30)))
     build_s = time.perf_counter() - t0
     fd, tmp_s = tempfile.mkstemp(dir=bundle_dir, prefix=f".{name}.", suffix=".tmp")
+    publish_mode(fd)
     tmp = Path(tmp_s)
     with os.fdopen(fd, "wb") as f:
         f.write(blob)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from nseg_data.errors import DataError
+from nseg_data.fileperm import publish_mode
 
 from nseg_infer.tiling import Window
 
@@ -231,6 +232,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + final.suffix, dir=final.parent)
+    publish_mode(fd)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

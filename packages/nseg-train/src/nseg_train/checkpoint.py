@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from nseg_data.fileperm import publish_mode
 
 from nseg_train.config import TrainConfig, config_from_dict
 from nseg_train.models import build_model_for
@@ -32,6 +33,7 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """Write next to the target, then rename: a run killed mid-save keeps the previous checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    publish_mode(fd)
     os.close(fd)
     try:
         torch.save(obj, tmp)
