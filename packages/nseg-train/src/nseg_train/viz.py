@@ -68,7 +68,8 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
     a2.set_xlabel("epoch")
     a2.set_ylim(0, 1)
     a2.set_title("validation")
-    a2.legend()
+    if a2.lines:  # no validation yet in the first epochs
+        a2.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
