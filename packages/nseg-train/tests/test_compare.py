@@ -71,3 +71,21 @@ def test_compare_refuses_images_a_run_trained_on(two_runs, tmp_path):
     r = run("compare", mrcnn, unet, "--split", "locked", "--splits", tmp_path / "other.json", "--data", data,
             "--out", tmp_path / "x", "--device", "cpu")
     assert r.exit_code == 2 and "train/val split" in r.output
+
+
+def test_run_names_and_init_chain(tmp_path):
+    import torch
+
+    from nseg_train.checkpoint import FORMAT
+    from nseg_train.compare import init_epochs, run_names
+
+    a, b = tmp_path / "x" / "unet", tmp_path / "y" / "unet"
+    names = run_names([(a / "best.pt", a), (b / "best.pt", b), (tmp_path / "ft" / "tuned.pt", tmp_path / "ft")])
+    assert names == ["x/unet", "y/unet", "ft/tuned"]
+    first = tmp_path / "first.pt"
+    torch.save({"format": FORMAT, "epoch": 31, "init": None}, first)
+    second = tmp_path / "second.pt"
+    torch.save({"format": FORMAT, "epoch": 9, "init": {"path": str(first)}}, second)
+    assert init_epochs({"init": {"path": str(second)}}) == 10 + 32
+    assert init_epochs({"init": {"epochs": 7, "path": "gone.pt"}}) == 7
+    assert init_epochs({"init": None}) == 0

@@ -42,6 +42,7 @@ class RunResult:
     config_name: str
     params: int
     epochs: int
+    init_epochs: int
     train_seconds: float | None
     trained_on: str
     result: EvalResult
@@ -68,9 +69,22 @@ def resolve_run(path: Path) -> tuple[Path, Path]:
     raise CompareError(f"{path}: not a checkpoint and no best.pt / last.pt inside")
 
 
-def run_names(dirs: list[Path]) -> list[str]:
-    names = [d.name for d in dirs]
-    return [f"{d.parent.name}/{d.name}" if names.count(d.name) > 1 else d.name for d in dirs]
+def run_names(resolved: list[tuple[Path, Path]]) -> list[str]:
+    """A run directory's name; a checkpoint given by file (e.g. tuned.pt) adds its stem."""
+    base = [d.name if c.stem in ("best", "last") else f"{d.name}/{c.stem}" for c, d in resolved]
+    return [f"{d.parent.name}/{b}" if base.count(b) > 1 else b for b, (_, d) in zip(base, resolved, strict=True)]
+
+
+def init_epochs(ckpt: dict) -> int:
+    """Epochs behind the weights a run started from (`--init`), followed back through its chain."""
+    init = ckpt.get("init") or {}
+    if "epochs" in init:
+        return int(init["epochs"])
+    path = Path(init["path"]) if init.get("path") else None
+    if path is None or not path.is_file():
+        return 0
+    prev = load_checkpoint(path)
+    return int(prev.get("epoch", -1)) + 1 + init_epochs(prev)
 
 
 def pick_images(samples: list[Sample], n: int) -> list[Sample]:
@@ -113,7 +127,7 @@ def markdown(runs: list[RunResult], *, split: str, sp: Splits, machine: str, dev
     for r in runs:
         ov = r.result.overall
         lines.append(
-            f"| {r.name} | {r.kind} ({r.config_name}) | {r.params / 1e6:.1f} M | {r.epochs} | {_hours(r.train_seconds)} | "
+            f"| {r.name} | {r.kind} ({r.config_name}) | {r.params / 1e6:.1f} M | {r.epochs}{f' + {r.init_epochs} (init)' if r.init_epochs else ''} | {_hours(r.train_seconds)} | "
             f"{r.trained_on} | {r.result.seconds_per_megapixel:.2f} | " + " | ".join(f"{ov[k]:.3f}" for k, _ in METRICS) + " |"
         )
     for m in mods:
@@ -140,7 +154,7 @@ def compare_runs(
     if not run_paths:
         raise CompareError("give at least one run directory")
     resolved = [resolve_run(p) for p in run_paths]
-    names = run_names([d for _, d in resolved])
+    names = run_names(resolved)
     first = load_checkpoint(resolved[0][0])
     sp = load_splits(splits) if splits else splits_from_checkpoint(first)
     try:
@@ -179,7 +193,7 @@ def compare_runs(
         final = load_checkpoint(last) if last.is_file() and last != ckpt_path else ckpt
         runs.append(RunResult(
             name=name, checkpoint=ckpt_path, kind=cfg.model.kind, config_name=cfg.name, params=count_parameters(model),
-            epochs=int(final.get("epoch", -1)) + 1, train_seconds=final.get("train_seconds"),
+            epochs=int(final.get("epoch", -1)) + 1, init_epochs=init_epochs(final), train_seconds=final.get("train_seconds"),
             trained_on=str(final.get("machine", "not recorded")), result=result, predictions=preds,
             history=_read_log(run_dir / "log.csv"),
         ))
@@ -196,7 +210,7 @@ def compare_runs(
         "runs": [
             {
                 "name": r.name, "checkpoint": str(r.checkpoint), "kind": r.kind, "config": r.config_name, "params": r.params,
-                "epochs": r.epochs, "train_seconds": r.train_seconds, "trained_on": r.trained_on,
+                "epochs": r.epochs, "init_epochs": r.init_epochs, "train_seconds": r.train_seconds, "trained_on": r.trained_on,
                 "seconds_per_megapixel": r.result.seconds_per_megapixel, "overall": r.result.overall,
                 "per_modality": r.result.per_modality(),
             }

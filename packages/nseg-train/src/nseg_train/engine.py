@@ -144,7 +144,8 @@ def _load_init(path: Path, cfg: TrainConfig, splits) -> dict:
         raise TrainError(f"{path}: was trained or validated on {len(leaked)} images of this split's locked set "
                          f"(e.g. {leaked[0]}); starting from it would leak the test set")
     return {"path": str(path), "weights_sha256": _weights_sha256(ckpt["model"]), "splits_sha256": ckpt.get("splits_sha256"),
-            "train_seconds": float(ckpt.get("train_seconds") or 0.0), "model": ckpt["model"]}
+            "train_seconds": float(ckpt.get("train_seconds") or 0.0),
+            "epochs": int(ckpt.get("epoch", -1)) + 1 + int((ckpt.get("init") or {}).get("epochs", 0)), "model": ckpt["model"]}
 
 
 def train(cfg: TrainConfig, opts: RunOptions) -> dict:
