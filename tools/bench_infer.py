@@ -211,9 +211,14 @@ def table(rows: list[dict]) -> str:
 
 
 def write_section(body: str) -> None:
+    write_section_named(SECTION, body)
+
+
+def write_section_named(section: str, body: str) -> None:
+    """Replace (or append) one `## ` section of docs/benchmarks.md, atomically."""
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    block = f"{SECTION}\n\n{body.strip()}\n\n"
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    block = f"{section}\n\n{body.strip()}\n\n"
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
     DOC.parent.mkdir(parents=True, exist_ok=True)
     tmp = DOC.with_suffix(".md.tmp")
