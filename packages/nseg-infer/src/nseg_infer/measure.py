@@ -55,6 +55,20 @@ def _hull_area(pts: list[tuple[int, int]]) -> float:
     return 0.5 * abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(hull, hull[1:] + hull[:1], strict=True)))
 
 
+def shape_moments(image: np.ndarray) -> tuple[float, float, float]:
+    """(centroid y, centroid x, eccentricity) of a mask crop, as skimage's regionprops defines them
+    (eccentricity of the ellipse with the same second central moments), from the pixel coordinates
+    directly: regionprops' general moment tables cost ~10x more per nucleus."""
+    ys, xs = np.nonzero(image)
+    cy, cx = ys.mean(), xs.mean()
+    dy, dx = ys - cy, xs - cx
+    a, b, c = float((dy * dy).mean()), float((dy * dx).mean()), float((dx * dx).mean())
+    half_sum, root = (a + c) / 2, float(np.hypot((a - c) / 2, b))
+    l1, l2 = half_sum + root, max(half_sum - root, 0.0)
+    ecc = float(np.sqrt(1 - l2 / l1)) if l1 > 0 else 0.0
+    return float(cy), float(cx), ecc
+
+
 def measure_regions(regions, offset: tuple[int, int] = (0, 0), scores: np.ndarray | None = None) -> list[dict]:
     """Rows for skimage RegionProperties (made with an intensity image); `offset` maps the crop to
     image coordinates and `scores[label - 1]` gives the model score where there is one."""
@@ -62,13 +76,14 @@ def measure_regions(regions, offset: tuple[int, int] = (0, 0), scores: np.ndarra
     rows = []
     for r in regions:
         y0, x0, y1, x1 = r.bbox
-        cy, cx = r.centroid
+        ly, lx, ecc = shape_moments(r.image)
+        cy, cx = ly + y0, lx + x0
         area = int(r.area)
         mean = float(r.intensity_mean)
         row = {
             "label": int(r.label), "centroid_y": round(cy + oy, 3), "centroid_x": round(cx + ox, 3),
             "area": area, "perimeter": round(float(r.perimeter), 3),
-            "eccentricity": round(float(r.eccentricity), 5), "solidity": round(solidity(r.image, area), 5),
+            "eccentricity": round(ecc, 5), "solidity": round(solidity(r.image, area), 5),
             "mean_intensity": round(mean, 4), "integrated_intensity": round(mean * area, 3),
             "bbox_y0": y0 + oy, "bbox_x0": x0 + ox, "bbox_y1": y1 + oy, "bbox_x1": x1 + ox,
         }
