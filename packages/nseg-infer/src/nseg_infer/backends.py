@@ -75,7 +75,8 @@ class TensorRTBackend:
     def __init__(self, engine_path: str | os.PathLike) -> None:
         try:
             import tensorrt as trt
-            from cuda import cudart  # cuda-python, installed with the tensorrt extra
+
+            cudart = _import_cudart()
         except ImportError as e:
             raise BackendError(f"TensorRT is not installed ({e}); install nseg-infer[trt]") from e
         self._trt, self._cudart = trt, cudart
@@ -95,6 +96,12 @@ class TensorRTBackend:
         self.output_names = [n for n in names if self.engine.get_tensor_mode(n) != mode]
         err, self.stream = cudart.cudaStreamCreate()
         self._buffers: dict[str, tuple[int, int]] = {}
+        # Outputs whose shape depends on the data (a detector's N detections) have -1 dims until the
+        # engine has run; since TensorRT 10 only an output allocator learns their real shape.
+        self._dynamic = [n for n in self.output_names if -1 in tuple(self.engine.get_tensor_shape(n))]
+        self._allocator = _make_output_allocator(trt, cudart) if self._dynamic else None
+        for n in self._dynamic:
+            self.context.set_output_allocator(n, self._allocator)
         self.name = "tensorrt"
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
@@ -116,23 +123,75 @@ class TensorRTBackend:
         cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
                                self.stream)
         self.context.set_tensor_address(self.input_name, d_in)
-        host = {}
+        host, device = {}, {}
         for name in self.output_names:
+            if name in self._dynamic:
+                continue
             shape = tuple(self.context.get_tensor_shape(name))
-            dtype = trt.nptype(self.engine.get_tensor_dtype(name))
-            host[name] = np.empty(shape, dtype=dtype)
-            self.context.set_tensor_address(name, self._device_buffer(name, host[name].nbytes))
+            host[name] = np.empty(shape, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
+            device[name] = self._device_buffer(name, host[name].nbytes)
+            self.context.set_tensor_address(name, device[name])
         if not self.context.execute_async_v3(self.stream):
             raise BackendError("TensorRT execution failed")
+        if self._dynamic:
+            cudart.cudaStreamSynchronize(self.stream)  # shapes are known once the engine has run
+            for name in self._dynamic:
+                shape = self._allocator.shapes[name]
+                host[name] = np.empty(shape, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
+                device[name] = self._allocator.pointers[name][0]
         for name, arr in host.items():
-            cudart.cudaMemcpyAsync(arr.ctypes.data, self._buffers[name][0], arr.nbytes,
-                                   cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream)
+            if arr.nbytes:
+                cudart.cudaMemcpyAsync(arr.ctypes.data, device[name], arr.nbytes,
+                                       cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream)
         cudart.cudaStreamSynchronize(self.stream)
-        return {k: v.astype(np.float32, copy=False) for k, v in host.items()}
+        return {k: host[k].astype(np.float32, copy=False) for k in self.output_names}
 
     def __del__(self) -> None:
-        for ptr, _ in getattr(self, "_buffers", {}).values():
+        pointers = list(getattr(self, "_buffers", {}).values())
+        allocator = getattr(self, "_allocator", None)
+        if allocator is not None:
+            pointers += list(allocator.pointers.values())
+        for ptr, _ in pointers:
             self._cudart.cudaFree(ptr)
+
+
+def _import_cudart():
+    """cuda-python's runtime module: `cuda.bindings.runtime` since 12.8, `cuda.cudart` before."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        from cuda import cudart
+    return cudart
+
+
+def _make_output_allocator(trt, cudart):
+    """A TensorRT output allocator (device memory from cudart) that records each output's real shape."""
+
+    class OutputAllocator(trt.IOutputAllocator):
+        def __init__(self) -> None:
+            trt.IOutputAllocator.__init__(self)
+            self.pointers: dict[str, tuple[int, int]] = {}
+            self.shapes: dict[str, tuple[int, ...]] = {}
+
+        def reallocate_output(self, tensor_name, memory, size, alignment):
+            ptr, have = self.pointers.get(tensor_name, (0, 0))
+            if have >= max(size, 1):
+                return ptr
+            if ptr:
+                cudart.cudaFree(ptr)
+            err, ptr = cudart.cudaMalloc(max(size, 1))
+            if int(err) != 0:
+                return 0  # TensorRT reports the failed allocation as an execution error
+            self.pointers[tensor_name] = (int(ptr), max(size, 1))
+            return int(ptr)
+
+        def reallocate_output_async(self, tensor_name, memory, size, alignment, stream):
+            return self.reallocate_output(tensor_name, memory, size, alignment)
+
+        def notify_shape(self, tensor_name, shape):
+            self.shapes[tensor_name] = tuple(shape)
+
+    return OutputAllocator()
 
 
 def ort_providers() -> list[str]:

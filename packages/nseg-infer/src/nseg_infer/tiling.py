@@ -78,8 +78,10 @@ def _axis(n: int, tile: int, halo: int, divisor: int) -> tuple[int, list[tuple[i
         return size, [(-halo, 0, n)]
     count = math.ceil(n / core)
     # Balance the cores: as few tiles as the maximum size allows, each only as big as needed.
-    # A 2048 side with 1024 tiles then reads 3 x 752 pixels instead of 3 x 1024.
-    core = math.ceil(n / count)
+    # A 2048 side with 1024 tiles then reads 3 x 752 pixels instead of 3 x 1024. Cores stay
+    # multiples of the divisor (the network's total stride), so every tile sees the image on the
+    # same pooling grid and overlapping tiles predict alike.
+    core = min(core, _round_up(math.ceil(n / count), divisor))
     size = min(tile, _round_up(core + 2 * halo, divisor))
     out = []
     for i in range(count):
