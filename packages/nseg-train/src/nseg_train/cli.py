@@ -160,7 +160,7 @@ def tune(
     from nseg_train.tune import tune_checkpoint
 
     try:
-        r = tune_checkpoint(checkpoint, data=data, splits=splits, out=out, cache=cache, split=split, limit=limit, progress=lambda x: tqdm(x, desc="predict"))
+        r = tune_checkpoint(checkpoint, data=data, splits=splits, out=out, cache=cache, split=split, limit=limit, progress=lambda x, desc: tqdm(x, desc=desc))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     typer.echo(f"val DSB {r.baseline_dsb:.4f} -> {r.best_dsb:.4f} with {r.best}; wrote {out}")

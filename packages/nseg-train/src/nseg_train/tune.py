@@ -23,10 +23,13 @@ from nseg_train.checkpoint import load_checkpoint, load_model, save_atomic
 from nseg_train.deploy import runtime_compatible, runtime_predictor
 from nseg_train.predict import instances_from_probs, predict_probs
 
+# min_seed_area matters most for large, elongated H&E nuclei, whose distance maps break into
+# several small cores that would each seed a nucleus.
 DEFAULT_GRID = {
     "fg_threshold": (0.4, 0.5, 0.6),
-    "seed_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
-    "min_size": (8, 16, 24),
+    "seed_threshold": (0.4, 0.5, 0.6, 0.7),
+    "min_seed_area": (3, 10, 30),
+    "min_size": (8, 24, 48),
 }
 
 
@@ -57,7 +60,7 @@ def tune_checkpoint(
         raise ValueError(f"{len(res.errors)} unreadable sample(s), first: {res.errors[0]}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
-    it = progress(res.samples) if progress else res.samples
+    it = progress(res.samples, "predict") if progress else res.samples
     # The runtime's own normalisation, tiling and blending, as validation and `nseg-infer run` use.
     field = runtime_predictor(model, cfg, device).probabilities if runtime_compatible(cfg) is None else (
         lambda image: predict_probs(model, image, cfg, device))
@@ -65,7 +68,8 @@ def tune_checkpoint(
     grid = grid or DEFAULT_GRID
     keys = list(grid)
     rows = []
-    for values in itertools.product(*(grid[k] for k in keys)):
+    combos = list(itertools.product(*(grid[k] for k in keys)))
+    for values in progress(combos, "grid") if progress else combos:
         params = dict(zip(keys, values, strict=True))
         c = cfg.replace(eval=dataclasses.replace(cfg.eval, **params))
         score = float(np.mean([dsb_score(gt, instances_from_probs(p, c)) for gt, p in probs]))
