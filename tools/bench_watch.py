@@ -151,7 +151,7 @@ def main() -> None:
         "discovery, the decode check, sha256, queueing, fsync of the outputs and the ledger commits.",
         "",
         f"Machine: {os.cpu_count()}-core CPU container ({platform.machine()}, Python "
-        f"{platform.python_version()}), load average {load[0]:.1f} at "
+        f"{platform.python_version()}; load average {load[0]:.1f} at "
         f"the end); ONNX Runtime CPU; model: {'the tests stand-in UNet (a few convolutions)' if a.model is None else a.model}.",
         "",
         "| discovery | image | files | latency (median) | settle | inference (median) | overhead: median (min to max) |",
