@@ -343,8 +343,4 @@ def _weights_sha256(state: dict) -> str:
 
 def parameters_sha256(model: torch.nn.Module) -> str:
     """Hash of the learnable weights: equal on every DDP rank after a correct run."""
-    h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return _weights_sha256(dict(model.named_parameters()))
