@@ -76,8 +76,8 @@ def test_compare_refuses_images_a_run_trained_on(two_runs, tmp_path):
 def test_run_names_and_init_chain(tmp_path):
     import torch
 
-    from nseg_train.checkpoint import FORMAT
-    from nseg_train.compare import init_epochs, run_names
+    from nseg_train.checkpoint import FORMAT, init_epochs
+    from nseg_train.compare import run_names
 
     a, b = tmp_path / "x" / "unet", tmp_path / "y" / "unet"
     names = run_names([(a / "best.pt", a), (b / "best.pt", b), (tmp_path / "ft" / "tuned.pt", tmp_path / "ft")])

@@ -63,3 +63,14 @@ def load_model(path: Path) -> tuple[torch.nn.Module, TrainConfig, dict[str, Any]
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, cfg, ckpt
+
+
+def init_epochs(ckpt: dict) -> int:
+    """Epochs behind the weights a run started from (`--init`): the chain of starting checkpoints
+    followed back while their files exist, else the count recorded when the run began."""
+    init = ckpt.get("init") or {}
+    path = Path(init["path"]) if init.get("path") else None
+    if path is not None and path.is_file():
+        prev = load_checkpoint(path)
+        return int(prev.get("epoch", -1)) + 1 + init_epochs(prev)
+    return int(init.get("epochs", 0))

@@ -16,7 +16,7 @@ from nseg_data.dataset import load_kaggle_folder
 from nseg_data.sample import Sample
 from nseg_data.split import Splits, load_splits
 
-from nseg_train.checkpoint import load_checkpoint, load_model
+from nseg_train.checkpoint import init_epochs, load_checkpoint, load_model
 from nseg_train.distributed import DistInfo
 from nseg_train.engine import _read_log, pick_device
 from nseg_train.evaluate import EvalResult, evaluate_samples
@@ -74,17 +74,6 @@ def run_names(resolved: list[tuple[Path, Path]]) -> list[str]:
     base = [d.name if c.stem in ("best", "last") else f"{d.name}/{c.stem}" for c, d in resolved]
     return [f"{d.parent.name}/{b}" if base.count(b) > 1 else b for b, (_, d) in zip(base, resolved, strict=True)]
 
-
-def init_epochs(ckpt: dict) -> int:
-    """Epochs behind the weights a run started from (`--init`), followed back through its chain."""
-    init = ckpt.get("init") or {}
-    if "epochs" in init:
-        return int(init["epochs"])
-    path = Path(init["path"]) if init.get("path") else None
-    if path is None or not path.is_file():
-        return 0
-    prev = load_checkpoint(path)
-    return int(prev.get("epoch", -1)) + 1 + init_epochs(prev)
 
 
 def pick_images(samples: list[Sample], n: int) -> list[Sample]:

@@ -26,7 +26,7 @@ import yaml
 from nseg_data.dataset import load_kaggle_folder
 from nseg_data.split import load_splits
 
-from nseg_train.checkpoint import FORMAT, load_checkpoint, save_atomic, versions
+from nseg_train.checkpoint import FORMAT, init_epochs, load_checkpoint, save_atomic, versions
 from nseg_train.config import TrainConfig
 from nseg_train.distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
 from nseg_train.evaluate import evaluate_samples, markdown_table
@@ -145,7 +145,7 @@ def _load_init(path: Path, cfg: TrainConfig, splits) -> dict:
                          f"(e.g. {leaked[0]}); starting from it would leak the test set")
     return {"path": str(path), "weights_sha256": _weights_sha256(ckpt["model"]), "splits_sha256": ckpt.get("splits_sha256"),
             "train_seconds": float(ckpt.get("train_seconds") or 0.0),
-            "epochs": int(ckpt.get("epoch", -1)) + 1 + int((ckpt.get("init") or {}).get("epochs", 0)), "model": ckpt["model"]}
+            "epochs": int(ckpt.get("epoch", -1)) + 1 + init_epochs(ckpt), "model": ckpt["model"]}
 
 
 def train(cfg: TrainConfig, opts: RunOptions) -> dict:
