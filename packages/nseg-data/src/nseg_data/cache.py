@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nseg_data.fileperm import publish_mode
+from nseg_data.atomic import publish_mode
 from nseg_data.modality import infer_modality
 from nseg_data.sample import Sample
 

@@ -10,15 +10,13 @@ the identical compressed string.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from nseg_data.fileperm import publish_mode
+from nseg_data.atomic import write_bytes_atomic
 from nseg_data.sample import Sample
 
 CATEGORY = {"id": 1, "name": "nucleus", "supercategory": "cell"}
@@ -114,14 +112,6 @@ def coco_dict(samples: list[Sample], *, split: str = "") -> dict:
     }
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    publish_mode(fd)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
 
 def write_image(path: Path, image: np.ndarray) -> None:
     import io
@@ -130,7 +120,7 @@ def write_image(path: Path, image: np.ndarray) -> None:
 
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
-    _write_atomic(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def export_split(samples: list[Sample], out_dir: Path, split: str) -> CocoExport:
@@ -141,5 +131,5 @@ def export_split(samples: list[Sample], out_dir: Path, split: str) -> CocoExport
     for s in samples:
         write_image(image_root / f"{s.id}.png", s.image)
     json_path = out_dir / f"{split}.json"
-    _write_atomic(json_path, json.dumps(d).encode())
+    write_bytes_atomic(json_path, json.dumps(d).encode())
     return CocoExport(split, json_path, image_root, len(d["images"]), len(d["annotations"]))

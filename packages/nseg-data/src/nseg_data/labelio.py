@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from nseg_data.fileperm import publish_mode
+from nseg_data.atomic import write_bytes_atomic
 from nseg_data.sample import Sample
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    publish_mode(fd)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def write_labels(path: Path, labels: np.ndarray) -> None:
@@ -30,7 +19,7 @@ def write_labels(path: Path, labels: np.ndarray) -> None:
     lab = lab.astype(np.uint16) if lab.max(initial=0) < 65536 else lab.astype(np.uint32)
     buf = io.BytesIO()
     tifffile.imwrite(buf, lab, compression="zlib")
-    _atomic(Path(path), buf.getvalue())
+    write_bytes_atomic(Path(path), buf.getvalue())
 
 
 def write_label_sample(folder: Path, sample: Sample) -> tuple[Path, Path]:
@@ -41,7 +30,7 @@ def write_label_sample(folder: Path, sample: Sample) -> tuple[Path, Path]:
     img_path, lab_path = folder / f"{sample.id}.png", folder / f"{sample.id}.labels.tif"
     buf = io.BytesIO()
     Image.fromarray(sample.image).save(buf, format="PNG")
-    _atomic(img_path, buf.getvalue())
+    write_bytes_atomic(img_path, buf.getvalue())
     if sample.labels is not None:
         write_labels(lab_path, sample.labels)
     return img_path, lab_path

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from nseg_data.atomic import write_bytes_atomic
 from nseg_data.errors import DataError
-from nseg_data.fileperm import publish_mode
 
 SPLIT_NAMES = ("locked", "val", "train")
 
@@ -117,14 +115,7 @@ def make_splits(
 
 
 def save_splits(splits: Splits, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    publish_mode(fd)
-    with os.fdopen(fd, "w") as f:
-        json.dump(splits.to_json(), f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_bytes_atomic(path, (json.dumps(splits.to_json(), indent=1) + "\n").encode())
 
 
 def load_splits(path: Path) -> Splits:

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from nseg_data.fileperm import publish_mode
+from nseg_data.atomic import publish_mode
 from nseg_infer.bundle import FORMAT, sha256_file
 from nseg_train import deploy
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nseg_data.fileperm import publish_mode
+from nseg_data.atomic import publish_mode
 
 from nseg_export.parity import (
     TOLERANCES,

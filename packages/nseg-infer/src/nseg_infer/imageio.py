@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from nseg_data.atomic import publish_mode
 from nseg_data.errors import DataError
-from nseg_data.fileperm import publish_mode
 
 from nseg_infer.tiling import Window
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from nseg_data.fileperm import publish_mode
+from nseg_data.atomic import publish_mode
 
 from nseg_train.config import TrainConfig, config_from_dict
 from nseg_train.models import build_model_for
