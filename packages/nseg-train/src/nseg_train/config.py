@@ -103,10 +103,13 @@ class OptimConfig:
     batch_size: int = 8
     loss: Literal["dice", "bce_dice_dist"] = "bce_dice_dist"
     amp: bool = True
+    grad_clip: float | None = None  # max global L2 norm of the gradients; None: no clipping
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("optim.lr, optim.epochs and optim.batch_size must be positive")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError("optim.grad_clip must be positive (or null: no clipping)")
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,16 @@ class MaskRCNNConfig:
     # RoIAlign output size of the mask head; predicted masks are twice this (14 -> 28x28).
     mask_resolution: int = 14
     mask_head_channels: int = 256
+    mask_head_convs: int = 4
+    # Sized for nuclei rather than COCO (the cost of a step lies in the heads, not the backbone):
+    # FPN width, ResNet stages fed to the FPN (3: C2-C4), anchor sizes x octave multipliers,
+    # RoIAlign sampling (0: adaptive, ceil(roi / output) points per bin) and GroupNorm in the
+    # FPN and mask head ("group") for training from scratch with small batches.
+    fpn_channels: int = 256
+    backbone_stages: int = 4
+    anchor_octaves: tuple[float, ...] = (1.0,)
+    roi_sampling_ratio: int = 2
+    head_norm: Literal["group"] | None = None
     mask_threshold: float = 0.5
     # Fixed tile of the exported graph and of validation, so a validation score is the runtime's;
     # the tile overlap is eval.halo, as for the UNet.
@@ -196,9 +209,19 @@ class MaskRCNNConfig:
             raise ConfigError(f"maskrcnn.box_detections_per_img must be >= 1000, got {self.box_detections_per_img}")
         if self.rpn_post_nms_top_n_test < self.box_detections_per_img:
             raise ConfigError("maskrcnn.rpn_post_nms_top_n_test must be >= box_detections_per_img (proposals bound detections)")
+        if not 2 <= self.backbone_stages <= 4:
+            raise ConfigError(f"maskrcnn.backbone_stages must be 2, 3 or 4, got {self.backbone_stages}")
+        if not self.anchor_octaves or any(o <= 0 for o in self.anchor_octaves):
+            raise ConfigError("maskrcnn.anchor_octaves must be positive multipliers")
+        if self.roi_sampling_ratio < 0:
+            raise ConfigError("maskrcnn.roi_sampling_ratio must be >= 0 (0: adaptive)")
+        if self.head_norm not in (None, "group"):
+            raise ConfigError(f"maskrcnn.head_norm must be null or 'group', got {self.head_norm!r}")
+        if self.head_norm == "group" and (self.fpn_channels % 8 or self.mask_head_channels % 8):
+            raise ConfigError("maskrcnn.head_norm 'group' needs fpn_channels and mask_head_channels divisible by 8")
         for name in ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
                      "rpn_batch_size_per_image", "box_batch_size_per_image", "box_representation_size",
-                     "mask_resolution", "mask_head_channels"):
+                     "mask_resolution", "mask_head_channels", "mask_head_convs", "fpn_channels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"maskrcnn.{name} must be >= 1")
         for name in ("rpn_nms_thresh", "box_positive_fraction", "box_score_thresh", "box_nms_thresh", "mask_threshold"):

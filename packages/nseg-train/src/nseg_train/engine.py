@@ -263,6 +263,9 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
                 raise TrainError(f"loss became {float(loss)} at epoch {epoch + 1}, step {step}; lower optim.lr")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if cfg.optim.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()

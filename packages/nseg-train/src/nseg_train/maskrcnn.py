@@ -18,11 +18,12 @@ from torch import nn
 from torchvision.models import mobilenet_v3_large, resnet18, resnet50
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _mobilenet_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from nseg_train.config import ConfigError, MaskRCNNConfig
@@ -54,13 +55,30 @@ class NucleiTransform(GeneralizedRCNNTransform):
         return result
 
 
-def _backbone(name: str, *, pretrained_structure: bool, trainable_layers: int) -> nn.Module:
+def _group_norm(channels: int) -> nn.GroupNorm:
+    # 32 groups as in detectron2's GN recipe, fewer for narrow layers.
+    return nn.GroupNorm(min(32, channels // 4), channels)
+
+
+def _backbone(name: str, *, pretrained_structure: bool, trainable_layers: int, fpn_channels: int = 256,
+              stages: int = 4, fpn_norm: nn.Module | None = None) -> nn.Module:
     # Frozen BN with pretrained statistics (detectron2 and torchvision do the same); from scratch
     # there are no statistics to freeze, so ordinary BN learns them.
     norm = FrozenBatchNorm2d if pretrained_structure else nn.BatchNorm2d
     if name in _RESNETS:
         net = _RESNETS[name](weights=None, norm_layer=norm)
-        return _resnet_fpn_extractor(net, trainable_layers)
+        layers = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+        if trainable_layers == 5:
+            layers.append("bn1")
+        for lname, p in net.named_parameters():
+            if all(not lname.startswith(x) for x in layers):
+                p.requires_grad_(False)
+        # Stages C2..C(stages+1): nuclei are 5-100 px, so dropping C5 (stride 32, most of
+        # ResNet-18's weights) loses little and the max-pool level still serves large nuclei.
+        returned = list(range(1, stages + 1))
+        widths = [net.inplanes // 8 * 2 ** (i - 1) for i in returned]
+        return BackboneWithFPN(net, {f"layer{k}": str(v) for v, k in enumerate(returned)}, widths, fpn_channels,
+                               extra_blocks=LastLevelMaxPool(), norm_layer=fpn_norm)
     if name == "mobilenet_v3_fpn":
         net = mobilenet_v3_large(weights=None, norm_layer=norm)
         # Stages at strides 4, 8, 16, 32 (+ max-pool level 64), like the ResNet FPN: torchvision's
@@ -102,23 +120,35 @@ def build_maskrcnn(
     box_representation_size: int = 1024,
     mask_resolution: int = 14,
     mask_head_channels: int = 256,
+    mask_head_convs: int = 4,
+    fpn_channels: int = 256,
+    backbone_stages: int = 4,
+    anchor_octaves: tuple[float, ...] = (1.0,),
+    roi_sampling_ratio: int = 2,
+    head_norm: str | None = None,
 ) -> MaskRCNN:
     """num_classes counts the background (nuclei: 2). `pretrained_structure` picks frozen BN and
-    3 trainable stages, the layout pretrained weights are loaded into (`load_backbone_weights`)."""
+    3 trainable stages, the layout pretrained weights are loaded into (`load_backbone_weights`).
+    `roi_sampling_ratio` 0 is RoIAlign's adaptive sampling (ceil(roi / output) points per bin);
+    `head_norm` "group" puts GroupNorm in the FPN and the mask head, which trains from scratch
+    with small batches where BN statistics are noisy."""
     if trainable_layers is None:
         trainable_layers = 3 if pretrained_structure else (6 if backbone.startswith("mobilenet") else 5)
-    body = _backbone(backbone, pretrained_structure=pretrained_structure, trainable_layers=trainable_layers)
+    norm = _group_norm if head_norm == "group" else None
+    body = _backbone(backbone, pretrained_structure=pretrained_structure, trainable_layers=trainable_layers,
+                     fpn_channels=fpn_channels, stages=backbone_stages, fpn_norm=norm)
     names = _feature_names(body)
     levels = len(names)
+    octaves = tuple(float(o) for o in anchor_octaves)
     if len(anchor_sizes) == levels:
-        sizes = tuple((int(s),) for s in anchor_sizes)
+        sizes = tuple(tuple(int(round(s * o)) for o in octaves) for s in anchor_sizes)
     else:
-        sizes = (tuple(int(s) for s in anchor_sizes),) * levels
+        sizes = (tuple(int(round(s * o)) for s in anchor_sizes for o in octaves),) * levels
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(float(r) for r in aspect_ratios),) * levels)
     # The extra max-pool level serves the RPN only, as in torchvision's and detectron2's FPN.
     roi_names = [n for n in names if n != "pool"]
-    box_pool = MultiScaleRoIAlign(featmap_names=roi_names, output_size=7, sampling_ratio=2)
-    mask_pool = MultiScaleRoIAlign(featmap_names=roi_names, output_size=mask_resolution, sampling_ratio=2)
+    box_pool = MultiScaleRoIAlign(featmap_names=roi_names, output_size=7, sampling_ratio=roi_sampling_ratio)
+    mask_pool = MultiScaleRoIAlign(featmap_names=roi_names, output_size=mask_resolution, sampling_ratio=roi_sampling_ratio)
     out_ch = body.out_channels
     model = MaskRCNN(
         body,
@@ -140,7 +170,7 @@ def build_maskrcnn(
         box_score_thresh=box_score_thresh,
         box_nms_thresh=box_nms_thresh,
         mask_roi_pool=mask_pool,
-        mask_head=MaskRCNNHeads(out_ch, (mask_head_channels,) * 4, 1),
+        mask_head=MaskRCNNHeads(out_ch, (mask_head_channels,) * mask_head_convs, 1, norm_layer=norm),
         mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes),
     )
     t = model.transform
@@ -175,6 +205,12 @@ def maskrcnn_from_config(cfg: MaskRCNNConfig) -> MaskRCNN:
         box_representation_size=cfg.box_representation_size,
         mask_resolution=cfg.mask_resolution,
         mask_head_channels=cfg.mask_head_channels,
+        mask_head_convs=cfg.mask_head_convs,
+        fpn_channels=cfg.fpn_channels,
+        backbone_stages=cfg.backbone_stages,
+        anchor_octaves=cfg.anchor_octaves,
+        roi_sampling_ratio=cfg.roi_sampling_ratio,
+        head_norm=cfg.head_norm,
     )
 
 
