@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from nseg_data.atomic import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -220,10 +221,7 @@ def write_section_named(section: str, body: str) -> None:
     pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
     block = f"{section}\n\n{body.strip()}\n\n"
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    tmp = DOC.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, DOC)
+    write_text_atomic(DOC, text)
 
 
 def main() -> int:

@@ -65,7 +65,6 @@ def main() -> int:
     import torch
     from nseg_data.dataset import load_kaggle_folder
     from nseg_data.split import load_splits
-
     from nseg_train.config import load_config
     from nseg_train.machine import describe
     from nseg_train.tasks import TASKS
@@ -120,7 +119,7 @@ def main() -> int:
         old = [ln for ln in body.strip().splitlines() if ln.startswith("- `") and not ln.startswith(f"- `{cfg.name}`")]
     head = (f"`tools/bench_train_step.py --config NAME`: forward + backward + AdamW step on real training crops, "
             f"one process, data prepared before timing. Machine: {describe('cpu')}.")
-    write_section_named(SECTION, head + "\n\n" + "\n".join(sorted(old + [row])))
+    write_section_named(SECTION, head + "\n\n" + "\n".join(sorted([*old, row])))
     return 0
 
 

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from nseg_data.atomic import write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Folder watch latency"
@@ -116,7 +118,7 @@ def write_section(lines: list[str]) -> None:
     body = SECTION + "\n\n" + "\n".join(lines).rstrip() + "\n"
     pat = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pat.sub(lambda _m: body + "\n", text, count=1) if pat.search(text) else text.rstrip() + "\n\n" + body
-    DOC.write_text(text.rstrip() + "\n")
+    write_text_atomic(DOC, text.rstrip() + "\n")
 
 
 def main() -> None:

@@ -148,7 +148,7 @@ def test_cache_round_trip_and_invalidation(kaggle_dir, tmp_path):
     for a, b in zip(first.samples, second.samples, strict=True):
         assert a.id == b.id and np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels)
         assert b.labels.dtype == np.uint32 and b.modality == a.modality
-    # load_kaggle_folder (used by training) shares the same cache files.
+    # load_kaggle_folder (the Kaggle layout without detection) shares the same cache files.
     assert load_kaggle_folder(kaggle_dir, cache_dir=cache).cached == 2
     # Editing one mask invalidates that sample only.
     m = kaggle_dir / "img_a" / "masks" / "m0.png"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from nseg_data.errors import DataError
-from nseg_data.split import load_splits, make_splits, save_splits
+from nseg_data.split import SMALL_DATASET, load_splits, make_splits, save_splits, training_splits
 
 
 def modalities() -> dict[str, str]:
@@ -75,3 +75,30 @@ def test_bad_splits_file_names_it(tmp_path, text):
     p.write_text(text)
     with pytest.raises(DataError, match=r"splits\.json"):
         load_splits(p)
+
+
+@pytest.mark.parametrize(("mods", "want"), [
+    # 5 or 6 images of one look: no locked set, a quarter (rounded, at least 1) for validation.
+    ({f"a{i}": "fluorescence" for i in range(5)}, {"locked": 0, "val": 1, "train": 4}),
+    ({f"a{i}": "fluorescence" for i in range(6)}, {"locked": 0, "val": 2, "train": 4}),
+    # Rounding per modality leaves val empty here (2 + 1 + 1 images); one image moves over.
+    ({"f1": "fluorescence", "f2": "fluorescence", "h1": "histology", "b1": "brightfield"},
+     {"locked": 0, "val": 1, "train": 3}),
+    ({"f1": "fluorescence", "h1": "histology"}, {"locked": 0, "val": 1, "train": 1}),
+])
+def test_training_splits_of_a_small_folder_have_train_and_val_and_no_locked_set(mods, want):
+    s = training_splits(mods)
+    assert {n: len(s[n]) for n in ("locked", "val", "train")} == want
+    assert sorted(s["all"]) == sorted(mods) and s.locked_fraction == 0.0
+    assert training_splits(dict(reversed(list(mods.items())))).ids == s.ids
+
+
+def test_training_splits_keep_a_locked_set_from_small_dataset_size_on():
+    mods = {f"a{i:02d}": "fluorescence" for i in range(SMALL_DATASET)}
+    s = training_splits(mods)
+    assert s.ids == make_splits(mods).ids and len(s["locked"]) == 2
+
+
+def test_training_splits_refuse_a_single_image():
+    with pytest.raises(ValueError, match="at least 2"):
+        training_splits({"only": "fluorescence"})

@@ -9,8 +9,8 @@ from nseg_infer.bundle import load_bundle, sha256_file
 from typer.testing import CliRunner
 
 from nseg_export.cli import app
-from nseg_export.onnx_export import TRT_UNSUPPORTED_OPS, graph_ops, maskrcnn_graph
-from nseg_export.parity import TOLERANCES, OrtRunner, compare_detections, run_parity, torch_runner
+from nseg_export.onnx_export import TRT_UNSUPPORTED_OPS, graph_ops
+from nseg_export.parity import TOLERANCES, compare_detections, run_parity
 
 runner = CliRunner()
 
@@ -32,13 +32,17 @@ def test_bundle_is_tensorrt_buildable_and_described(maskrcnn_bundle):
 
 
 def test_zero_detections_then_a_normal_tile_on_one_session(maskrcnn_ckpt, maskrcnn_bundle):
+    import torch
+    from nseg_infer.backends import OrtBackend
     from nseg_train.checkpoint import load_model
     from nseg_train.datasets import normalize_for
+    from nseg_train.deploy import TorchBackend
 
     from nseg_export.parity import blob_image
 
     model, cfg, _ = load_model(maskrcnn_ckpt)
-    ort_run, torch_run = OrtRunner(maskrcnn_bundle / "model.onnx"), torch_runner(maskrcnn_graph(model))
+    ort_run = OrtBackend(load_bundle(maskrcnn_bundle), ["CPUExecutionProvider"]).run
+    torch_run = TorchBackend(model, torch.device("cpu"), kind="maskrcnn").run
 
     def tile(img):
         return np.ascontiguousarray(normalize_for(cfg, img).transpose(2, 0, 1)[None])
@@ -66,6 +70,9 @@ def test_parity_passes_including_blank_tile(maskrcnn_ckpt, maskrcnn_bundle, tmp_
     assert blank["n_ref"] == blank["n_test"] == 0
     assert any(i["n_ref"] > 0 for i in t["instances"])
     assert t["summary"]["min_f1"] >= 0.99
+    # The runtime's tiled path: an image of several tiles with halos, compared tile by tile.
+    big = [c for c in t["tensors"] if c["case"].startswith("blobs:96x88#tile")]
+    assert len({c["case"] for c in big}) >= 4
 
 
 def test_perturbed_weights_fail_parity(maskrcnn_ckpt, maskrcnn_bundle, tmp_path):

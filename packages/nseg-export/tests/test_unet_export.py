@@ -131,15 +131,15 @@ def test_export_refuses_what_the_runtime_cannot_reproduce(tmp_path):
     from nseg_train.config import load_config
     from nseg_train.models import MODEL_BUILDERS
 
-    cfg = load_config("unet-paper")  # scale_range normalisation and resize to 512: no runtime equivalent
+    cfg = load_config("unet-paper")  # resize to 512 and connected components: no runtime equivalent
     ckpt = {"format": FORMAT, "kind": "unet", "config": cfg.to_dict(),
             "model": MODEL_BUILDERS["unet"](cfg.model).state_dict(), "splits_sha256": None, "metrics": {}}
     save_atomic(ckpt, tmp_path / "paper.pt")
-    with pytest.raises(ExportError, match="normalization"):
+    with pytest.raises(ExportError, match="resize"):
         export_checkpoint(tmp_path / "paper.pt", tmp_path / "b")
     assert not (tmp_path / "b" / "metadata.json").exists()
     res = runner.invoke(app, ["onnx", str(tmp_path / "paper.pt"), "--out", str(tmp_path / "b")])
-    assert res.exit_code == 1 and "scale_range" in res.output
+    assert res.exit_code == 1 and "data.resize=512" in res.output
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

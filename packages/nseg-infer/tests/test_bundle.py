@@ -90,3 +90,29 @@ def test_missing_default_bundle_tells_user_to_pass_model(monkeypatch, tmp_path):
 def test_default_bundle_path_is_inside_the_package():
     p = bundle_mod.default_bundle_path()
     assert p.parts[-3:] == ("nseg_infer", "assets", "default")
+
+
+def test_training_scale_is_optional_and_validated(bdir):
+    assert load_bundle(bdir).scale.nucleus_diameter_px is None  # absent: unknown
+    _edit(bdir, lambda m: m.update(scale={"nucleus_diameter_px": 19.28, "pixel_size_um": 0.5}))
+    s = load_bundle(bdir).scale
+    assert (s.nucleus_diameter_px, s.pixel_size_um) == (19.28, 0.5)
+    meta_file = _edit(bdir, lambda m: m.update(scale={"nucleus_diameter_px": -3}))
+    with pytest.raises(BundleError) as e:
+        load_bundle(bdir)
+    assert str(meta_file) in str(e.value) and "nucleus_diameter_px" in str(e.value)
+
+
+def test_packaged_bundle_names_resolve_and_unknown_names_fail(tmp_path, monkeypatch):
+    from nseg_infer.bundle import PACKAGED, default_bundle_path, packaged_bundle_path
+
+    assert load_bundle("default").path == default_bundle_path()
+    assert packaged_bundle_path("maskrcnn").parent == default_bundle_path().parent
+    assert set(PACKAGED) == {"default", "maskrcnn"}
+    # A folder of that name in the working directory wins over the packaged one.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").mkdir()
+    with pytest.raises(BundleError, match=r"metadata\.json"):
+        load_bundle("default")
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle("nonexistent-model")

@@ -7,7 +7,7 @@ import tifffile
 from nseg_data.errors import DataError
 from PIL import Image
 
-from nseg_infer.imageio import TiffRegionSource, atomic_path, open_image, read_image
+from nseg_infer.imageio import TiffRegionSource, open_image, read_image
 from nseg_infer.tiling import Window
 
 RNG = np.random.default_rng(0)
@@ -128,14 +128,3 @@ def test_truncated_big_tiff_fails_on_read_naming_the_file(tmp_path):
     with pytest.raises(DataError) as info, open_image(p, region_threshold_px=100) as src:
         src.read(Window(0, 512, 0, 512))
     assert str(p) in str(info.value)
-
-
-def test_atomic_path_leaves_nothing_on_failure(tmp_path):
-    target = tmp_path / "out.csv"
-    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
-        tmp.write_text("partial")
-        raise RuntimeError("boom")
-    assert list(tmp_path.iterdir()) == []
-    with atomic_path(target) as tmp:
-        tmp.write_text("done")
-    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"] and target.read_text() == "done"

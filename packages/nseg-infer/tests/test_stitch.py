@@ -152,3 +152,73 @@ def test_maskrcnn_tiled_run_matches_ground_truth(maskrcnn_bundle):
     assert n_pred == n_gt
     assert f1 >= 0.99
     assert len(pred.scores) >= n_pred
+
+
+def _two_tiles():
+    left = Tile(0, Window(-10, 90, -10, 110), Window(0, 100, 0, 100))
+    right = Tile(1, Window(-10, 90, 90, 190), Window(0, 100, 100, 200))
+    return left, right
+
+
+def _det(box, score=0.9):
+    return {"boxes": np.array([box], np.float64), "scores": np.array([score]), "masks": np.ones((1, 1, 28, 28), np.float32)}
+
+
+@pytest.mark.parametrize("order", ["left-first", "right-first"])
+def test_maskrcnn_nucleus_whose_boxes_straddle_the_core_edge_is_kept_once(order):
+    """Each tile's box centre falls in the other tile's core (x=101 seen from the left, x=99 from
+    the right): neither tile owns it by its centre, and it must still be kept exactly once."""
+    left, right = _two_tiles()
+    canvas = np.zeros((100, 200), np.uint32)
+    merger = MaskRCNNMerger(canvas, slack=8)
+    seen_left = _det([106.0, 40, 116, 50])   # image x 96..106, centre 101 (right core)
+    seen_right = _det([4.0, 40, 14, 50])     # image x 94..104, centre 99 (left core)
+    pairs = [(seen_left, left), (seen_right, right)]
+    for out, tile in pairs if order == "left-first" else pairs[::-1]:
+        merger.aggregate(out, tile)
+    labels, scores = merger.finalize()
+    assert labels.max() == 1 and len(scores) == 1
+    assert 95 <= np.count_nonzero(labels) <= 120
+
+
+def test_maskrcnn_both_tiles_owning_one_nucleus_keep_it_once():
+    left, right = _two_tiles()
+    canvas = np.zeros((100, 200), np.uint32)
+    merger = MaskRCNNMerger(canvas)
+    # One nucleus, seen with boxes x 92..102 (centre 97, left core) and 96..106 (centre 101, right core).
+    assert merger.aggregate(_det([102.0, 40, 112, 50]), left) == 1
+    assert merger.aggregate(_det([6.0, 40, 16, 50]), right) == 0
+    labels, _ = merger.finalize()
+    assert labels.max() == 1 and np.count_nonzero(labels) == 100
+
+
+def test_maskrcnn_touching_neighbours_are_not_duplicates():
+    left, right = _two_tiles()
+    canvas = np.zeros((100, 200), np.uint32)
+    merger = MaskRCNNMerger(canvas)
+    merger.aggregate(_det([100.0, 40, 110, 50]), left)   # image x 90..100, centre 95 (left)
+    merger.aggregate(_det([11.0, 40, 20, 50]), right)    # image x 101..110, centre 105.5 (right)
+    labels, _ = merger.finalize()
+    assert labels.max() == 2
+    assert np.count_nonzero(labels == 1) == 100 and np.count_nonzero(labels == 2) == 90
+
+
+def test_maskrcnn_detections_merged_again_reproduce_predict(maskrcnn_bundle):
+    """`nseg-train tune` searches thresholds on `detections` + `maskrcnn_merger`: with the bundle's
+    own thresholds that must be exactly `predict`."""
+    img, _ = synthetic_blobs((300, 340), 120, seed=5)
+    predictor = Predictor(maskrcnn_bundle, backend=FakeDetector())
+    pred = predictor.predict(img)
+    found = predictor.detections(img)
+    assert len(found) >= 4
+    merger = predictor.maskrcnn_merger(np.zeros(img.shape[:2], np.uint32))
+    for tile, out in found:
+        merger.aggregate(out, tile)
+    labels, scores = merger.finalize()
+    assert np.array_equal(labels, np.asarray(pred.labels)) and labels.max() > 50
+    assert np.array_equal(scores, pred.scores)
+    # A stricter size threshold is a real change, not ignored.
+    strict = predictor.maskrcnn_merger(np.zeros(img.shape[:2], np.uint32), min_size=10_000)
+    for tile, out in found:
+        strict.aggregate(out, tile)
+    assert strict.finalize()[0].max() == 0

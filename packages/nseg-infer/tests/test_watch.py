@@ -58,6 +58,13 @@ def current_if_ready(out: Path) -> dict[str, object]:
         return {}
 
 
+def is_done(out: Path, name: str):
+    def check() -> bool:
+        row = current_if_ready(out).get(name)
+        return row is not None and row.state == "done"
+    return check
+
+
 def log_events(out: Path) -> collections.Counter:
     text = (out / LOG_NAME).read_text() if (out / LOG_NAME).exists() else ""
     return collections.Counter(m.groups() for m in DONE_RE.finditer(text))
@@ -142,17 +149,22 @@ def test_slow_copy_is_never_read_early_and_sigterm(unet_bundle, tmp_path):
     src.mkdir()
     (tmp_path / "big.png").write_bytes(png((300, 420), 100, seed=3))
     expected = Predictor(unet_bundle).process_file(tmp_path / "big.png", ref)
-    proc = start("watch", src, "--out", out, "--model", unet_bundle, "--settle", "1.0", "--poll", "0.2")
+    proc = start("watch", src, "--out", out, "--model", unet_bundle, "--settle", "1.0", "--poll", "0.2",
+                 "--fail-after", "600")
     try:
         data = (tmp_path / "big.png").read_bytes()
-        chunks = [data[i:i + len(data) // 6 + 1] for i in range(0, len(data), len(data) // 6 + 1)]
+        cuts = [0, len(data) // 3, 2 * len(data) // 3, len(data)]
         with open(src / "big.png", "wb") as f:
-            for c in chunks:
-                f.write(c)
+            for k in range(len(cuts) - 2):
+                f.write(data[cuts[k]:cuts[k + 1]])
                 f.flush()
-                time.sleep(0.4)  # slower than a local copy, faster than the settle interval
+                # A copy stalled mid-file: a file that lands after it and gets done proves the watcher
+                # has seen the partial one unchanged for longer than the settle interval.
+                (src / f"after{k}.png").write_bytes(png(seed=k))
+                wait_for(is_done(out, f"after{k}.png"))
                 assert not (out / "big.labels.tif").exists()
                 assert "big.png" not in current_if_ready(out)
+            f.write(data[cuts[-2]:])
         wait_for(lambda: (out / "big.geojson").exists() and current_if_ready(out).get("big.png"))
         wait_for(lambda: current(out)["big.png"].state == "done")
         row = current(out)["big.png"]

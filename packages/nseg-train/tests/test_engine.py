@@ -5,8 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from nseg_data.split import load_splits
 from typer.testing import CliRunner
 
 from nseg_train.checkpoint import load_checkpoint, load_model
@@ -83,13 +85,44 @@ def test_evaluate_writes_report(synth_data, tiny_config, tmp_path):
     r = run_cli("evaluate", tmp_path / "run" / "best.pt", "--split", "locked", "--data", data, "--out", tmp_path / "ev")
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert 0.0 <= m["dsb_score"] <= 1.0 and m["split"] == "locked"
+    assert m["split"] == "locked" and [i["id"] for i in m["images"]] == sorted(load_splits(splits)["locked"])
+    # The DSB score is the mean over images of each image's score (those are checked by hand below).
+    assert m["dsb_score"] == m["overall"]["dsb"] == pytest.approx(np.mean([i["dsb"] for i in m["images"]]), abs=1e-12)
     assert set(m["per_modality"]) <= {"fluorescence", "brightfield", "histology"}
     assert len(m["images"]) == m["overall"]["n_images"] > 0
     assert (tmp_path / "ev" / "gallery.png").stat().st_size > 1000
     assert "| overall |" in (tmp_path / "ev" / "metrics.md").read_text()
     _model, loaded_cfg, _ = load_model(tmp_path / "run" / "best.pt")
     assert loaded_cfg == cfg.replace(optim=dataclasses.replace(cfg.optim, epochs=1))
+
+
+def test_evaluation_scores_known_predictions_exactly(tmp_path):
+    from nseg_data.sample import Modality, Sample
+
+    from nseg_train.evaluate import evaluate_samples, write_report
+
+    def squares(n: int) -> np.ndarray:
+        lab = np.zeros((40, 40 * n), np.uint32)
+        for k in range(n):
+            lab[10:30, 40 * k + 10:40 * k + 30] = k + 1
+        return lab
+
+    a, b = squares(4), squares(2)
+    b_pred = b.copy()
+    b_pred[0:5, 0:5] = 3  # a false positive
+    preds = {"a": np.where(a == 4, 0, a), "b": b_pred}  # "a": one nucleus missed
+    samples = [Sample(i, np.zeros((*lab.shape, 3), np.uint8), lab, Modality.FLUORESCENCE, "test")
+               for i, lab in (("a", a), ("b", b))]
+    result, _ = evaluate_samples(None, samples, None, None, predict=lambda _m, s, _c, _d: preds[s.id])
+    write_report(result, tmp_path, title="known")
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    # Exact matches, so every IoU threshold counts the same: TP / (TP + FP + FN) per image,
+    # a: 3 / (3 + 0 + 1), b: 2 / (2 + 1 + 0); F1 = 2TP / (2TP + FP + FN): 6/7 and 4/5.
+    by_id = {i["id"]: i for i in m["images"]}
+    assert by_id["a"]["dsb"] == pytest.approx(3 / 4, abs=1e-12) and by_id["b"]["dsb"] == pytest.approx(2 / 3, abs=1e-12)
+    assert by_id["a"]["f1_50"] == pytest.approx(6 / 7, abs=1e-12) and by_id["b"]["f1_50"] == pytest.approx(4 / 5, abs=1e-12)
+    assert m["dsb_score"] == pytest.approx(17 / 24, abs=1e-12)
+    assert m["overall"]["f1_50"] == pytest.approx(29 / 35, abs=1e-12)
 
 
 @pytest.mark.slow

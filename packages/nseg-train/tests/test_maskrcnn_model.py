@@ -181,12 +181,49 @@ def test_presets():
     assert paper.optim.epochs * m.iterations_per_epoch == 10_000 and paper.eval.every == 1
     ours = load_config("maskrcnn")
     assert ours.maskrcnn.backbone in ("resnet18_fpn", "mobilenet_v3_fpn")
-    assert ours.maskrcnn.anchor_sizes == (8, 16, 32, 64, 128) and ours.maskrcnn.box_detections_per_img >= 1000
+    assert ours.maskrcnn.box_detections_per_img >= 1000
     assert ours.maskrcnn.transform_min_size is None  # native resolution
-    assert ours.optim.schedule == "cosine"
-    # Same photometric augmentations as the UNet default.
+    assert ours.optim.schedule == "cosine" and ours.optim.grad_clip
+    # Same photometric augmentations as the UNet default; scale stays near native resolution.
     unet = load_config("unet")
-    assert dataclasses.asdict(ours.augment) == dataclasses.asdict(unet.augment)
+    photometric = {k: v for k, v in dataclasses.asdict(ours.augment).items() if k != "scale"}
+    assert photometric == {k: v for k, v in dataclasses.asdict(unet.augment).items() if k != "scale"}
+    assert 0.75 <= ours.augment.scale[0] <= ours.augment.scale[1] <= 1.35
+
+
+def test_cpu_preset_is_sized_for_nuclei():
+    """The preset trains on a workstation CPU and ships in a bundle under 50 MB."""
+    from torch import nn
+
+    cfg = load_config("maskrcnn")
+    m = maskrcnn_from_config(cfg.maskrcnn)
+    assert sum(p.numel() for p in m.parameters()) * 4 < 50e6
+    assert m.backbone.out_channels == cfg.maskrcnn.fpn_channels == 128
+    assert "layer4" not in dict(m.backbone.body.named_children())  # C2-C4 only
+    sizes = m.rpn.anchor_generator.sizes
+    assert sizes[0][0] <= 8 and sizes[-1][-1] >= 73  # DSB nuclei are about 5-73 px
+    assert m.roi_heads.mask_roi_pool.sampling_ratio == 0 and m.roi_heads.box_roi_pool.sampling_ratio == 0
+    convs = [x for x in m.roi_heads.mask_head.modules() if isinstance(x, nn.Conv2d)]
+    assert len(convs) == 2 and all(c.out_channels == 64 for c in convs)
+    assert any(isinstance(x, nn.GroupNorm) for x in m.roi_heads.mask_head.modules())
+    assert any(isinstance(x, nn.GroupNorm) for x in m.backbone.fpn.modules())
+    sampler = m.roi_heads.fg_bg_sampler
+    assert sampler.batch_size_per_image * sampler.positive_fraction <= 64  # the mask head's batch
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"backbone_stages": 5}, "backbone_stages"), ({"head_norm": "batch"}, "head_norm"),
+    ({"roi_sampling_ratio": -1}, "roi_sampling_ratio"), ({"anchor_octaves": [0.0]}, "anchor_octaves"),
+    ({"fpn_channels": 0}, "fpn_channels"), ({"mask_head_convs": 0}, "mask_head_convs"),
+])
+def test_cpu_sizing_options_are_validated(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict({"name": "m", "model": {"kind": "maskrcnn"}, "maskrcnn": bad})
+
+
+def test_grad_clip_is_validated():
+    with pytest.raises(ConfigError, match="grad_clip"):
+        config_from_dict({"name": "m", "optim": {"grad_clip": 0}})
 
 
 def test_checkpoint_model_rebuilds_without_weights_file(tmp_path):

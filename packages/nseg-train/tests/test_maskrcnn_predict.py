@@ -1,13 +1,14 @@
-"""Mask R-CNN prediction: tiles, merging and numpy mask pasting, with and without detections."""
+"""Mask R-CNN validation through the runtime Predictor: tiles, merging and numpy mask pasting."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from nseg_data.sample import Modality, Sample
 
 from nseg_train.config import config_from_dict
-from nseg_train.detection_predict import predict_maskrcnn, tiles_for
+from nseg_train.deploy import runtime_predictor
 from nseg_train.maskrcnn import build_maskrcnn
 from nseg_train.tasks import TASKS
 
@@ -58,8 +59,10 @@ def test_zero_detections_give_an_all_zero_label_image():
 def test_crowded_image_over_several_tiles_keeps_every_nucleus_once():
     cfg = _cfg()
     h, w = 200, 264
-    assert len(tiles_for(h, w, 128, 16)) > 4
-    labels = predict_maskrcnn(GridDetector(), np.full((h, w, 3), 100, np.uint8), cfg, CPU)
+    model = GridDetector()
+    sample = Sample("g", np.full((h, w, 3), 100, np.uint8), np.zeros((h, w), np.uint32), Modality.FLUORESCENCE, "mem")
+    labels = TASKS["maskrcnn"](cfg).predict(model, sample, cfg, CPU)
+    assert runtime_predictor(model, cfg, CPU).tile == 128  # several tiles: 128-px tiles, 16-px halo
     # Tile origins are multiples of 8, so the tiles' grids coincide: one nucleus per grid cell whose
     # box centre lies in the image, each kept by exactly one tile.
     expected = len(range(3, w, 8)) * len(range(3, h, 8))
@@ -70,10 +73,16 @@ def test_crowded_image_over_several_tiles_keeps_every_nucleus_once():
     assert (sizes == 36).all()  # 6x6, never merged with a neighbour nor cut at a tile seam
 
 
-def test_whole_image_smaller_than_tile_and_resized_configs():
-    cfg = config_from_dict({
-        "name": "t", "model": {"kind": "maskrcnn"}, "data": {"resize": 64}, "eval": {"halo": 16, "min_size": 0},
-        "maskrcnn": {"tile": 128},
-    })
-    labels = predict_maskrcnn(GridDetector(), np.full((50, 90, 3), 10, np.uint8), cfg, CPU)
-    assert labels.shape == (50, 90) and labels.max() > 0
+def test_image_smaller_than_a_tile():
+    cfg = _cfg()
+    labels = TASKS["maskrcnn"](cfg).predict(
+        GridDetector(), Sample("s", np.full((50, 90, 3), 10, np.uint8), None, Modality.FLUORESCENCE, "mem"), cfg, CPU)
+    assert labels.shape == (50, 90)
+    assert labels.max() == len(range(3, 90, 8)) * len(range(3, 50, 8))
+
+
+def test_config_the_runtime_cannot_reproduce_is_refused():
+    cfg = config_from_dict({"name": "t", "model": {"kind": "maskrcnn"}, "data": {"resize": 64}, "maskrcnn": {"tile": 128}})
+    sample = Sample("s", np.full((50, 90, 3), 10, np.uint8), None, Modality.FLUORESCENCE, "mem")
+    with pytest.raises(ValueError, match="resize"):
+        TASKS["maskrcnn"](cfg).predict(GridDetector(), sample, cfg, CPU)

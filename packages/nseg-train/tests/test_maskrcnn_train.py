@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from nseg_data.split import load_splits
 from typer.testing import CliRunner
 
 from nseg_train.checkpoint import load_checkpoint, load_model
@@ -54,8 +55,19 @@ def test_train_resume_evaluate(synth_data, tiny_maskrcnn, tmp_path):
     r = run("evaluate", out / "best.pt", "--split", "locked", "--data", data, "--out", tmp_path / "ev", "--device", "cpu", "--gallery", 2)
     assert r.exit_code == 0, r.output
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert 0 <= metrics["dsb_score"] <= 1 and metrics["images"]
+    assert [i["id"] for i in metrics["images"]] == sorted(load_splits(splits)["locked"])
+    assert metrics["dsb_score"] == pytest.approx(sum(i["dsb"] for i in metrics["images"]) / len(metrics["images"]), abs=1e-12)
     assert (tmp_path / "ev" / "gallery.png").is_file()
+
+    from nseg_train.tune import tune_checkpoint
+
+    grid = {"score_threshold": (0.05, 0.5), "mask_threshold": (0.5,), "nms_threshold": (0.3, 0.5), "min_size": (4,)}
+    t = tune_checkpoint(out / "best.pt", data=data, splits=None, out=tmp_path / "tuned.pt", cache=None, grid=grid, limit=1)
+    _m, tcfg, tck = load_model(tmp_path / "tuned.pt")
+    assert (tcfg.maskrcnn.box_score_thresh, tcfg.maskrcnn.box_nms_thresh) == (t.best["score_threshold"], t.best["nms_threshold"])
+    assert len(t.table) == 4 and t.table[0]["dsb"] == max(row["dsb"] for row in t.table) and "optimizer" not in tck
+    with pytest.raises(ValueError, match="locked"):
+        tune_checkpoint(out / "best.pt", data=data, splits=None, out=tmp_path / "x.pt", cache=None, split="locked")
 
 
 def test_bad_backbone_weights_and_wrong_kind_fail_cleanly(synth_data, tiny_maskrcnn, tmp_path):

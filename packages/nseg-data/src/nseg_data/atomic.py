@@ -1,14 +1,17 @@
-"""Atomically written files, with the permissions of ordinary ones.
+"""The one atomic writer of all four packages: a temp file beside the target, renamed into place.
 
-`tempfile.mkstemp` creates files readable by their owner only; renamed into place they would hide
-results from the other accounts of a shared acquisition workstation. Published files get the
-mode a plain `open(..., "w")` would give: 0o666 minus the process umask.
+Readers (a user, a folder watcher, a resumed run) see the old file or the new one, never half of
+one. `tempfile.mkstemp` creates files readable by their owner only; renamed into place they would
+hide results from the other accounts of a shared acquisition workstation, so a published file gets
+the mode a plain `open(..., "w")` would give: 0o666 minus the process umask.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -29,23 +32,36 @@ def file_mode() -> int:
     return 0o666 & ~_read_umask()
 
 
-def publish_mode(fd: int) -> None:
-    """Give the temp file behind `fd` the mode of an ordinarily created file."""
-    if hasattr(os, "fchmod"):
-        os.fchmod(fd, file_mode())
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside `target`; when the block succeeds it gets the ordinary mode and is
+    renamed onto `target`, when it raises it is removed and `target` is left as it was.
 
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, give it the ordinary mode, then rename it into
-    place: readers see the old file or the new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    The temp name is hidden and keeps the target's suffix (`.NAME.XXXXXXXX.tmp.EXT`), so writers
+    that pick the format by suffix (numpy, tifffile, PIL) work and a folder watcher can recognise
+    and clean up leftovers of a killed process."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        publish_mode(fd)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield tmp
+        # After writing: some writers replace the file rather than write into it.
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)

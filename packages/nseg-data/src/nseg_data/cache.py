@@ -9,12 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from nseg_data.atomic import publish_mode
+from nseg_data.atomic import atomic_path
 from nseg_data.modality import infer_modality
 from nseg_data.sample import Sample
 
@@ -37,16 +36,8 @@ def save_sample(path: Path, sample: Sample) -> None:
         arrays["labels"] = labels.astype(np.uint16) if labels.max(initial=0) < 65536 else labels
     header = {"id": sample.id, "modality": str(sample.modality), "source": sample.source, "meta": sample.meta}
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    publish_mode(fd)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_sample(path: Path) -> Sample:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from nseg_data.atomic import write_text_atomic
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Read, check, split, export and score nuclei data.")
 
 CACHE = typer.Option(None, "--cache", help="Decode cache folder (compact .npz per sample).")
@@ -73,9 +75,9 @@ def ingest(
     typer.echo(f"first load ({kind}): {first.seconds:.2f} s")
     typer.echo(f"cached load: {second.seconds:.2f} s ({second.cached}/{len(second.samples)} from cache)")
     if json_out:
-        json_out.write_text(json.dumps({"form": first.form, "samples": n, "errors": len(first.errors),
-                                        "first_seconds": first.seconds, "first_cached": first.cached,
-                                        "cached_seconds": second.seconds, "cache": str(cache)}, indent=1) + "\n")
+        write_text_atomic(json_out, json.dumps({"form": first.form, "samples": n, "errors": len(first.errors),
+                                                "first_seconds": first.seconds, "first_cached": first.cached,
+                                                "cached_seconds": second.seconds, "cache": str(cache)}, indent=1) + "\n")
     if first.errors:
         raise typer.Exit(1)
 
@@ -113,7 +115,7 @@ def stats(
     if res.errors:
         typer.echo(f"{len(res.errors)} sample(s) could not be read (listed above)")
     if json_out:
-        json_out.write_text(json.dumps({"form": res.form, "modalities": out, "errors": [str(e) for e in res.errors]}, indent=1) + "\n")
+        write_text_atomic(json_out, json.dumps({"form": res.form, "modalities": out, "errors": [str(e) for e in res.errors]}, indent=1) + "\n")
 
 
 @app.command()

@@ -34,41 +34,8 @@ def load_kaggle_folder(
     ids: list[str] | None = None,
     progress: Callable[[Iterator], Iterator] | None = None,
 ) -> LoadResult:
-    """Load a Kaggle-layout folder, from the cache where it is fresh.
-
-    Errors are collected, never dropped: each names its file.
-    """
-    t0 = time.perf_counter()
-    root = Path(root)
-    all_ids = kaggle_folder.list_ids(root)
-    if ids is not None:
-        missing = sorted(set(ids) - set(all_ids))
-        if missing:
-            raise DataError(root, f"{len(missing)} requested ids are not in the dataset, e.g. {missing[0]}")
-        all_ids = [i for i in all_ids if i in set(ids)]
-    samples: list[Sample] = []
-    errors: list[DataError] = []
-    n_cached = 0
-    it: Iterator = iter(all_ids)
-    if progress is not None:
-        it = progress(it)
-    for sid in it:
-        sdir = root / sid
-        try:
-            if cache_dir is not None:
-                cpath = cache.cache_path(cache_dir, sdir)
-                if cpath.exists():
-                    samples.append(cache.load_sample(cpath))
-                    n_cached += 1
-                    continue
-                s = kaggle_folder.read_sample(sdir)
-                cache.save_sample(cpath, s)
-            else:
-                s = kaggle_folder.read_sample(sdir)
-            samples.append(s)
-        except DataError as err:
-            errors.append(err)
-    return LoadResult(samples=samples, errors=errors, seconds=time.perf_counter() - t0, cached=n_cached)
+    """`open_dataset` of a Kaggle-layout folder (the form is not guessed)."""
+    return open_dataset(root, form="kaggle_folder", cache_dir=cache_dir, ids=ids, progress=progress)
 
 
 def _kaggle_folder_entries(path: Path, opts: dict) -> list[Entry]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from nseg_data.atomic import atomic_path, write_text_atomic
 from nseg_data.sample import Sample
 
 KINDS = ("overlap", "empty", "components", "holes", "tiny", "no_contrast")
@@ -251,11 +252,10 @@ def write_gallery(path: Path, report: QCReport, samples: dict[str, Sample], n: i
         draw.text((x + 3, y + size + 14), counts[:42], fill=(255, 200, 0))
     if not worst:
         draw.text((10, 10), "no issues found", fill=(255, 255, 255))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    with atomic_path(path) as tmp:
+        grid.save(tmp, format="PNG")
     return len(worst)
 
 
 def write_report(path: Path, report: QCReport) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    write_text_atomic(path, json.dumps(report.to_json(), indent=1) + "\n")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nseg_data.atomic import write_text_atomic
 from nseg_data.errors import DataError
 from nseg_data.metrics import ImageScores, mean_scores, score_image
 from nseg_data.readers.label_folder import read_label_image
@@ -103,6 +104,4 @@ def score_samples(pred_dir: Path, samples: list[Sample]) -> ScoreReport:
 
 
 def write_json(path: Path, report: ScoreReport, **context: object) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_json(**context), indent=1) + "\n")
+    write_text_atomic(path, json.dumps(report.to_json(**context), indent=1) + "\n")

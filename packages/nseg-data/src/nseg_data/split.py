@@ -19,6 +19,10 @@ from nseg_data.atomic import write_bytes_atomic
 from nseg_data.errors import DataError
 
 SPLIT_NAMES = ("locked", "val", "train")
+# Below this many images (a lab's own annotations) a split made for training has no locked set:
+# one or two held-out images would give an anecdotal score and cost a fifth of the training data.
+# Such a lab tests the adapted model on new images instead.
+SMALL_DATASET = 20
 
 
 @dataclass(frozen=True)
@@ -87,9 +91,11 @@ def make_splits(
     modality: dict[str, str], *, seed: int = 2018, locked_fraction: float = 0.10, val_fraction: float = 0.30
 ) -> Splits:
     """Stratified by modality: per modality, `locked_fraction` goes to locked, then `val_fraction`
-    of the rest to val. Rounding keeps at least one image per split for any modality of 3+ images."""
-    if not 0 < locked_fraction < 1 or not 0 < val_fraction < 1:
-        raise ValueError("fractions must be in (0, 1)")
+    of the rest to val. Rounding keeps at least one image per split for any modality of 3+ images
+    (no locked image when `locked_fraction` is 0); when rounding leaves val or train empty across
+    all modalities, one image moves over from the other, so any 2+ images give both."""
+    if not 0 <= locked_fraction < 1 or not 0 < val_fraction < 1:
+        raise ValueError("fractions must be in [0, 1) for locked and (0, 1) for val")
     ids: dict[str, list[str]] = {n: [] for n in SPLIT_NAMES}
     for mod in sorted(set(modality.values())):
         group = sorted(i for i, m in modality.items() if m == mod)
@@ -100,11 +106,15 @@ def make_splits(
         n_locked = round(n * locked_fraction)
         n_val = round((n - n_locked) * val_fraction)
         if n >= 3:
-            n_locked = max(n_locked, 1)
+            n_locked = max(n_locked, 1 if locked_fraction else 0)
             n_val = max(n_val, 1)
         ids["locked"] += order[:n_locked]
         ids["val"] += order[n_locked : n_locked + n_val]
         ids["train"] += order[n_locked + n_val :]
+    for empty, full in (("val", "train"), ("train", "val")):
+        if not ids[empty] and len(ids[full]) >= 2:
+            rng = np.random.default_rng([seed, len(modality)])
+            ids[empty].append(ids[full].pop(int(rng.integers(len(ids[full])))))
     return Splits(
         seed=seed,
         locked_fraction=locked_fraction,
@@ -112,6 +122,17 @@ def make_splits(
         ids={n: tuple(sorted(v)) for n, v in ids.items()},
         modality=dict(modality),
     )
+
+
+def training_splits(modality: dict[str, str], *, seed: int = 2018) -> Splits:
+    """The split `nseg-train` makes when it is given none: the standard locked/val/train fractions
+    (10 %, then 30 % of the rest), or, below SMALL_DATASET images, no locked set and a quarter for
+    validation (at least one image). Train and val are never empty."""
+    if len(modality) < 2:
+        raise ValueError(f"{len(modality)} labelled image(s): training needs at least 2, one to train on and one to validate on")
+    if len(modality) < SMALL_DATASET:
+        return make_splits(modality, seed=seed, locked_fraction=0.0, val_fraction=0.25)
+    return make_splits(modality, seed=seed)
 
 
 def save_splits(splits: Splits, path: Path) -> None:

@@ -7,13 +7,11 @@ runtime never has to see the training config's Python types.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from nseg_data.atomic import publish_mode
+from nseg_data.atomic import write_text_atomic
 from nseg_infer.bundle import FORMAT, sha256_file
 from nseg_train import deploy
 
@@ -120,20 +118,8 @@ def build_metadata(
 
 
 def write_json_atomic(path: Path, obj: Any) -> Path:
-    """Temp file in the same folder, then rename: a reader never sees half a metadata.json."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    publish_mode(fd)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Indented JSON, written atomically: a reader never sees half a metadata.json."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def read_metadata(bundle_dir: Path) -> dict[str, Any]:

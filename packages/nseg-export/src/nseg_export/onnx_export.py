@@ -233,19 +233,10 @@ def maskrcnn_mask_size(model: Any) -> int:
     return 2 * int(out[0] if isinstance(out, (tuple, list)) else out)
 
 
-def maskrcnn_postprocessing(cfg: Any, model: Any) -> dict[str, Any]:
-    mcfg = getattr(cfg, "maskrcnn", None)
+def maskrcnn_postprocessing(cfg: Any) -> dict[str, Any]:
+    from nseg_train.deploy import maskrcnn_postprocessing_section
 
-    def pick(name: str, default: float) -> float:
-        return float(getattr(mcfg, name, default)) if mcfg is not None else float(default)
-
-    return {
-        "kind": "maskrcnn",
-        "score_threshold": pick("score_threshold", 0.5),
-        "mask_threshold": pick("mask_threshold", 0.5),
-        "nms_threshold": pick("nms_threshold", float(model.roi_heads.nms_thresh)),
-        "min_size": int(getattr(mcfg, "min_size", cfg.eval.min_size) if mcfg is not None else cfg.eval.min_size),
-    }
+    return maskrcnn_postprocessing_section(cfg)
 
 
 def maskrcnn_tile(cfg: Any) -> int:
@@ -305,7 +296,7 @@ def export_model(
                                       "`nseg-export trt --fp16` for Mask R-CNN")
                 export_maskrcnn_onnx(model, onnx_path, tile=tile, opset=options.opset)
                 inputs, outputs = _maskrcnn_io(tile, maskrcnn_mask_size(model))
-                post = maskrcnn_postprocessing(cfg, model)
+                post = maskrcnn_postprocessing(cfg)
                 tiling = {"tile": tile, "halo": halo, "batch": 1}
                 extra["maskrcnn"] = {"graph_score_threshold": float(model.roi_heads.score_thresh),
                                      "detections_per_image": int(model.roi_heads.detections_per_img)}

@@ -1,23 +1,25 @@
 """Numerical parity between a checkpoint and its bundle, on inputs the export never saw.
 
-Two levels, both must hold:
-- raw outputs: element-wise `|test - ref| <= atol + rtol * |ref|` (numpy's allclose rule), with the
-  largest absolute and relative errors reported;
-- final instances: each side goes through the runtime's own post-processing (or training's, for
-  the torch side of a UNet), then F1 at IoU 0.5 between the two label images per image, and
-  equal instance counts on most images.
+Parity is the runtime's own `Predictor`, built from the bundle's metadata.json, run twice with
+two backends (torch on the checkpoint, ONNX Runtime on the bundle; or ONNX Runtime and the
+runtime's TensorRT backend), on images of several tiles with halos: the path users run. Two
+levels, both must hold:
+- raw outputs: element-wise `|test - ref| <= atol + rtol * |ref|` (numpy's allclose rule), with
+  the largest absolute and relative errors reported: the blended UNet field over the whole image,
+  or each tile's detections; plus random tensors straight into the graph;
+- final instances: F1 at IoU 0.5 between the two label images per image, and equal instance
+  counts on most images.
 
-The torch side of a UNet image case is `nseg_train.predict.predict_probs` (training's own
-validation path); the runtime side is built only from metadata.json, so a wrong normalisation
-or threshold in the bundle fails here even when the graph itself is exact.
+Both sides read the same metadata, so `check_metadata` separately holds the bundle's
+normalisation and thresholds to the checkpoint's config.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -273,96 +275,10 @@ def real_images(data_dir: Path | None, max_images: int) -> list[tuple[str, np.nd
     return [(f"data:{samples[i].id[:16]}", samples[i].image) for i in idx]
 
 
-def pad_to(x: np.ndarray, divisor: int, mode: str = "reflect") -> np.ndarray:
-    """HxWxC padded at bottom/right to multiples of divisor, like training's `_pad_to`."""
+def _pad(x: np.ndarray, divisor: int) -> np.ndarray:
+    """HxWxC zero-padded at bottom/right to multiples of divisor (a graph input shape)."""
     h, w = x.shape[:2]
-    ph, pw = (-h) % divisor, (-w) % divisor
-    if not (ph or pw):
-        return x
-    if mode == "reflect" and min(h, w) <= max(ph, pw):
-        mode = "edge"  # reflect needs more pixels than the pad; training falls back to replicate too
-    pads = ((0, ph), (0, pw), (0, 0))
-    return np.pad(x, pads, mode=mode) if mode != "zeros" else np.pad(x, pads)
-
-
-# ---------------------------------------------------------------- runners
-
-
-class OrtRunner:
-    def __init__(self, model_path: Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.name = "onnxruntime"
-
-    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(x, np.float32)})
-        return dict(zip(self.output_names, outs, strict=True))
-
-
-Runner = Callable[[np.ndarray], dict[str, np.ndarray]]
-
-
-def torch_runner(graph: Any) -> Runner:
-    import torch
-
-    def run(x: np.ndarray) -> dict[str, np.ndarray]:
-        with torch.inference_mode():
-            out = graph(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
-        if isinstance(out, torch.Tensor):
-            return {"probs": out.numpy()}
-        boxes, scores, masks = out
-        return {"boxes": boxes.numpy(), "scores": scores.numpy(), "masks": masks.numpy()}
-
-    return run
-
-
-# ---------------------------------------------------------------- runtime-side pipelines (metadata only)
-
-
-def runtime_normalise(bundle: Any, image: np.ndarray) -> np.ndarray:
-    from nseg_infer.preprocess import normalize
-
-    x = normalize(image, bundle.preprocessing.normalization)
-    return x[..., ::-1] if bundle.preprocessing.channel_order == "BGR" else x
-
-
-def runtime_unet_probs(run: Runner, bundle: Any, x_hwc: np.ndarray) -> np.ndarray:
-    h, w = x_hwc.shape[:2]
-    xp = pad_to(x_hwc, bundle.preprocessing.size_divisor)
-    probs = run(np.ascontiguousarray(xp.transpose(2, 0, 1)[None], np.float32))[bundle.outputs[0].name]
-    return np.asarray(probs[0, :, :h, :w], np.float32)
-
-
-def runtime_unet_instances(bundle: Any, probs: np.ndarray) -> np.ndarray:
-    from nseg_infer.instances import WatershedParams, unet_instances
-
-    post = dict(bundle.postprocessing)
-    if post.get("kind", "unet_watershed") != "unet_watershed":
-        raise ParityError(f"post-processing kind {post.get('kind')!r} is not implemented by the runtime "
-                          "(nseg_infer.instances has the watershed only)")
-    return unet_instances(probs[0], probs[1], WatershedParams.from_dict(post))
-
-
-def runtime_maskrcnn_instances(bundle: Any, out: dict[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    from nseg_infer.instances import nms, paste_masks
-
-    post = bundle.postprocessing
-    boxes = np.asarray(out["boxes"], np.float64).reshape(-1, 4)
-    scores = np.asarray(out["scores"], np.float64).reshape(-1)
-    masks = np.asarray(out["masks"], np.float32)
-    keep = np.flatnonzero(scores >= float(post.get("score_threshold", 0.5)))
-    keep = keep[nms(boxes[keep], scores[keep], float(post.get("nms_threshold", 0.5)))]
-    labels, _ = paste_masks(boxes[keep], masks[keep], scores[keep], shape,
-                            mask_threshold=float(post.get("mask_threshold", 0.5)),
-                            min_size=int(post.get("min_size", 0)))
-    return labels
+    return np.pad(x, ((0, (-h) % divisor), (0, (-w) % divisor), (0, 0)))
 
 
 # ---------------------------------------------------------------- cases
@@ -370,106 +286,90 @@ def runtime_maskrcnn_instances(bundle: Any, out: dict[str, np.ndarray], shape: t
 
 @dataclass
 class Cases:
-    images: list[tuple[str, np.ndarray]]  # uint8 HxWx3 through the whole pipeline
+    images: list[tuple[str, np.ndarray]]  # uint8 HxWx3 through the whole Predictor
     tensors: list[tuple[str, np.ndarray]]  # float32 NCHW straight into the graph
 
     def names(self) -> list[str]:
         return [n for n, _ in self.images] + [n for n, _ in self.tensors]
 
 
-def unet_cases(data_dir: Path | None, max_images: int, seed: int, divisor: int) -> Cases:
+def unet_cases(data_dir: Path | None, max_images: int, seed: int, divisor: int, tile: int) -> Cases:
     rng = np.random.default_rng(seed)
     images = real_images(data_dir, max_images)
-    images += [(f"blobs:{h}x{w}", blob_image(rng, h, w)) for h, w in UNET_TILE_SIZES]
+    # Several tiles with halos (and an odd size), as well as images smaller than a tile.
+    sizes = [*UNET_TILE_SIZES, (tile + tile // 2 + 3, 2 * tile - 37)]
+    images += [(f"blobs:{h}x{w}", blob_image(rng, h, w)) for h, w in sizes]
     tensors = []
     for i, (h, w) in enumerate(UNET_TILE_SIZES):
         n = 2 if i % 2 else 1  # batch > 1 too: a batch axis traced as a constant would fail here
         x = rng.normal(0.3, 0.5, (n, h, w, 3)).astype(np.float32)
-        x = np.stack([pad_to(xi, divisor) for xi in x])
+        x = np.stack([_pad(xi, divisor) for xi in x])
         tensors.append((f"random:{n}x{x.shape[1]}x{x.shape[2]}", np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
     return Cases(images, tensors)
 
 
 def maskrcnn_cases(data_dir: Path | None, max_images: int, seed: int, tile: int) -> Cases:
     rng = np.random.default_rng(seed)
-    images = [(name, img[:tile, :tile]) for name, img in real_images(data_dir, max_images)]
     # Blank first, then a normal image on the same session: a zero-detection run must not poison the next.
     images = [("blank", np.full((tile, tile, 3), 30, np.uint8)), ("blobs:after-blank", blob_image(rng, tile, tile)),
-              *images, ("blobs:small", blob_image(rng, tile // 2, tile // 2 + 7))]
+              *real_images(data_dir, max_images), ("blobs:small", blob_image(rng, tile // 2, tile // 2 + 7)),
+              (f"blobs:{tile + tile // 2}x{2 * tile - 40}", blob_image(rng, tile + tile // 2, 2 * tile - 40))]
     tensors = [(f"random:1x{tile}x{tile}", rng.uniform(0, 1, (1, 3, tile, tile)).astype(np.float32))]
     return Cases(images, tensors)
 
 
-# ---------------------------------------------------------------- drivers
+def cases_for(bundle: Any, data_dir: Path | None, max_images: int, seed: int) -> Cases:
+    if bundle.kind == "unet":
+        return unet_cases(data_dir, max_images, seed, bundle.preprocessing.size_divisor, bundle.tiling.tile)
+    return maskrcnn_cases(data_dir, max_images, seed, bundle.tiling.tile)
 
 
-def _tile_input(x_hwc: np.ndarray, tile: int) -> np.ndarray:
-    # Zero padding like the runtime's detector tiles (mirrored nuclei would be detected twice).
-    h, w = x_hwc.shape[:2]
-    xp = np.pad(x_hwc, ((0, tile - h), (0, tile - w), (0, 0)))
-    return np.ascontiguousarray(xp.transpose(2, 0, 1)[None], np.float32)
+# ---------------------------------------------------------------- the driver
 
 
-def unet_target(target: TargetReport, cases: Cases, bundle: Any, ref_run: Runner, test_run: Runner, *,
-                torch_ref: tuple[Any, Any] | None) -> None:
-    """torch_ref=(model, cfg): the reference side of image cases is training's predict_probs + instances."""
+def predictor_target(target: TargetReport, cases: Cases, bundle: Any, ref: Any, test: Any) -> None:
+    """Two Predictors on one bundle's metadata, differing only in their backend (`ref`, `test`:
+    objects with `run(NCHW) -> {output: array}`, as nseg_infer.backends has them)."""
+    from nseg_infer.run import Predictor, RunConfig
+
     tol = target.tolerance
-    for name, image in cases.images:
-        try:
-            x = runtime_normalise(bundle, image)
-            test_probs = runtime_unet_probs(test_run, bundle, x)
-            if torch_ref is not None:
-                import torch
-                from nseg_train.predict import instances_from_probs, predict_probs
-
-                model, cfg = torch_ref
-                ref_probs = predict_probs(model, image, cfg, torch.device("cpu"))
-                ref_lab = instances_from_probs(ref_probs, cfg)
-            else:
-                ref_probs = runtime_unet_probs(ref_run, bundle, x)
-                ref_lab = runtime_unet_instances(bundle, ref_probs)
-            target.tensors.append(compare_arrays(name, "probs", ref_probs, test_probs, rtol=tol.rtol, atol=tol.atol))
-            target.instances.append(compare_instances(name, ref_lab, runtime_unet_instances(bundle, test_probs),
-                                                      tol.min_f1))
-        except Exception as e:
-            target.errors.append(f"{name}: {type(e).__name__}: {e}")
-    for name, x in cases.tensors:
-        try:
-            ref, test = ref_run(x), test_run(x)
-            for out in bundle.outputs:
-                target.tensors.append(compare_arrays(name, out.name, ref[out.name], test[out.name],
-                                                     rtol=tol.rtol, atol=tol.atol))
-        except Exception as e:
-            target.errors.append(f"{name}: {type(e).__name__}: {e}")
-
-
-def maskrcnn_target(target: TargetReport, cases: Cases, bundle: Any, ref_run: Runner, test_run: Runner, *,
-                    ref_normalise: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
-    tol = target.tolerance
-    tile = int(bundle.inputs[0].shape[-1]) if bundle.inputs[0].shape else bundle.tiling.tile
+    ref_p = Predictor(bundle, RunConfig(device="cpu"), backend=ref)
+    test_p = Predictor(bundle, RunConfig(device="cpu"), backend=test)
     thr = float(bundle.metadata.get("maskrcnn", {}).get("graph_score_threshold", 0.05))
     for name, image in cases.images:
         try:
             h, w = image.shape[:2]
-            x_test = _tile_input(runtime_normalise(bundle, image), tile)
-            x_ref = _tile_input(ref_normalise(image), tile) if ref_normalise else x_test
-            ref, test = ref_run(x_ref), test_run(x_test)
-            target.tensors += compare_detections(name, ref, test, tol, thr)
-            target.instances.append(compare_instances(
-                name, runtime_maskrcnn_instances(bundle, ref, (h, w)), runtime_maskrcnn_instances(bundle, test, (h, w)),
-                tol.min_f1))
+            if bundle.kind == "unet":
+                n_tiles = len(ref_p._grid(h, w).tiles)
+                target.tensors.append(compare_arrays(name, "field", ref_p.probabilities(image),
+                                                     test_p.probabilities(image), rtol=tol.rtol, atol=tol.atol,
+                                                     note=f"{n_tiles} tiles"))
+            else:
+                for (tile, r), (_, t) in zip(ref_p.detections(image), test_p.detections(image), strict=True):
+                    target.tensors += compare_detections(f"{name}#tile{tile.index}", r, t, tol, thr)
+            target.instances.append(compare_instances(name, np.asarray(ref_p.predict(image).labels),
+                                                      np.asarray(test_p.predict(image).labels), tol.min_f1))
         except Exception as e:
             target.errors.append(f"{name}: {type(e).__name__}: {e}")
     for name, x in cases.tensors:
         try:
-            target.tensors += compare_detections(name, ref_run(x), test_run(x), tol, thr)
+            r, t = ref.run(x), test.run(x)
+            if bundle.kind == "unet":
+                for out in bundle.outputs:
+                    target.tensors.append(compare_arrays(name, out.name, r[out.name], t[out.name],
+                                                         rtol=tol.rtol, atol=tol.atol))
+            else:
+                target.tensors += compare_detections(name, r, t, tol, thr)
         except Exception as e:
             target.errors.append(f"{name}: {type(e).__name__}: {e}")
 
 
 def check_metadata(meta: dict[str, Any], cfg: Any, ckpt: dict[str, Any]) -> list[str]:
-    """The bundle must describe this checkpoint: same kind, normalisation, thresholds and splits."""
-    from nseg_export.metadata import preprocessing, unet_postprocessing
+    """The bundle must describe this checkpoint: same kind, normalisation, size divisor, thresholds
+    and splits (both Predictors of a parity run read the same metadata, so only this catches them)."""
+    from nseg_train import deploy
+
+    from nseg_export.metadata import preprocessing
 
     errs = []
     if meta.get("kind") != cfg.model.kind:
@@ -478,18 +378,11 @@ def check_metadata(meta: dict[str, Any], cfg: Any, ckpt: dict[str, Any]) -> list
     want_norm = preprocessing(cfg, 1)["normalization"]
     if meta["preprocessing"].get("normalization") != want_norm:
         errs.append(f"normalisation {meta['preprocessing'].get('normalization')} != checkpoint's {want_norm}")
-    if cfg.model.kind == "unet":
-        if meta["preprocessing"].get("size_divisor") != cfg.model.size_divisor:
-            errs.append(f"size_divisor {meta['preprocessing'].get('size_divisor')} != {cfg.model.size_divisor}")
-        want_post = unet_postprocessing(cfg)
-        if dict(meta["postprocessing"]) != want_post:
-            errs.append(f"postprocessing {meta['postprocessing']} != checkpoint's eval config {want_post}")
-    else:
-        want = {"score_threshold": float(cfg.maskrcnn.score_threshold), "mask_threshold": float(cfg.maskrcnn.mask_threshold),
-                "nms_threshold": float(cfg.maskrcnn.nms_threshold)}
-        have = {k: meta["postprocessing"].get(k) for k in want}
-        if have != want:
-            errs.append(f"postprocessing {have} != checkpoint's maskrcnn config {want}")
+    if meta["preprocessing"].get("size_divisor") != deploy.size_divisor(cfg):
+        errs.append(f"size_divisor {meta['preprocessing'].get('size_divisor')} != {deploy.size_divisor(cfg)}")
+    want_post = deploy.postprocessing_section(cfg)
+    if dict(meta["postprocessing"]) != want_post:
+        errs.append(f"postprocessing {dict(meta['postprocessing'])} != checkpoint's config {want_post}")
     if meta.get("training", {}).get("splits_sha256") != ckpt.get("splits_sha256"):
         errs.append("training.splits_sha256 differs from the checkpoint's (bundle made from another run?)")
     return errs
@@ -523,18 +416,12 @@ def run_parity(checkpoint: Path, bundle_dir: Path, *, data_dir: Path | None = No
         model, cfg, ckpt = load_model(Path(checkpoint))
         report.kind = bundle.kind
         report.errors += check_metadata(dict(bundle.metadata), cfg, ckpt)
-        if bundle.kind == "unet":
-            from nseg_export.onnx_export import unet_graph
+        import torch
+        from nseg_infer.backends import OrtBackend
+        from nseg_train.deploy import TorchBackend
 
-            cases = unet_cases(data_dir, max_images, seed, bundle.preprocessing.size_divisor)
-            ref = torch_runner(unet_graph(model))
-        else:
-            from nseg_train.datasets import normalize_for
-
-            from nseg_export.onnx_export import maskrcnn_graph
-
-            cases = maskrcnn_cases(data_dir, max_images, seed, bundle.tiling.tile)
-            ref = torch_runner(maskrcnn_graph(model))
+        cases = cases_for(bundle, data_dir, max_images, seed)
+        ref = TorchBackend(model, torch.device("cpu"), kind=bundle.kind)
         report.cases = cases.names()
         targets = [("fp32", bundle.model_path)]
         for v in bundle.metadata.get("variants", []) or []:
@@ -547,14 +434,11 @@ def run_parity(checkpoint: Path, bundle_dir: Path, *, data_dir: Path | None = No
             t = TargetReport(f"onnxruntime:{precision} ({path.name}) vs torch", TOLERANCES[precision])
             report.targets.append(t)
             try:
-                test = OrtRunner(path, threads)
+                test = OrtBackend(replace(bundle, model_path=path), ["CPUExecutionProvider"], threads=threads)
             except Exception as e:
                 t.errors.append(f"{path}: ONNX Runtime cannot load the model: {e}")
                 continue
-            if bundle.kind == "unet":
-                unet_target(t, cases, bundle, ref, test, torch_ref=(model, cfg))
-            else:
-                maskrcnn_target(t, cases, bundle, ref, test, ref_normalise=lambda im: normalize_for(cfg, im))
+            predictor_target(t, cases, bundle, ref, test)
     except Exception as e:
         report.errors.append(f"{type(e).__name__}: {e}")
     return report

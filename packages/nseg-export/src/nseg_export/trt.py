@@ -1,41 +1,39 @@
 """TensorRT engines for a bundle (TensorRT >= 10 Python API), checked against ONNX Runtime.
 
 An engine is only valid for the TensorRT version and GPU model that built it, so both are stored
-with it in metadata.json and the file name carries the GPU. Device memory comes from torch's CUDA
-allocator (torch is a dependency of this package anyway), so no second CUDA binding is needed.
-An engine is registered in the bundle only after it passed parity; a failing one is deleted.
+with it in metadata.json and the file name carries the GPU. Parity runs the runtime's own
+Predictor with the runtime's own `TensorRTBackend` against the same Predictor on ONNX Runtime; an
+engine is registered in the bundle only after it passed, and a failing one is deleted.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nseg_data.atomic import publish_mode
+from nseg_data.atomic import atomic_path, write_bytes_atomic
 
 from nseg_export.parity import (
     TOLERANCES,
     Cases,
-    OrtRunner,
     ParityError,
     TargetReport,
-    maskrcnn_cases,
-    maskrcnn_target,
+    cases_for,
+    predictor_target,
     real_images,
-    runtime_normalise,
-    unet_cases,
-    unet_target,
 )
 
 
 class TrtUnavailable(RuntimeError):
     """TensorRT or a CUDA GPU is missing: nothing can be built or checked here."""
+
+
+class _Rejected(Exception):
+    """An engine that failed parity: its temp file is discarded, never renamed into the bundle."""
 
 
 def require_trt() -> Any:
@@ -130,99 +128,6 @@ def build_engine(onnx_path: Path, profile: Profile, *, fp16: bool = False, int8:
     return bytes(serialized)
 
 
-def _torch_dtype(trt: Any, dt: Any) -> Any:
-    import torch
-
-    return {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16,
-            np.dtype(np.int32): torch.int32, np.dtype(np.int64): torch.int64, np.dtype(np.int8): torch.int8,
-            np.dtype(np.bool_): torch.bool}[np.dtype(trt.nptype(dt))]
-
-
-def _output_allocator(trt: Any, dtype: Any) -> Any:
-    """Mask R-CNN's outputs have a data-dependent length: TensorRT asks for memory once it knows it."""
-    import torch
-
-    class Allocator(trt.IOutputAllocator):
-        def __init__(self) -> None:
-            trt.IOutputAllocator.__init__(self)
-            self.buf: torch.Tensor | None = None
-            self.shape: tuple[int, ...] = ()
-
-        def reallocate_output_async(self, tensor_name: str, memory: int, size: int, alignment: int,
-                                    stream: int) -> int:
-            size = max(int(size), 1)  # zero detections still need a valid address
-            if self.buf is None or self.buf.numel() < size:
-                self.buf = torch.empty(size, dtype=torch.uint8, device="cuda")
-            return self.buf.data_ptr()
-
-        def reallocate_output(self, tensor_name: str, memory: int, size: int, alignment: int) -> int:
-            return self.reallocate_output_async(tensor_name, memory, size, alignment, 0)
-
-        def notify_shape(self, tensor_name: str, shape: Any) -> None:
-            self.shape = tuple(int(d) for d in shape)
-
-        def result(self) -> torch.Tensor:
-            n = int(np.prod(self.shape)) if self.shape else 0
-            if n == 0 or self.buf is None:
-                return torch.empty(self.shape, dtype=dtype)
-            itemsize = torch.empty((), dtype=dtype).element_size()
-            return self.buf[: n * itemsize].view(dtype).reshape(self.shape)
-
-    return Allocator()
-
-
-class TrtRunner:
-    """Engine file -> callable(x NCHW float32) -> {output name: float32 array}, like OrtRunner."""
-
-    def __init__(self, engine_path: Path) -> None:
-        import torch
-
-        trt = require_trt()
-        self._trt = trt
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"{engine_path}: TensorRT cannot deserialize the engine (built with another "
-                               f"TensorRT version or for another GPU than {gpu_name()}?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self.stream = torch.cuda.Stream()
-        self.name = "tensorrt"
-
-    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        import torch
-
-        trt = self._trt
-        xin = torch.from_numpy(np.ascontiguousarray(x, np.float32)).cuda()
-        if not self.context.set_input_shape(self.inputs[0], tuple(x.shape)):
-            raise RuntimeError(f"input shape {tuple(x.shape)} is outside the engine's optimization profile")
-        self.context.set_tensor_address(self.inputs[0], xin.data_ptr())
-        bufs: dict[str, Any] = {}
-        for name in self.outputs:
-            dtype = _torch_dtype(trt, self.engine.get_tensor_dtype(name))
-            shape = tuple(self.context.get_tensor_shape(name))
-            if any(d < 0 for d in shape):
-                alloc = _output_allocator(trt, dtype)
-                self.context.set_output_allocator(name, alloc)
-                bufs[name] = alloc
-            else:
-                t = torch.empty(shape, dtype=dtype, device="cuda")
-                self.context.set_tensor_address(name, t.data_ptr())
-                bufs[name] = t
-        torch.cuda.current_stream().synchronize()  # the input copy ran on torch's stream
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
-        self.stream.synchronize()
-        out = {}
-        for name, b in bufs.items():
-            t = b if isinstance(b, torch.Tensor) else b.result()
-            out[name] = t.float().cpu().numpy()
-        return out
-
-
 # ---------------------------------------------------------------- calibration
 
 
@@ -246,8 +151,10 @@ def calibration_batches(bundle: Any, calib_dir: Path, n_images: int, seed: int =
     batch = prof.opt[0]
     rng = np.random.default_rng(seed)
     tiles = []
+    from nseg_infer.preprocess import normalize
+
     for _, img in images:
-        x = runtime_normalise(bundle, img)
+        x = normalize(img, bundle.preprocessing.normalization)
         h, w = x.shape[:2]
         y0 = int(rng.integers(0, max(h - tile, 0) + 1))
         x0 = int(rng.integers(0, max(w - tile, 0) + 1))
@@ -289,7 +196,7 @@ def make_calibrator(batches: list[np.ndarray], cache_file: Path) -> Any:
             return cache_file.read_bytes() if cache_file.is_file() else None
 
         def write_calibration_cache(self, cache: Any) -> None:
-            cache_file.write_bytes(bytes(cache))
+            write_bytes_atomic(cache_file, bytes(cache))
 
     return Calibrator()
 
@@ -298,26 +205,27 @@ def make_calibrator(batches: list[np.ndarray], cache_file: Path) -> Any:
 
 
 def _fit_cases(cases: Cases, prof: Profile, kind: str) -> Cases:
-    """Keep every input inside the engine's profile: images cropped to one tile, batches split."""
-    tile_h, tile_w = prof.max[2], prof.max[3]
-    images = [(n, im[:tile_h, :tile_w]) for n, im in cases.images]
+    """Keep raw tensors inside the engine's profile (batches split, a full batch at the optimum
+    shape added); images go through the Predictor, whose tiles the profile covers."""
     if kind == "maskrcnn":
-        return Cases(images, cases.tensors)
+        return cases
+    tile_h, tile_w = prof.max[2], prof.max[3]
     tensors = []
     for n, x in cases.tensors:
         x = x[:, :, :tile_h, :tile_w]
         for i in range(0, len(x), prof.max[0]):
             tensors.append((n if i == 0 else f"{n}#{i}", x[i:i + prof.max[0]]))
-    # A full batch at the optimum shape, the runtime's main case.
     rng = np.random.default_rng(7)
     full = rng.normal(0.3, 0.5, (prof.opt[0], 3, prof.opt[2], prof.opt[3])).astype(np.float32)
     tensors.append((f"random:{prof.opt[0]}x{prof.opt[2]}x{prof.opt[3]}", full))
-    return Cases(images, tensors)
+    return Cases(cases.images, tensors)
 
 
 def engine_parity(bundle_dir: Path, engine_path: Path, *, data_dir: Path | None = None, max_images: int = 6,
                   seed: int = 0, precision: str | None = None) -> TargetReport:
+    """The runtime's Predictor with its own TensorRTBackend against the same Predictor on ONNX Runtime."""
     require_trt()
+    from nseg_infer.backends import OrtBackend, TensorRTBackend
     from nseg_infer.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
@@ -328,20 +236,13 @@ def engine_parity(bundle_dir: Path, engine_path: Path, *, data_dir: Path | None 
             (p for p in ("int8", "fp16", "fp32") if f".{p}." in Path(engine_path).name), "fp16")
     tol = TOLERANCES[f"trt-{precision}"]
     report = TargetReport(f"tensorrt:{precision} ({Path(engine_path).name}) vs onnxruntime:fp32", tol)
-    prof = bundle_profile(meta)
-    if bundle.kind == "unet":
-        cases = _fit_cases(unet_cases(data_dir, max_images, seed, bundle.preprocessing.size_divisor), prof, "unet")
-    else:
-        cases = _fit_cases(maskrcnn_cases(data_dir, max_images, seed, bundle.tiling.tile), prof, "maskrcnn")
+    cases = _fit_cases(cases_for(bundle, data_dir, max_images, seed), bundle_profile(meta), bundle.kind)
     try:
-        ref, test = OrtRunner(bundle.model_path), TrtRunner(Path(engine_path))
+        ref, test = OrtBackend(bundle, ["CPUExecutionProvider"]), TensorRTBackend(Path(engine_path))
     except Exception as e:
         report.errors.append(f"{type(e).__name__}: {e}")
         return report
-    if bundle.kind == "unet":
-        unet_target(report, cases, bundle, ref, test, torch_ref=None)
-    else:
-        maskrcnn_target(report, cases, bundle, ref, test)
+    predictor_target(report, cases, bundle, ref, test)
     return report
 
 
@@ -382,26 +283,21 @@ def build_bundle_engine(bundle_dir: Path, *, fp16: bool = False, int8: bool = Fa
     blob = build_engine(bundle.model_path, prof, fp16=fp16, int8=int8, calibrator=calibrator,
                         workspace_bytes=int(workspace_gib * (1 << 30)))
     build_s = time.perf_counter() - t0
-    fd, tmp_s = tempfile.mkstemp(dir=bundle_dir, prefix=f".{name}.", suffix=".tmp")
-    publish_mode(fd)
-    tmp = Path(tmp_s)
-    with os.fdopen(fd, "wb") as f:
-        f.write(blob)
+    final = bundle_dir / name
+    report_path = report_path or bundle_dir / f"{name}.parity.json"
     try:
-        target = engine_parity(bundle_dir, tmp, data_dir=data_dir, max_images=max_images, precision=precision)
-        rep = ParityReport(checkpoint="(onnx reference)", bundle=str(bundle_dir), kind=bundle.kind, targets=[target])
-        report_path = report_path or bundle_dir / f"{name}.parity.json"
-        rep.write(report_path)
-        if not rep.passed:
-            msgs = "; ".join(rep.failures()[:5])
-            return EngineResult(False, None, report_path,
-                                f"TensorRT {precision} engine FAILED parity against ONNX Runtime and was not "
-                                f"added to the bundle: {msgs} (report: {report_path})")
-        final = bundle_dir / name
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        # The engine is checked under its temp name and renamed into the bundle only if it passes.
+        with atomic_path(final) as tmp:
+            tmp.write_bytes(blob)
+            target = engine_parity(bundle_dir, tmp, data_dir=data_dir, max_images=max_images, precision=precision)
+            rep = ParityReport(checkpoint="(onnx reference)", bundle=str(bundle_dir), kind=bundle.kind, targets=[target])
+            rep.write(report_path)
+            if not rep.passed:
+                raise _Rejected("; ".join(rep.failures()[:5]))
+    except _Rejected as e:
+        return EngineResult(False, None, report_path,
+                            f"TensorRT {precision} engine FAILED parity against ONNX Runtime and was not "
+                            f"added to the bundle: {e} (report: {report_path})")
     cap = ".".join(str(v) for v in __import__("torch").cuda.get_device_capability(0))
     entry = {"file": name, "precision": precision, "tensorrt": trt.__version__, "gpu": gpu,
              "compute_capability": cap, "profiles": [prof.to_json()], "sha256": sha256_file(final),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -29,12 +28,6 @@ class Backend(Protocol):
     name: str
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
-
-
-@dataclass(frozen=True)
-class BackendChoice:
-    name: str
-    reason: str
 
 
 def _cpu_threads() -> int:

@@ -70,6 +70,22 @@ class TilingSpec:
 
 
 @dataclass(frozen=True)
+class ScaleSpec:
+    """The scale the model was trained at (metadata key `scale`, optional): the typical nucleus
+    diameter in pixels and, when the training images had one, their pixel size in µm. None is
+    unknown; the runtime then rescales only when told (`--diameter`)."""
+
+    nucleus_diameter_px: float | None = None
+    pixel_size_um: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("nucleus_diameter_px", "pixel_size_um"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ValueError(f"scale.{name} must be > 0, got {v}")
+
+
+@dataclass(frozen=True)
 class EngineSpec:
     file: str
     precision: str = "fp16"
@@ -92,6 +108,7 @@ class Bundle:
     postprocessing: Mapping[str, Any]
     engines: tuple[EngineSpec, ...] = ()
     metadata: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    scale: ScaleSpec = field(default_factory=ScaleSpec)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -106,6 +123,17 @@ class Bundle:
 def default_bundle_path() -> Path:
     """The bundle shipped inside the package, so `nseg-infer run` works right after install."""
     return Path(__file__).resolve().parent / "assets" / "default"
+
+
+# Bundles shipped inside the package, by the name `--model` accepts: the default UNet and the
+# Mask R-CNN.
+PACKAGED = ("default", "maskrcnn")
+
+
+def packaged_bundle_path(name: str) -> Path:
+    if name not in PACKAGED:
+        raise ValueError(f"no packaged bundle named {name!r} (packaged: {', '.join(PACKAGED)})")
+    return default_bundle_path().parent / name
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -149,25 +177,28 @@ def parse_metadata(meta: Any, bundle_dir: Path, *, verify_sha256: bool = True) -
     try:
         pre = dict(meta["preprocessing"])
         nd = dict(pre.get("normalization", {}))
-        kind = nd.pop("kind", "percentile")
-        if kind != "percentile":
-            raise ValueError(f"unsupported normalization kind {kind!r}")
+        kind = str(nd.pop("kind", "percentile"))
         preprocessing = Preprocessing(
             channel_order=str(pre.get("channel_order", "RGB")), layout=str(pre.get("layout", "NCHW")),
-            normalization=Normalization(**{k: float(v) for k, v in nd.items()}),
+            normalization=Normalization(**{k: float(v) for k, v in nd.items()}, kind=kind),
             size_divisor=int(pre.get("size_divisor", 16)))
         t = meta["tiling"]
         tiling = TilingSpec(tile=int(t.get("tile", 512)), halo=int(t.get("halo", 32)), batch=int(t.get("batch", 4)))
         engines = tuple(EngineSpec(file=str(e["file"]), precision=str(e.get("precision", "")),
                                    tensorrt=str(e.get("tensorrt", "")), gpu=str(e.get("gpu", "")))
                         for e in meta.get("engines", []) or [])
+        sc = meta.get("scale") or {}
+        if not isinstance(sc, Mapping):
+            raise ValueError("'scale' must be an object")
+        scale = ScaleSpec(*(None if sc.get(k) is None else float(sc[k])
+                            for k in ("nucleus_diameter_px", "pixel_size_um")))
         return Bundle(
             path=bundle_dir, kind=str(meta["kind"]), model_path=model_path, sha256=str(meta["sha256"]),
             inputs=tuple(_tensor(meta_file, "inputs", d) for d in meta["inputs"]),
             outputs=tuple(_tensor(meta_file, "outputs", d) for d in meta["outputs"]),
             preprocessing=preprocessing, tiling=tiling,
             postprocessing=MappingProxyType(dict(meta["postprocessing"])), engines=engines,
-            metadata=MappingProxyType(dict(meta)))
+            metadata=MappingProxyType(dict(meta)), scale=scale)
     except BundleError:
         raise
     except (TypeError, ValueError, KeyError) as e:
@@ -175,7 +206,8 @@ def parse_metadata(meta: Any, bundle_dir: Path, *, verify_sha256: bool = True) -
 
 
 def load_bundle(path: str | Path | None = None, *, verify_sha256: bool = True) -> Bundle:
-    """Load a bundle directory (or its metadata.json); None means the packaged default."""
+    """Load a bundle directory (or its metadata.json); None means the packaged default, and the
+    names in PACKAGED ('default', 'maskrcnn') the bundles shipped in the package."""
     if path is None:
         p = default_bundle_path()
         if not (p / "metadata.json").is_file():
@@ -183,6 +215,9 @@ def load_bundle(path: str | Path | None = None, *, verify_sha256: bool = True) -
                               "pass --model BUNDLE_DIR (a folder made by nseg-export)")
     else:
         p = Path(path)
+        # A packaged bundle's name, unless a folder of that name is right here.
+        if str(path) in PACKAGED and not p.exists():
+            p = packaged_bundle_path(str(path))
     if p.is_file() and p.name == "metadata.json":
         p = p.parent
     meta_file = p / "metadata.json"

@@ -22,25 +22,33 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
 def run(
     inputs: list[str] = typer.Argument(..., help="Image files, folders and glob patterns."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    model: Path | None = typer.Option(None, "--model", "-m", help="Bundle folder (default: the bundled model)."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Bundle folder, or a packaged bundle: default (UNet) or maskrcnn."),
     tile: int | None = typer.Option(None, help="Tile side in pixels (default: from the bundle)."),
     overlap: int | None = typer.Option(None, help="Halo in pixels on each side of a tile (default: bundle)."),
     batch: int | None = typer.Option(None, help="Tiles per model call (default: bundle)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | trt"),
+    channel: int | None = typer.Option(None, "--channel", help="Nuclear channel of a multichannel image (0-based)."),
+    channels: str | None = typer.Option(None, "--channels", metavar="R,G,B",
+                                        help="Up to three channels (0-based) onto the model's red, green, blue."),
+    pixel_size: float | None = typer.Option(None, "--pixel-size", metavar="UM",
+                                            help="Pixel size in µm, overriding the file's metadata."),
+    diameter: float | None = typer.Option(None, "--diameter", metavar="PX",
+                                          help="Typical nucleus diameter in pixels: rescale to the model's scale."),
+    products: str = typer.Option("labels,csv,overlay,geojson", "--products",
+                                 help="Comma-separated, from: labels, csv, overlay, geojson, geojson.gz, rois."),
 ) -> None:
-    """Segment INPUTS and write NAME.labels.tif, NAME.csv, NAME.overlay.png, NAME.geojson and summary.csv."""
+    """Segment INPUTS and write NAME.labels.tif, NAME.csv, NAME.overlay.png, NAME.geojson (and with
+    --products, NAME.geojson.gz and NAME.rois.zip) and summary.csv."""
     from nseg_data.errors import DataError
     from tqdm import tqdm
 
     from nseg_infer.backends import BackendError
-    from nseg_infer.outputs import write_summary
-    from nseg_infer.run import Predictor, RunConfig, expand_inputs
+    from nseg_infer.run import Predictor, RunConfig
+    from nseg_infer.run import run as run_inputs
 
     try:
-        config = RunConfig(tile=tile, overlap=overlap, batch=batch, device=device)
-        files, missing = expand_inputs(inputs)
-        if not files and not missing:
-            raise typer.BadParameter("no inputs")
+        config = RunConfig(tile=tile, overlap=overlap, batch=batch, device=device, channel=channel,
+                           channels=channels, pixel_size=pixel_size, diameter=diameter, products=products)
         predictor = Predictor(model, config)
     except (DataError, BackendError, ValueError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
@@ -49,7 +57,7 @@ def run(
                f"tile {predictor.tile}, overlap {predictor.halo}, batch {predictor.batch}", err=True)
     mpx = 0.0
     seconds = 0.0
-    bar = tqdm(total=len(files), unit="img", dynamic_ncols=True, file=sys.stderr, disable=None)
+    bar = tqdm(unit="img", dynamic_ncols=True, file=sys.stderr, disable=None)
 
     def progress(r) -> None:
         nonlocal mpx, seconds
@@ -60,10 +68,9 @@ def run(
         bar.update(1)
 
     try:
-        results = missing + predictor.process_many(files, out, progress=progress, summary=False)
+        results = run_inputs(inputs, out, predictor=predictor, progress=progress, on_start=lambda n: bar.reset(total=n))
     finally:
         bar.close()
-    write_summary(out / "summary.csv", [r.summary_row() for r in results])
     failed = [r for r in results if not r.ok]
     done = [r for r in results if r.ok]
     typer.echo(f"{len(done)} of {len(results)} images segmented, {sum(r.n_nuclei for r in done)} nuclei, "
@@ -86,7 +93,7 @@ def watch(
     poll: float = typer.Option(2.0, help="Seconds between folder scans (network shares deliver no events)."),
     settle: float = typer.Option(1.5, help="Seconds a file's size and mtime must stay unchanged before it is read."),
     fail_after: float = typer.Option(30.0, help="Seconds a stable file that does not decode waits before it fails."),
-    model: Path | None = typer.Option(None, "--model", "-m", help="Bundle folder (default: the bundled model)."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Bundle folder, or a packaged bundle: default (UNet) or maskrcnn."),
     batch: int | None = typer.Option(None, help="Images (small ones) or tiles per model call (default: bundle)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | trt"),
     once: bool = typer.Option(False, "--once", help="Process what is there (once settled), then exit."),

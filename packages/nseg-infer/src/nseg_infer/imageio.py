@@ -1,23 +1,23 @@
-"""Image readers (PNG, JPEG, TIFF incl. multi-page, OME, BigTIFF) and atomic writers.
+"""Image readers: PNG, JPEG, TIFF incl. multi-page, OME, BigTIFF and pyramidal TIFF/SVS; CZI and
+ND2 through the optional `formats` extra (`nseg_infer.vendor`).
 
 A large tiled or stripped TIFF is never decoded whole: `TiffRegionSource` decodes only the TIFF
 segments (tiles or strips) that intersect the requested window, using tifffile's own segment
-decoder, so no zarr is needed. Every failure is a `DataError` naming the file.
+decoder, so no zarr is needed. Pyramids are read at level 0. Files whose channels are separate
+planes (OME-TIFF, ImageJ hyperstacks) come back HxWxC with every channel; which of them the model
+sees is `nseg_infer.channels`' job. Every failure is a `DataError` naming the file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from nseg_data.atomic import publish_mode
 from nseg_data.errors import DataError
 
+from nseg_infer.imageinfo import ImageInfo, choose_planes, ome_channel_names, tiff_pixel_size
 from nseg_infer.tiling import Window
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 PNG = (".png",)
 JPEG = (".jpg", ".jpeg")
 TIFF = (".tif", ".tiff")
-SUPPORTED = PNG + JPEG + TIFF
+VENDOR = (".czi", ".nd2")  # read through bioio: `pip install 'nseg-infer[formats]'`
+SUPPORTED = PNG + JPEG + TIFF + VENDOR
 # Above this many pixels a TIFF is read window by window instead of into memory.
 REGION_THRESHOLD_PX = 8192 * 8192
 
@@ -43,6 +44,7 @@ class ImageSource:
     channels: int
     dtype: np.dtype
     is_region_reader: bool = False
+    info: ImageInfo = ImageInfo()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -51,8 +53,16 @@ class ImageSource:
     def read(self, window: Window) -> np.ndarray:
         raise NotImplementedError
 
+    def read_channels(self, window: Window, channels: tuple[int, ...]) -> np.ndarray:
+        """HxWxlen(channels); sources whose channels are separate planes read only those."""
+        return self.read(window)[..., list(channels)]
+
     def read_all(self) -> np.ndarray:
         return self.read(Window(0, self.height, 0, self.width))
+
+    def check_complete(self) -> None:
+        """Raise DataError if pixel data of the plane(s) read lies beyond the end of the file (a
+        file still being written). In-memory sources were decoded whole when opened, so they are."""
 
     def close(self) -> None:
         pass
@@ -65,18 +75,25 @@ class ImageSource:
 
 
 class ArraySource(ImageSource):
-    def __init__(self, array: np.ndarray, path: str | Path = "<array>") -> None:
+    """An in-memory HxWxC image. Without `info`, more than one channel is read as interleaved
+    samples (RGB, RGBA) unless `channel_axis="C"` says they are separate channels."""
+
+    def __init__(self, array: np.ndarray, path: str | Path = "<array>", info: ImageInfo | None = None, *,
+                 channel_axis: str = "S") -> None:
         a = np.asarray(array)
         if a.ndim == 2:
             a = a[..., None]
-        if a.ndim != 3 or a.shape[0] < 1 or a.shape[1] < 1:
+        if a.ndim != 3 or a.shape[0] < 1 or a.shape[1] < 1 or a.shape[2] < 1:
             raise DataError(path, f"expected a 2-D image (HxW or HxWxC), got shape {np.shape(array)}")
-        if a.shape[2] not in (1, 2, 3, 4):
-            raise DataError(path, f"unsupported channel count {a.shape[2]}")
         self.array = a
         self.path = Path(path)
         self.height, self.width, self.channels = a.shape
         self.dtype = a.dtype
+        if info is None:
+            multi = self.channels > 1
+            info = ImageInfo(f"YX{channel_axis}" if multi else "YX",
+                             a.shape if multi else a.shape[:2], channel_axis if multi else "")
+        self.info = info
 
     def read(self, window: Window) -> np.ndarray:
         return self.array[window.slices]
@@ -108,24 +125,28 @@ def _decode_small(path: Path) -> np.ndarray:
 
 
 class TiffRegionSource(ImageSource):
-    """Reads windows of the first image plane of a TIFF by decoding only the segments it needs."""
+    """Reads windows of one TIFF image plane by decoding only the segments it needs. `page` may be
+    a TiffFrame (a later plane of an OME stack): its segments, decoded by its keyframe."""
 
     is_region_reader = True
 
-    def __init__(self, path: Path, tf, page) -> None:
+    def __init__(self, path: Path, tf, page, info: ImageInfo | None = None) -> None:
         self.path = path
         self._tf = tf
         self._page = page
-        axes = page.axes
-        shp = dict(zip(axes, page.shape, strict=True))
+        self._key = key = getattr(page, "keyframe", None) or page
+        axes = key.axes
+        shp = dict(zip(axes, key.shape, strict=True))
         self.height, self.width = int(shp["Y"]), int(shp["X"])
         self.channels = int(shp.get("S", 1))
-        self.dtype = np.dtype(page.dtype)
-        self._planar = page.planarconfig == 2 and self.channels > 1
-        if page.is_tiled:
-            self._seg_h, self._seg_w = int(page.tilelength), int(page.tilewidth)
+        self.dtype = np.dtype(key.dtype)
+        if info is not None:
+            self.info = info
+        self._planar = key.planarconfig == 2 and self.channels > 1
+        if key.is_tiled:
+            self._seg_h, self._seg_w = int(key.tilelength), int(key.tilewidth)
         else:
-            self._seg_h, self._seg_w = int(min(page.rowsperstrip or self.height, self.height)), self.width
+            self._seg_h, self._seg_w = int(min(key.rowsperstrip or self.height, self.height)), self.width
         self._rows = -(-self.height // self._seg_h)
         self._cols = -(-self.width // self._seg_w)
 
@@ -150,7 +171,7 @@ class TiffRegionSource(ImageSource):
                 data = fh.read(count)
                 if len(data) != count:
                     raise ValueError(f"segment {idx} is cut short ({len(data)} of {count} bytes)")
-                seg, (s, _d, y, x, _), _shape = page.decode(data, idx, jpegtables=page.jpegtables)
+                seg, (s, _d, y, x, _), _shape = self._key.decode(data, idx, jpegtables=self._key.jpegtables)
                 seg = seg[0]  # drop depth
                 sw = Window(y, y + seg.shape[0], x, x + seg.shape[1])
                 iy0, iy1 = max(sw.y0, window.y0), min(sw.y1, window.y1, self.height)
@@ -169,16 +190,84 @@ class TiffRegionSource(ImageSource):
             raise DataError(self.path, f"cannot read TIFF region {window} (truncated or corrupt file): {e}") from e
         return out
 
+    def check_complete(self) -> None:
+        # Decoding is lazy here, so check instead that every segment of the plane is inside the file.
+        page = self._page
+        size = self.path.stat().st_size
+        end = max((o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)), default=0)
+        if end > size:
+            raise DataError(self.path, f"TIFF is incomplete (image data runs to byte {end}, file has {size})")
+
     def close(self) -> None:
         self._tf.close()
 
 
-def _tiff_page(tf):
-    """The first 2-D plane: level 0 of the first series (first channel/time/z of OME stacks)."""
+class StackedSource(ImageSource):
+    """Channels stored as separate TIFF planes, read window by window and stacked HxWxC."""
+
+    is_region_reader = True
+
+    def __init__(self, planes: list[TiffRegionSource], info: ImageInfo) -> None:
+        first = planes[0]
+        self.path, self.height, self.width, self.dtype = first.path, first.height, first.width, first.dtype
+        self.channels = len(planes)
+        self.info = info
+        self._planes = planes
+
+    def read(self, window: Window) -> np.ndarray:
+        return self.read_channels(window, tuple(range(self.channels)))
+
+    def read_channels(self, window: Window, channels: tuple[int, ...]) -> np.ndarray:
+        return np.concatenate([self._planes[c].read(window) for c in channels], axis=2)
+
+    def check_complete(self) -> None:
+        for plane in self._planes:
+            plane.check_complete()
+
+    def close(self) -> None:
+        self._planes[0].close()  # the planes share one TiffFile
+
+
+def _keyframe(page):
+    return getattr(page, "keyframe", None) or page
+
+
+def _tiff_planes(path: Path, tf) -> tuple[list, ImageInfo]:
+    """Level 0 of the first series: the page of every channel at the first time point (other
+    axes: see `choose_planes`), and what the file holds."""
     series = tf.series[0]
     level = series.levels[0] if getattr(series, "levels", None) else series
-    page = level.pages[0]
-    return page.keyframe if hasattr(page, "keyframe") else page
+    key = _keyframe(level.pages[0])
+    axes, sizes = str(level.axes), tuple(int(n) for n in level.shape)
+    page_axes = str(key.axes)
+    if "Y" not in page_axes or "X" not in page_axes or set(page_axes) - set("YXS") or not axes.endswith(page_axes):
+        raise DataError(path, f"unsupported TIFF plane layout {page_axes!r} (series axes {axes!r})")
+    outer, outer_sizes = axes[: len(axes) - len(page_axes)], sizes[: len(axes) - len(page_axes)]
+    use, notes = choose_planes(path, axes, sizes)
+    if len(tf.series) > 1 and not tf.is_svs:  # an SVS's other series are its label and macro photos
+        notes += (f"{len(tf.series)} image series in the file: using the first",)
+    n_c = dict(zip(outer, outer_sizes, strict=True)).get("C", 1)
+    samples = dict(zip(page_axes, key.shape, strict=True)).get("S", 1)
+    if n_c > 1 and samples > 1:
+        raise DataError(path, f"both separate channels (C={n_c}) and colour samples (S={samples}) in one "
+                              f"image (axes {axes}): not supported; save the channels as one colour image")
+    pages = []
+    for c in range(n_c):
+        idx = tuple(c if a == "C" else use[a] for a in outer)
+        i = int(np.ravel_multi_index(idx, outer_sizes)) if outer else 0
+        page = level.pages[i] if i < len(level.pages) else None
+        if page is None:
+            raise DataError(path, f"plane {i} (axes {outer} = {idx}) is missing (truncated or corrupt file)")
+        pages.append(page)
+    names = ome_channel_names(tf) if n_c > 1 else ()
+    info = ImageInfo(axes, sizes, "C" if n_c > 1 else "S" if samples > 1 else "",
+                     names if len(names) == n_c else (), tiff_pixel_size(tf, key), notes)
+    return pages, info
+
+
+def _plane_array(page) -> np.ndarray:
+    arr = page.asarray()
+    return np.moveaxis(arr, 0, -1) if _keyframe(page).axes == "SYX" else arr
 
 
 def open_tiff(path: Path, region_threshold_px: int) -> ImageSource:
@@ -189,19 +278,17 @@ def open_tiff(path: Path, region_threshold_px: int) -> ImageSource:
     except Exception as e:
         raise DataError(path, f"not a readable TIFF (truncated or corrupt file): {e}") from e
     try:
-        page = _tiff_page(tf)
-        if "Y" not in page.axes or "X" not in page.axes or set(page.axes) - set("YXS"):
-            raise DataError(path, f"unsupported TIFF plane layout {page.axes!r}")
-        n_series_planes = len(tf.series[0].pages) if tf.series else 1
-        if n_series_planes > 1:
-            log.info("%s: %d planes (%s); using the first", path, n_series_planes, tf.series[0].axes)
-        if page.shape[page.axes.index("Y")] * page.shape[page.axes.index("X")] > region_threshold_px:
-            return TiffRegionSource(path, tf, page)
-        arr = page.asarray()
-        if page.axes == "SYX":
-            arr = np.moveaxis(arr, 0, -1)
+        pages, info = _tiff_planes(path, tf)
+        for note in info.notes:
+            log.info("%s: %s", path, note)
+        key = _keyframe(pages[0])
+        if key.shape[key.axes.index("Y")] * key.shape[key.axes.index("X")] > region_threshold_px:
+            planes = [TiffRegionSource(path, tf, p, info) for p in pages]
+            return planes[0] if len(planes) == 1 else StackedSource(planes, info)
+        arrays = [_plane_array(p) for p in pages]
+        arr = arrays[0] if len(arrays) == 1 else np.stack([a.reshape(a.shape[:2]) for a in arrays], axis=-1)
         tf.close()
-        return ArraySource(arr, path)
+        return ArraySource(arr, path, info)
     except DataError:
         tf.close()
         raise
@@ -214,8 +301,13 @@ def open_image(path: str | Path, *, region_threshold_px: int = REGION_THRESHOLD_
     """Open any supported image; large TIFFs come back as region readers, the rest in memory."""
     p = Path(path)
     _check_file(p)
-    if image_suffix(p) in TIFF:
+    suffix = image_suffix(p)
+    if suffix in TIFF:
         return open_tiff(p, region_threshold_px)
+    if suffix in VENDOR:
+        from nseg_infer.vendor import open_vendor
+
+        return open_vendor(p, region_threshold_px)
     return ArraySource(_decode_small(p), p)
 
 
@@ -224,26 +316,3 @@ def read_image(path: str | Path) -> np.ndarray:
     with open_image(path, region_threshold_px=1 << 62) as src:
         return src.read_all()
 
-
-@contextlib.contextmanager
-def atomic_path(final: str | Path) -> Iterator[Path]:
-    """A temp path beside `final`, renamed onto it only if the block succeeds, so a reader (or a
-    folder watcher) never sees a half-written output. The suffix is kept for format sniffing."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + final.suffix, dir=final.parent)
-    publish_mode(fd)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-
-
-def atomic_write_text(final: str | Path, text: str) -> Path:
-    with atomic_path(final) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(final)

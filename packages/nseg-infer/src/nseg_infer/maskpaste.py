@@ -44,13 +44,24 @@ def _resample(mask: np.ndarray, box: np.ndarray, y0: int, y1: int, x0: int, x1: 
     return top * (1 - fv) + bot * fv
 
 
+def box_mask(box: np.ndarray, mask: np.ndarray, shape: tuple[int, int],
+             mask_threshold: float) -> tuple[int, int, np.ndarray] | None:
+    """(y0, x0, boolean window) of one MxM mask probability pasted into an HxW image, or None
+    when its box misses the image."""
+    h, w = shape
+    y0, x0 = max(int(np.floor(box[1])), 0), max(int(np.floor(box[0])), 0)
+    y1, x1 = min(int(np.ceil(box[3])), h), min(int(np.ceil(box[2])), w)
+    if y1 <= y0 or x1 <= x0:
+        return None
+    return y0, x0, _resample(mask, box, y0, y1, x0, x1) > mask_threshold
+
+
 def paste_masks(boxes: np.ndarray, masks: np.ndarray, scores: np.ndarray, shape: tuple[int, int], *,
                 mask_threshold: float = 0.5, min_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Paste N mask probabilities ([N,1,M,M] or [N,M,M], each spanning its box x1,y1,x2,y2) into an
     HxW uint32 label image. Higher scores are pasted first and keep contested pixels, so instances
     never overlap. Returns (labels, scores) where scores[k] belongs to label k + 1."""
-    h, w = shape
-    labels = np.zeros((h, w), dtype=np.uint32)
+    labels = np.zeros(shape, dtype=np.uint32)
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     m = np.asarray(masks, dtype=np.float32)
@@ -60,12 +71,11 @@ def paste_masks(boxes: np.ndarray, masks: np.ndarray, scores: np.ndarray, shape:
         raise ValueError(f"boxes {len(b)}, scores {len(s)} and masks {len(m)} disagree in count")
     kept_scores: list[float] = []
     for i in np.argsort(-s, kind="stable"):
-        y0, x0 = max(int(np.floor(b[i, 1])), 0), max(int(np.floor(b[i, 0])), 0)
-        y1, x1 = min(int(np.ceil(b[i, 3])), h), min(int(np.ceil(b[i, 2])), w)
-        if y1 <= y0 or x1 <= x0:
+        pasted = box_mask(b[i], m[i], shape, mask_threshold)
+        if pasted is None:
             continue
-        fg = _resample(m[i], b[i], y0, y1, x0, x1) > mask_threshold
-        region = labels[y0:y1, x0:x1]
+        y0, x0, fg = pasted
+        region = labels[y0:y0 + fg.shape[0], x0:x0 + fg.shape[1]]
         fg &= region == 0
         if fg.sum() <= max(min_size - 1, 0) or not fg.any():
             continue

@@ -1,17 +1,46 @@
-"""Per-nucleus measurements (one CSV row per label) via skimage regionprops."""
+"""Per-nucleus measurements (one CSV row per label) via skimage regionprops.
+
+Pixel columns always; with a known pixel size, the same in µm (`UM_COLUMNS`: the pixel columns
+times the pixel size; perimeter times the geometric mean of the y and x sizes); for an input with
+several channels, the mean raw intensity of every channel (`mean_intensity_ch0`, ...). The `image`
+column names the input so tables of many images concatenate.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from skimage.measure import regionprops
 
-COLUMNS = ("label", "centroid_y", "centroid_x", "area", "perimeter", "eccentricity", "solidity",
+COLUMNS = ("image", "label", "centroid_y", "centroid_x", "area", "perimeter", "eccentricity", "solidity",
            "mean_intensity", "integrated_intensity", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")
 SCORE_COLUMN = "score"
+UM_COLUMNS = ("area_um2", "perimeter_um", "centroid_y_um", "centroid_x_um")
 
 
-def columns(with_score: bool) -> tuple[str, ...]:
-    return (*COLUMNS, SCORE_COLUMN) if with_score else COLUMNS
+def channel_columns(n_channels: int) -> tuple[str, ...]:
+    return tuple(f"mean_intensity_ch{c}" for c in range(n_channels))
+
+
+def columns(with_score: bool, *, calibrated: bool = False, n_channels: int = 0) -> tuple[str, ...]:
+    return ((*COLUMNS, *((SCORE_COLUMN,) if with_score else ()), *(UM_COLUMNS if calibrated else ()),
+             *channel_columns(n_channels)))
+
+
+def add_um(row: dict, pixel_size_um: tuple[float, float]) -> dict:
+    py, px = pixel_size_um
+    row["area_um2"] = round(row["area"] * py * px, 4)
+    row["perimeter_um"] = round(row["perimeter"] * float(np.sqrt(py * px)), 4)
+    row["centroid_y_um"] = round(row["centroid_y"] * py, 4)
+    row["centroid_x_um"] = round(row["centroid_x"] * px, 4)
+    return row
+
+
+def add_channel_means(row: dict, channels: np.ndarray, region) -> dict:
+    """Mean raw intensity per channel of `channels` (the region's crop window, HxWxC)."""
+    means = np.asarray(channels[region.slice][region.image], np.float64).mean(axis=0)
+    for name, v in zip(channel_columns(len(means)), means, strict=True):
+        row[name] = round(float(v), 4)
+    return row
 
 
 def gray_intensity(raw: np.ndarray) -> np.ndarray:
@@ -69,7 +98,8 @@ def shape_moments(image: np.ndarray) -> tuple[float, float, float]:
     return float(cy), float(cx), ecc
 
 
-def measure_regions(regions, offset: tuple[int, int] = (0, 0), scores: np.ndarray | None = None) -> list[dict]:
+def measure_regions(regions, offset: tuple[int, int] = (0, 0), scores: np.ndarray | None = None, *,
+                    image: str = "") -> list[dict]:
     """Rows for skimage RegionProperties (made with an intensity image); `offset` maps the crop to
     image coordinates and `scores[label - 1]` gives the model score where there is one."""
     oy, ox = offset
@@ -81,7 +111,7 @@ def measure_regions(regions, offset: tuple[int, int] = (0, 0), scores: np.ndarra
         area = int(r.area)
         mean = float(r.intensity_mean)
         row = {
-            "label": int(r.label), "centroid_y": round(cy + oy, 3), "centroid_x": round(cx + ox, 3),
+            "image": image, "label": int(r.label), "centroid_y": round(cy + oy, 3), "centroid_x": round(cx + ox, 3),
             "area": area, "perimeter": round(float(r.perimeter), 3),
             "eccentricity": round(ecc, 5), "solidity": round(solidity(r.image, area), 5),
             "mean_intensity": round(mean, 4), "integrated_intensity": round(mean * area, 3),
@@ -94,7 +124,8 @@ def measure_regions(regions, offset: tuple[int, int] = (0, 0), scores: np.ndarra
     return rows
 
 
-def measure(labels: np.ndarray, image: np.ndarray, scores: np.ndarray | None = None) -> list[dict]:
+def measure(labels: np.ndarray, image: np.ndarray, scores: np.ndarray | None = None, *,
+            name: str = "") -> list[dict]:
     """All rows for a whole (in-memory) label image."""
     return measure_regions(regionprops(labels.astype(np.int64, copy=False), intensity_image=gray_intensity(image)),
-                           scores=scores)
+                           scores=scores, image=name)

@@ -1,4 +1,5 @@
-"""Writing a file's products: labels TIFF, measurement CSV, overlay PNG and GeoJSON.
+"""Writing a file's products: labels OME-TIFF, measurement CSV, overlay PNG, GeoJSON (plain or
+gzipped) and an ImageJ ROI set; `products` chooses which (default: the first four).
 
 Everything is written to a temp file beside the target and renamed. Products are computed block
 by block over the label canvas (an array, or a disk-backed memmap for huge images), so memory
@@ -8,53 +9,58 @@ top-left corner, with a margin so it is seen whole.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gzip
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tifffile
+from nseg_data.atomic import atomic_path
 from PIL import Image
 from skimage.measure import regionprops
 from skimage.segmentation import find_boundaries
 
 from nseg_infer import geojson, measure, overlay
-from nseg_infer.imageio import ImageSource, atomic_path
+from nseg_infer.imageio import ImageSource
+from nseg_infer.labelstiff import write_ome_labels
+from nseg_infer.rois import RoiZipWriter
 from nseg_infer.tiling import Window, block_grid
 
 log = logging.getLogger(__name__)
 
-LABEL_TILE = 256
+PRODUCTS = ("labels", "csv", "overlay", "geojson", "geojson.gz", "rois")
+DEFAULT_PRODUCTS = ("labels", "csv", "overlay", "geojson")
+# Products that look like input images: `run` and `watch` skip them, so results may be written into
+# the input folder.
+PRODUCT_SUFFIXES = (".labels.tif", ".overlay.png")
+
+
+def parse_products(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """`labels,csv,geojson` (or a sequence) -> the products in their canonical order."""
+    names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else [str(n).strip() for n in spec]
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in PRODUCTS]
+    if unknown:
+        raise ValueError(f"unknown product {unknown[0]!r}; choose from {', '.join(PRODUCTS)}")
+    if not names:
+        raise ValueError(f"no products chosen; choose from {', '.join(PRODUCTS)}")
+    return tuple(p for p in PRODUCTS if p in names)
 
 
 def label_dtype(max_label: int) -> np.dtype:
     return np.dtype(np.uint16) if max_label <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
 
 
-def write_labels(path: Path, labels: np.ndarray, max_label: int, *, tiled: bool) -> Path:
-    """uint16 when the labels fit, else uint32, zlib-compressed. `tiled` writes a tiled BigTIFF
-    tile by tile from `labels` (typically a memmap), never holding more than one tile row."""
-    dtype = label_dtype(max_label)
+def write_labels(path: Path, labels: np.ndarray, max_label: int, *, tiled: bool,
+                 pixel_size_um: tuple[float, float] | None = None, name: str = "") -> Path:
+    """OME-TIFF, uint16 when the labels fit, else uint32, zlib-compressed, carrying the pixel size.
+    `tiled` writes a tiled BigTIFF tile by tile from `labels` (typically a memmap), never holding
+    more than one tile row; large images also get a nearest-neighbour pyramid (`labelstiff`)."""
     with atomic_path(path) as tmp:
-        if not tiled:
-            tifffile.imwrite(tmp, np.asarray(labels).astype(dtype, copy=False), compression="zlib")
-        else:
-            h, w = labels.shape
-            t = LABEL_TILE
-
-            def tiles() -> Iterator[np.ndarray]:
-                for y in range(0, h, t):
-                    band = np.asarray(labels[y:y + t])
-                    for x in range(0, w, t):
-                        tile = np.zeros((t, t), dtype)
-                        part = band[:, x:x + t]
-                        tile[:part.shape[0], :part.shape[1]] = part
-                        yield tile
-
-            tifffile.imwrite(tmp, tiles(), shape=(h, w), dtype=dtype, tile=(t, t), bigtiff=True,
-                             compression="zlib")
+        write_ome_labels(tmp, labels, label_dtype(max_label), tiled=tiled, pixel_size_um=pixel_size_um, name=name)
     return path
 
 
@@ -64,14 +70,29 @@ class ProductPaths:
     csv: Path
     overlay: Path
     geojson: Path
+    geojson_gz: Path | None = None
+    rois: Path | None = None
+    products: tuple[str, ...] = DEFAULT_PRODUCTS
+
+    def __post_init__(self) -> None:
+        parse_products(self.products)
+        missing = [p for p in self.products if self.path(p) is None]
+        if missing:
+            raise ValueError(f"no path given for product(s) {', '.join(missing)}")
 
     @classmethod
-    def for_input(cls, name: str, out_dir: Path) -> ProductPaths:
+    def for_input(cls, name: str, out_dir: Path, products: Sequence[str] = DEFAULT_PRODUCTS) -> ProductPaths:
         return cls(out_dir / f"{name}.labels.tif", out_dir / f"{name}.csv", out_dir / f"{name}.overlay.png",
-                   out_dir / f"{name}.geojson")
+                   out_dir / f"{name}.geojson", out_dir / f"{name}.geojson.gz", out_dir / f"{name}.rois.zip",
+                   parse_products(products))
+
+    def path(self, product: str) -> Path:
+        return {"labels": self.labels, "csv": self.csv, "overlay": self.overlay, "geojson": self.geojson,
+                "geojson.gz": self.geojson_gz, "rois": self.rois}[product]
 
     def all(self) -> tuple[Path, ...]:
-        return self.labels, self.csv, self.overlay, self.geojson
+        """The chosen products' paths, in the order of PRODUCTS."""
+        return tuple(self.path(p) for p in self.products)
 
 
 def _compact(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,15 +113,38 @@ def _compact(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniq, lut[lab]
 
 
-def _block_products(labels: np.ndarray, src: ImageSource, outer: Window, core: Window,
-                    scores: np.ndarray | None) -> tuple[list[dict], list[dict], int]:
+@dataclass(frozen=True)
+class MeasureOptions:
+    """What goes into a row besides pixel measurements: the image name (CSV `image`, GeoJSON
+    ids), µm columns when the pixel size is known, and per-channel means when `channels` (every
+    channel of a multichannel input) is given."""
+
+    image: str = ""
+    pixel_size_um: tuple[float, float] | None = None
+    channels: ImageSource | None = None
+
+    def __post_init__(self) -> None:
+        if self.pixel_size_um is not None and (len(self.pixel_size_um) != 2 or min(self.pixel_size_um) <= 0):
+            raise ValueError(f"pixel_size_um must be (y, x) > 0, got {self.pixel_size_um}")
+
+    def columns(self, with_score: bool) -> tuple[str, ...]:
+        return measure.columns(with_score, calibrated=self.pixel_size_um is not None,
+                               n_channels=self.channels.channels if self.channels is not None else 0)
+
+
+def block_products(labels: np.ndarray, src: ImageSource, outer: Window, core: Window,
+                   scores: np.ndarray | None, opts: MeasureOptions = MeasureOptions(), *,
+                   polygons: bool = True) -> tuple[list[dict], list[tuple[int, list[list[float]]]], int]:
+    """(rows, (label, outline ring) pairs, nuclei possibly cut by the margin) of the nuclei whose
+    bounding box starts in `core`."""
     lab = np.asarray(labels[outer.slices])
     if not lab.any():
         return [], [], 0
     raw = src.read(outer)
+    chan = opts.channels.read(outer) if opts.channels is not None else None
     # Compact the labels present so regionprops' per-label tables stay block-sized, not image-sized.
     uniq, compact = _compact(lab)
-    rows, feats, cut = [], [], 0
+    rows, rings, cut = [], [], 0
     h, w = src.shape
     for r in regionprops(compact, intensity_image=measure.gray_intensity(raw)):
         y0, x0, y1, x1 = r.bbox
@@ -109,58 +153,113 @@ def _block_products(labels: np.ndarray, src: ImageSource, outer: Window, core: W
         if (y0 == 0 and outer.y0 > 0) or (x0 == 0 and outer.x0 > 0) or \
                 (y1 == lab.shape[0] and outer.y1 < h) or (x1 == lab.shape[1] and outer.x1 < w):
             cut += 1
-        row = measure.measure_regions([r], (outer.y0, outer.x0))[0]
+        row = measure.measure_regions([r], (outer.y0, outer.x0), image=opts.image)[0]
         label = int(uniq[r.label])
         row["label"] = label
         if scores is not None:
-            row[measure.SCORE_COLUMN] = round(float(scores[label - 1]), 5) if 0 < label <= len(scores) else ""
+            ok = 0 < label <= len(scores) and np.isfinite(scores[label - 1])
+            row[measure.SCORE_COLUMN] = round(float(scores[label - 1]), 5) if ok else ""
+        if opts.pixel_size_um is not None:
+            measure.add_um(row, opts.pixel_size_um)
+        if chan is not None:
+            measure.add_channel_means(row, chan, r)
         rows.append(row)
-        ring = geojson.mask_polygon(r.image, (y0 + outer.y0, x0 + outer.x0))
-        if ring is not None:
-            m = {"area": row["area"], "mean_intensity": row["mean_intensity"]}
-            if scores is not None and row.get(measure.SCORE_COLUMN, "") != "":
-                m["score"] = row[measure.SCORE_COLUMN]
-            feats.append(geojson.feature(label, ring, m))
-    return rows, feats, cut
+        if polygons:
+            ring = geojson.mask_polygon(r.image, (y0 + outer.y0, x0 + outer.x0))
+            if ring is not None:
+                rings.append((label, ring))
+    return rows, rings, cut
+
+
+def measure_all(labels: np.ndarray, src: ImageSource, *, scores: np.ndarray | None = None,
+                opts: MeasureOptions = MeasureOptions(), block: int = 4096, margin: int = 128) -> list[dict]:
+    """Every row, as `write_products` writes them to the CSV."""
+    h, w = src.shape
+    out: list[dict] = []
+    for b in block_grid(h, w, block, margin):
+        out.extend(block_products(labels, src, b.outer, b.core, scores, opts, polygons=False)[0])
+    return out
+
+
+def _count_labels(labels: np.ndarray, band: int = 1024) -> int:
+    top = 0
+    for y in range(0, labels.shape[0], band):
+        top = max(top, int(np.asarray(labels[y:y + band]).max(initial=0)))
+    present = np.zeros(top + 1, bool)
+    for y in range(0, labels.shape[0], band):
+        present[np.asarray(labels[y:y + band])] = True
+    return int(present[1:].sum())
 
 
 def write_products(paths: ProductPaths, labels: np.ndarray, max_label: int, src: ImageSource,
                    norm: tuple[float, float], *, scores: np.ndarray | None = None, tiled: bool = False,
-                   block: int = 4096, margin: int = 128, overview_side: int = 4096) -> int:
-    """Write all four products; returns the number of nuclei (CSV rows)."""
+                   block: int = 4096, margin: int = 128, overview_side: int = 4096,
+                   opts: MeasureOptions | None = None) -> int:
+    """Write the products chosen in `paths`; returns the number of nuclei (CSV rows)."""
     h, w = src.shape
-    write_labels(paths.labels, labels, max_label, tiled=tiled)
+    want = set(paths.products)
+    if opts is None:
+        opts = MeasureOptions(image=paths.labels.name.removesuffix(".labels.tif"))
+    if "labels" in want:
+        write_labels(paths.labels, labels, max_label, tiled=tiled, pixel_size_um=opts.pixel_size_um, name=opts.image)
     factor = overlay.overview_factor(h, w, overview_side)
     # Blocks aligned to the overview factor so each block fills whole overview cells.
     step = max(factor, (block // factor) * factor)
-    ov = np.zeros((-(-h // factor), -(-w // factor), 3), np.uint8)
+    ov = np.zeros((-(-h // factor), -(-w // factor), 3), np.uint8) if "overlay" in want else None
+    measuring = bool(want & {"csv", "geojson", "geojson.gz", "rois"})
     n = cut_total = 0
-    with atomic_path(paths.csv) as tcsv, atomic_path(paths.geojson) as tgj, \
-            open(tcsv, "w", newline="", encoding="utf-8") as fcsv, open(tgj, "w", encoding="utf-8") as fgj:
-        writer = csv.DictWriter(fcsv, fieldnames=measure.columns(scores is not None))
-        writer.writeheader()
-        feats = geojson.FeatureWriter(fgj)
+    with contextlib.ExitStack() as stack:
+        # Files are entered after their atomic paths, so each closes before its rename.
+        writer = None
+        if "csv" in want:
+            fcsv = stack.enter_context(open(stack.enter_context(atomic_path(paths.csv)), "w", newline="",
+                                            encoding="utf-8"))
+            writer = csv.DictWriter(fcsv, fieldnames=opts.columns(scores is not None))
+            writer.writeheader()
+        feats = []
+        if "geojson" in want:
+            feats.append(geojson.FeatureWriter(stack.enter_context(
+                open(stack.enter_context(atomic_path(paths.geojson)), "w", encoding="utf-8"))))
+        if "geojson.gz" in want:
+            feats.append(geojson.FeatureWriter(stack.enter_context(
+                gzip.open(stack.enter_context(atomic_path(paths.geojson_gz)), "wt", encoding="utf-8"))))
+        rois = stack.enter_context(RoiZipWriter(stack.enter_context(atomic_path(paths.rois)))) \
+            if "rois" in want else None
         for b in block_grid(h, w, step, margin):
-            rows, fs, cut = _block_products(labels, src, b.outer, b.core, scores)
-            writer.writerows(rows)
-            for f in fs:
-                feats.add(f)
-            n += len(rows)
-            cut_total += cut
-            core_lab = np.asarray(labels[b.core.slices])
-            # Boundaries on the outer window so a contour on the block seam is still drawn.
-            bnd = find_boundaries(np.asarray(labels[b.outer.slices]), mode="inner")
-            bnd = bnd[b.core.y0 - b.outer.y0:b.core.y1 - b.outer.y0, b.core.x0 - b.outer.x0:b.core.x1 - b.outer.x0]
-            rgb = overlay.display_rgb(src.read(b.core), *norm)
-            small = overlay.reduce_block(rgb, bnd & (core_lab > 0), factor)
-            oy, ox = b.core.y0 // factor, b.core.x0 // factor
-            ov[oy:oy + small.shape[0], ox:ox + small.shape[1]] = small
-        feats.close()
+            if measuring:
+                rows, rings, cut = block_products(labels, src, b.outer, b.core, scores, opts,
+                                                  polygons=bool(feats) or rois is not None)
+                if writer is not None:
+                    writer.writerows(rows)
+                by_label = {row["label"]: row for row in rows}
+                for label, ring in rings:
+                    if feats:
+                        f = geojson.feature(label, ring, by_label[label], image=opts.image)
+                        for fw in feats:
+                            fw.add(f)
+                    if rois is not None:
+                        rois.add(label, ring)
+                n += len(rows)
+                cut_total += cut
+            if ov is not None:
+                core_lab = np.asarray(labels[b.core.slices])
+                # Boundaries on the outer window so a contour on the block seam is still drawn.
+                bnd = find_boundaries(np.asarray(labels[b.outer.slices]), mode="inner")
+                bnd = bnd[b.core.y0 - b.outer.y0:b.core.y1 - b.outer.y0, b.core.x0 - b.outer.x0:b.core.x1 - b.outer.x0]
+                rgb = overlay.display_rgb(src.read(b.core), *norm)
+                small = overlay.reduce_block(rgb, bnd & (core_lab > 0), factor)
+                oy, ox = b.core.y0 // factor, b.core.x0 // factor
+                ov[oy:oy + small.shape[0], ox:ox + small.shape[1]] = small
+        for fw in feats:
+            fw.close()
+    if not measuring:
+        n = _count_labels(labels)
     if cut_total:
         log.warning("%s: %d nuclei larger than the block margin (%d px) may be measured incompletely",
                     paths.csv, cut_total, margin)
-    with atomic_path(paths.overlay) as tmp:
-        Image.fromarray(ov).save(tmp, format="PNG", compress_level=3)
+    if ov is not None:
+        with atomic_path(paths.overlay) as tmp:
+            Image.fromarray(ov).save(tmp, format="PNG", compress_level=3)
     return n
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from skimage.segmentation import find_boundaries
 
 CONTOUR_RGB = (255, 255, 0)
 
@@ -23,12 +22,6 @@ def display_rgb(raw: np.ndarray, lo: float, hi: float) -> np.ndarray:
     a = a[..., :3] if a.shape[2] >= 3 else np.repeat(a[..., :1], 3, axis=2)
     scaled = (a.astype(np.float32) - lo) * (255.0 / (hi - lo))
     return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
-
-
-def draw(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    out = rgb.copy()
-    out[find_boundaries(labels, mode="inner")] = CONTOUR_RGB
-    return out
 
 
 def reduce_block(rgb: np.ndarray, boundaries: np.ndarray, factor: int) -> np.ndarray:

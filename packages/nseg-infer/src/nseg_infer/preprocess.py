@@ -13,10 +13,16 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Normalization:
+    """`percentile`: (x - p_low) / (p_high - p_low) over the whole image; `scale_range`: x / the
+    dtype's maximum (255 for 8-bit), the seed study's fixed scaling."""
+
     low_percentile: float = 1.0
     high_percentile: float = 99.8
+    kind: str = "percentile"
 
     def __post_init__(self) -> None:
+        if self.kind not in ("percentile", "scale_range"):
+            raise ValueError(f"normalization kind must be percentile or scale_range, got {self.kind!r}")
         if not 0.0 <= self.low_percentile < self.high_percentile <= 100.0:
             raise ValueError(
                 f"percentiles must satisfy 0 <= low < high <= 100, got {self.low_percentile}, {self.high_percentile}"
@@ -43,6 +49,8 @@ def as_rgb(image: np.ndarray, *, source: str = "<array>") -> np.ndarray:
 def norm_stats(image: np.ndarray, norm: Normalization, *, max_pixels: int = 4_000_000) -> tuple[float, float]:
     """(low, high) intensity for normalisation; large images are subsampled on a regular grid."""
     a = np.asarray(image)
+    if norm.kind == "scale_range":
+        return 0.0, float(np.iinfo(a.dtype).max) if np.issubdtype(a.dtype, np.integer) else 1.0
     n = a.shape[0] * a.shape[1]
     step = max(1, int(np.ceil(np.sqrt(n / max_pixels))))
     sub = a[::step, ::step].astype(np.float32, copy=False)
@@ -65,8 +73,3 @@ def normalize(image: np.ndarray, norm: Normalization) -> np.ndarray:
     lo, hi = norm_stats(rgb, norm)
     return apply_norm(rgb, lo, hi)
 
-
-def to_nchw(batch_hwc: np.ndarray) -> np.ndarray:
-    """NxHxWxC or HxWxC float32 -> contiguous NxCxHxW."""
-    a = batch_hwc if batch_hwc.ndim == 4 else batch_hwc[None]
-    return np.ascontiguousarray(a.transpose(0, 3, 1, 2), dtype=np.float32)

@@ -26,18 +26,24 @@ import numpy as np
 
 from nseg_infer.backends import DEVICES, Backend, create_backend
 from nseg_infer.bundle import Bundle, load_bundle
+from nseg_infer.channels import ChannelChoice
 from nseg_infer.imageio import REGION_THRESHOLD_PX, SUPPORTED, ArraySource, ImageSource, open_image
 from nseg_infer.instances import WatershedParams
-from nseg_infer.outputs import ProductPaths, write_products, write_summary
+from nseg_infer.outputs import (
+    DEFAULT_PRODUCTS,
+    PRODUCT_SUFFIXES,
+    MeasureOptions,
+    ProductPaths,
+    parse_products,
+    write_products,
+    write_summary,
+)
+from nseg_infer.prepare import InputOptions, segment_source
 from nseg_infer.preprocess import Normalization, apply_norm, as_rgb, norm_stats
 from nseg_infer.stitch import MaskRCNNMerger, UNetMerger, block_instances, paste_block
 from nseg_infer.tiling import Block, Tile, TileGrid, Window, block_grid, tile_grid
 
 log = logging.getLogger(__name__)
-
-
-# Our own products, skipped when a folder is expanded so re-running into the input folder is safe.
-PRODUCT_SUFFIXES = (".labels.tif", ".overlay.png")
 
 
 @dataclass(frozen=True)
@@ -55,8 +61,16 @@ class RunConfig:
     overview_side: int = 4096       # overlay longest side for large images
     threads: int | None = None
     queue_depth: int = 3
+    channel: int | None = None      # the nuclear channel of a multichannel image (0-based)
+    channels: tuple[int, ...] | None = None  # or up to three channels onto the model's R, G, B
+    pixel_size: float | None = None  # µm per pixel, overriding the file's metadata
+    diameter: float | None = None   # typical nucleus diameter (px) in the input: rescale to the model's
+    products: tuple[str, ...] = DEFAULT_PRODUCTS
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "products", parse_products(self.products))
+        # "0,2,1" from a command line or a sequence from Python: a validated tuple either way.
+        object.__setattr__(self, "channels", self.input_options.choice.channels)
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         for name in ("tile", "batch"):
@@ -69,6 +83,10 @@ class RunConfig:
             raise ValueError("block must be >= 64, margin >= 0 and queue_depth >= 1")
         if self.large_px < 1 or self.region_px < 1 or self.overview_side < 64:
             raise ValueError("large_px and region_px must be >= 1 and overview_side >= 64")
+
+    @property
+    def input_options(self) -> InputOptions:
+        return InputOptions(ChannelChoice.parse(self.channel, self.channels), self.pixel_size, self.diameter)
 
 
 @dataclass(frozen=True)
@@ -94,7 +112,8 @@ class FileResult:
         return {"input": str(self.input), "status": "ok" if self.ok else "error", "n_nuclei": self.n_nuclei,
                 "height": self.height, "width": self.width, "megapixels": round(self.megapixels, 3),
                 "seconds": round(self.seconds, 3), "backend": self.backend,
-                "labels": str(self.outputs[0]) if self.outputs else "", "error": self.error or ""}
+                "labels": next((str(o) for o in self.outputs if o.name.endswith(".labels.tif")), ""),
+                "error": self.error or ""}
 
 
 @dataclass(frozen=True)
@@ -307,6 +326,9 @@ class Predictor:
         self.output_name = b.outputs[0].name
         if b.kind == "unet":
             self.params = WatershedParams.from_dict(dict(b.postprocessing))
+        if c.diameter is not None and b.scale.nucleus_diameter_px is None:
+            raise ValueError(f"--diameter needs a model that records its training scale; {b.path / 'metadata.json'} "
+                             "has no 'scale': {'nucleus_diameter_px': ...}")
 
     # -- prediction ------------------------------------------------------------------------------
 
@@ -409,25 +431,47 @@ class Predictor:
                         "one-pass result", src.path, state["cut"], c.margin)
         return state["count"], state["cut"]
 
-    def _predict_maskrcnn(self, src: ImageSource, lo: float, hi: float, canvas: np.ndarray) -> np.ndarray:
-        h, w = src.shape
+    def _maskrcnn_tiles(self, h: int, w: int) -> list[Tile]:
         # The detector graph takes one fixed-size tile, so small images are padded to a full tile.
         grid = tile_grid(max(h, self.tile - 2 * self.halo), max(w, self.tile - 2 * self.halo), self.tile,
                          self.halo, self.bundle.preprocessing.size_divisor)
-        tiles = [t for t in grid.tiles if t.core.y0 < h and t.core.x0 < w]
-        tiles = [Tile(t.index, t.read, t.core.clip(h, w)) for t in tiles]
-        pp = dict(self.bundle.postprocessing)
-        merger = MaskRCNNMerger(canvas, score_threshold=float(pp.get("score_threshold", 0.5)),
-                                mask_threshold=float(pp.get("mask_threshold", 0.5)),
-                                nms_threshold=float(pp.get("nms_threshold", 0.5)),
-                                min_size=int(pp.get("min_size", 0)))
+        return [Tile(t.index, t.read, t.core.clip(h, w)) for t in grid.tiles if t.core.y0 < h and t.core.x0 < w]
+
+    def maskrcnn_merger(self, canvas: np.ndarray, **overrides: float) -> MaskRCNNMerger:
+        """The merger `predict` uses, with the bundle's post-processing (or `overrides` of
+        score_threshold, mask_threshold, nms_threshold, min_size: what `nseg-train tune` searches)."""
+        pp = {"score_threshold": 0.5, "mask_threshold": 0.5, "nms_threshold": 0.5, "min_size": 0,
+              **{k: v for k, v in self.bundle.postprocessing.items() if k != "kind"}, **overrides}
+        return MaskRCNNMerger(canvas, score_threshold=float(pp["score_threshold"]),
+                              mask_threshold=float(pp["mask_threshold"]), nms_threshold=float(pp["nms_threshold"]),
+                              min_size=int(pp["min_size"]), slack=max(4, self.halo // 4))
+
+    def detections(self, image: ImageSource | np.ndarray) -> list[tuple[Tile, dict[str, np.ndarray]]]:
+        """A Mask R-CNN bundle's raw tile outputs, in the order `predict` merges them; aggregating
+        them into `maskrcnn_merger` reproduces `predict`'s labels."""
+        if self.bundle.kind != "maskrcnn":
+            raise ValueError(f"detections need a Mask R-CNN bundle, this one is {self.bundle.kind!r}")
+        src = image if isinstance(image, ImageSource) else ArraySource(image)
+        lo, hi = image_norm_stats(src, self.bundle.preprocessing.normalization)
+        found: list[tuple[Tile, dict[str, np.ndarray]]] = []
+
+        def sink(item: tuple[list[Tile], dict[str, np.ndarray]]) -> None:
+            (tile,), out = item
+            found.append((tile, out))
+
+        bgr = self.bundle.preprocessing.channel_order == "BGR"
+        self._run_model(_batches(src, self._maskrcnn_tiles(*src.shape), 1, lo, hi, bgr, "constant"), sink)
+        return found
+
+    def _predict_maskrcnn(self, src: ImageSource, lo: float, hi: float, canvas: np.ndarray) -> np.ndarray:
+        merger = self.maskrcnn_merger(canvas)
 
         def sink(item: tuple[list[Tile], dict[str, np.ndarray]]) -> None:
             (tile,), out = item
             merger.aggregate(out, tile)
 
         bgr = self.bundle.preprocessing.channel_order == "BGR"
-        self._run_model(_batches(src, tiles, 1, lo, hi, bgr, "constant"), sink)
+        self._run_model(_batches(src, self._maskrcnn_tiles(*src.shape), 1, lo, hi, bgr, "constant"), sink)
         return merger.finalize()[1]
 
     # -- files -----------------------------------------------------------------------------------
@@ -440,19 +484,15 @@ class Predictor:
         h = w = 0
         try:
             out.mkdir(parents=True, exist_ok=True)
-            with open_image(p, region_threshold_px=self.config.region_px) as src:
-                h, w = src.shape
-                pred = self.predict(src, work_dir=out)
-                try:
-                    paths = ProductPaths.for_input(_stem(p), out)
-                    n = write_products(paths, pred.labels, pred.max_label, src, pred.norm, scores=pred.scores,
+            with open_image(p, region_threshold_px=self.config.region_px) as raw:
+                h, w = raw.shape
+                with segment_source(self, raw, self.config.input_options, work_dir=out) as seg:
+                    paths = ProductPaths.for_input(_stem(p), out, self.config.products)
+                    opts = MeasureOptions(_stem(p), seg.pixel_size_um, seg.channels)
+                    n = write_products(paths, seg.labels, seg.max_label, seg.view, seg.norm, scores=seg.scores,
                                        tiled=h * w > self.config.large_px, block=self.config.block,
-                                       margin=self.config.margin, overview_side=self.config.overview_side)
-                finally:
-                    canvas_file = pred.extra.get("canvas_file")
-                    if canvas_file is not None:
-                        del pred
-                        Path(canvas_file).unlink(missing_ok=True)
+                                       margin=self.config.margin, overview_side=self.config.overview_side,
+                                       opts=opts)
             return FileResult(p, paths.all(), n, time.perf_counter() - t0, None, h, w, self.backend_name)
         except Exception as e:
             # Deliberately broad: decoders and runtimes raise their own types for corrupt input,
@@ -477,8 +517,6 @@ class Predictor:
         return results
 
 
-Runner = Predictor
-
 
 def _stem(path: Path) -> str:
     name = path.name
@@ -488,12 +526,17 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def run(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, model: str | os.PathLike | None = None,
-        config: RunConfig | None = None, progress: Callable[[FileResult], None] | None = None) -> list[FileResult]:
-    """Expand inputs, segment them all, write summary.csv; failures (including inputs that name
-    nothing) are in the returned list with their error."""
+def run(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, predictor: Predictor | None = None,
+        progress: Callable[[FileResult], None] | None = None,
+        on_start: Callable[[int], None] | None = None) -> list[FileResult]:
+    """`nseg-infer run`: expand inputs (files, folders, glob patterns), segment them all with
+    `predictor` (default: the default model), write summary.csv. Failures, including inputs that
+    name nothing, are in the returned list with their error. `on_start` is told how many files
+    were found before the first one is segmented."""
     files, missing = expand_inputs(inputs)
-    predictor = Predictor(model, config)
+    predictor = predictor or Predictor()
+    if on_start is not None:
+        on_start(len(files))
     results = missing + predictor.process_many(files, out_dir, progress=progress, summary=False)
     write_summary(Path(out_dir) / "summary.csv", [r.summary_row() for r in results])
     return results

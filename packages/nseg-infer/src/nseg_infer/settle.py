@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nseg_infer.imageio import REGION_THRESHOLD_PX, SUPPORTED, open_image
-from nseg_infer.run import PRODUCT_SUFFIXES
+from nseg_infer.outputs import PRODUCT_SUFFIXES
 
 Stat = tuple[int, int]  # (size, mtime_ns)
 
@@ -44,13 +44,7 @@ def check_decodes(path: Path, region_px: int = REGION_THRESHOLD_PX) -> tuple[tup
     """(height, width) if the image is complete, else (None, why)."""
     try:
         with open_image(path, region_threshold_px=region_px) as src:
-            page = getattr(src, "_page", None)
-            if page is not None:
-                # A region reader decodes lazily: check every segment is within the file instead.
-                size = path.stat().st_size
-                end = max((o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)), default=0)
-                if end > size:
-                    return None, f"{path}: TIFF is incomplete (image data runs to byte {end}, file has {size})"
+            src.check_complete()
             return src.shape, None
     except Exception as e:
         return None, str(e) if str(path) in str(e) else f"{path}: {type(e).__name__}: {e}"

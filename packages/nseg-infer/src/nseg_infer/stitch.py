@@ -8,8 +8,10 @@ block + margin and each foreground clump is kept only by the block whose core ho
 marker-controlled watershed, so any clump that fits inside the margin is labelled exactly as a
 one-pass run labels it.
 
-Mask R-CNN: each detection is kept only by the tile whose core holds its box centre; labels are
-offset so they stay unique across tiles.
+Mask R-CNN: each detection is kept by the tile whose core holds its box centre. Two tiles see a
+nucleus near a core edge with slightly different boxes, so their centres can fall on either side
+of the edge: detections whose centre lies just outside the core are held back and pasted at the
+end, and any detection whose mask mostly covers an instance already kept is a duplicate.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from nseg_infer.instances import WatershedParams, nms, paste_masks, unet_instances
+from nseg_infer.instances import WatershedParams, nms, unet_instances
+from nseg_infer.maskpaste import box_mask
 from nseg_infer.tiling import Block, Tile, TileGrid, Window, blend_weights, block_grid
 
 log = logging.getLogger(__name__)
@@ -122,17 +125,26 @@ def instances_blockwise(fg: np.ndarray, dist: np.ndarray, params: WatershedParam
 
 
 class MaskRCNNMerger:
-    """Pastes each tile's detections into a label canvas, keeping a detection only in the tile
-    whose core holds its box centre. `scores[k]` is the score of label k + 1."""
+    """Pastes each tile's detections into a label canvas (`aggregate(outputs, tile)` per tile, then
+    `finalize()`). A detection is kept by the tile whose core holds its box centre; one whose centre
+    lies within `slack` pixels outside the core is held back and pasted at `finalize()` unless an
+    instance already covers it. A detection is a duplicate, and dropped, when its mask and a kept
+    instance's overlap by more than `duplicate_overlap` of the smaller of the two; otherwise it
+    takes only the pixels nobody holds. `scores[k]` is the score of label k + 1."""
 
     def __init__(self, canvas: np.ndarray, *, score_threshold: float = 0.5, mask_threshold: float = 0.5,
-                 nms_threshold: float = 0.5, min_size: int = 0) -> None:
+                 nms_threshold: float = 0.5, min_size: int = 0, slack: int = 8,
+                 duplicate_overlap: float = 0.5) -> None:
         self.canvas = canvas
         self.score_threshold = score_threshold
         self.mask_threshold = mask_threshold
         self.nms_threshold = nms_threshold
         self.min_size = min_size
+        self.slack = slack
+        self.duplicate_overlap = duplicate_overlap
         self.scores: list[float] = []
+        self._areas: list[int] = [0]  # pixels held by label k (index 0 unused)
+        self._held: list[tuple[float, int, int, np.ndarray]] = []  # (score, y0, x0, mask) in image coordinates
 
     def aggregate(self, outputs: dict[str, np.ndarray], tile: Tile) -> int:
         boxes = np.asarray(outputs["boxes"], np.float64).reshape(-1, 4)
@@ -140,27 +152,60 @@ class MaskRCNNMerger:
         masks = np.asarray(outputs["masks"], np.float32)
         if masks.ndim == 5:  # exporters that keep the batch axis: [1, N, 1, M, M]
             masks = masks[0]
+        if masks.ndim == 4:
+            masks = masks[:, 0]
         r, c = tile.read, tile.core
-        ok = scores >= self.score_threshold
-        if ok.any():
-            # Box centres in image coordinates; only the responsible tile keeps a detection.
-            cy = (boxes[:, 1] + boxes[:, 3]) / 2 + r.y0
-            cx = (boxes[:, 0] + boxes[:, 2]) / 2 + r.x0
-            ok &= (cy >= c.y0) & (cy < c.y1) & (cx >= c.x0) & (cx < c.x1)
-        idx = np.flatnonzero(ok)
+        idx = np.flatnonzero(scores >= self.score_threshold)
         if idx.size == 0:
             return 0
         idx = idx[nms(boxes[idx], scores[idx], self.nms_threshold)]
-        local, kept = paste_masks(boxes[idx], masks[idx], scores[idx], r.shape,
-                                  mask_threshold=self.mask_threshold, min_size=self.min_size)
+        # Box centres in image coordinates decide which tile is responsible.
+        cy = (boxes[idx, 1] + boxes[idx, 3]) / 2 + r.y0
+        cx = (boxes[idx, 0] + boxes[idx, 2]) / 2 + r.x0
+        s = self.slack
+        owned = (cy >= c.y0) & (cy < c.y1) & (cx >= c.x0) & (cx < c.x1)
         h, w = self.canvas.shape
-        vis = r.clip(h, w)
-        part = local[vis.y0 - r.y0:vis.y1 - r.y0, vis.x0 - r.x0:vis.x1 - r.x0]
-        dst = self.canvas[vis.slices]
-        m = (part > 0) & (dst == 0)
-        dst[m] = part[m].astype(self.canvas.dtype) + self.canvas.dtype.type(len(self.scores))
-        self.scores.extend(kept.tolist())
-        return len(kept)
+        near = (~owned & (cy >= max(c.y0 - s, 0)) & (cy < min(c.y1 + s, h))
+                & (cx >= max(c.x0 - s, 0)) & (cx < min(c.x1 + s, w)))
+        kept = 0
+        for j in np.argsort(-scores[idx], kind="stable"):
+            if not (owned[j] or near[j]):
+                continue
+            i = idx[j]
+            # Pasted within the part of the tile's window inside the image (the rest is padding).
+            vis = r.clip(h, w)
+            shift = np.array([vis.x0 - r.x0, vis.y0 - r.y0] * 2, np.float64)
+            pasted = box_mask(boxes[i] - shift, masks[i], vis.shape, self.mask_threshold)
+            if pasted is None:
+                continue
+            y0, x0, fg = pasted
+            y0, x0 = y0 + vis.y0, x0 + vis.x0
+            if owned[j]:
+                kept += self._paste(float(scores[i]), y0, x0, fg)
+            else:
+                self._held.append((float(scores[i]), y0, x0, fg))
+        return kept
+
+    def _paste(self, score: float, y0: int, x0: int, fg: np.ndarray) -> int:
+        region = self.canvas[y0:y0 + fg.shape[0], x0:x0 + fg.shape[1]]
+        under = region[fg]
+        area = int(fg.sum())
+        if under.any():
+            ids, inter = np.unique(under[under > 0], return_counts=True)
+            areas = np.asarray(self._areas, np.int64)[ids]
+            if (inter > self.duplicate_overlap * np.minimum(areas, area)).any():
+                return 0
+        fg = fg & (region == 0)
+        n = int(fg.sum())
+        if n == 0 or n < self.min_size:
+            return 0
+        self.scores.append(score)
+        self._areas.append(n)
+        region[fg] = len(self.scores)
+        return 1
 
     def finalize(self) -> tuple[np.ndarray, np.ndarray]:
+        held, self._held = self._held, []
+        for score, y0, x0, fg in sorted(held, key=lambda t: -t[0]):
+            self._paste(score, y0, x0, fg)
         return self.canvas, np.asarray(self.scores, np.float32)

@@ -45,7 +45,7 @@ log = logging.getLogger("nseg_infer.watch")
 
 LOG_NAME = "watch.log"
 LOCK_NAME = ".nseg-watch.lock"
-# Temp names of the runtime's writers: imageio.atomic_path (".NAME.XXXXXXXX.tmp.EXT") and the
+# Temp names of the runtime's writers: nseg_data.atomic.atomic_path (".NAME.XXXXXXXX.tmp.EXT") and the
 # large-image label canvas (".nseg-canvas.XXXXXXXX.tmp"); mkstemp's random part is 8 of [a-z0-9_].
 TEMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]*)?$")
 
@@ -464,10 +464,6 @@ class Watcher:
             write_summary(self.out_dir / "summary.csv", rows)
         except Exception as e:
             log.warning("could not write %s: %s", self.out_dir / "summary.csv", e)
-
-
-def watch(config: WatchConfig, predictor: Predictor) -> int:
-    return Watcher(predictor, config).run()
 
 
 # ----------------------------------------------------------------------------------------------

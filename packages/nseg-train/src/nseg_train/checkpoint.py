@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from nseg_data.atomic import publish_mode
+from nseg_data.atomic import atomic_path
 
 from nseg_train.config import TrainConfig, config_from_dict
 from nseg_train.models import build_model_for
@@ -31,16 +29,8 @@ def versions() -> dict[str, str]:
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """Write next to the target, then rename: a run killed mid-save keeps the previous checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    publish_mode(fd)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

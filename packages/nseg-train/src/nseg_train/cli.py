@@ -14,7 +14,7 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-def _train(kind: str, config: str, data: Path, splits: Path, out: Path, resume: bool, device: str, epochs, cache, limit_train, limit_val, workers, progress, stop_after=None, backbone_weights=None, init=None) -> None:
+def _train(kind: str, config: str, data: Path, splits: Path | None, out: Path, resume: bool, device: str, epochs, cache, limit_train, limit_val, workers, progress, stop_after=None, backbone_weights=None, init=None) -> None:
     from nseg_data.errors import DataError
 
     from nseg_train.config import ConfigError, load_config
@@ -39,20 +39,23 @@ def _train(kind: str, config: str, data: Path, splits: Path, out: Path, resume: 
     typer.echo(f"done: best validation DSB {summary['best_val_dsb']:.3f}, checkpoints in {summary['out']}")
 
 
-_CONFIG = typer.Option(..., "--config", help="YAML file or preset name (unet, unet-paper, maskrcnn, maskrcnn-paper)")
-_DATA = typer.Option(..., "--data", help="dataset folder (Kaggle stage1_train layout)")
-_SPLITS = typer.Option(..., "--splits", help="splits JSON written by `nseg-data split`")
+_CONFIG = typer.Option(..., "--config", help="YAML file or preset name (unet, unet-finetune, unet-paper, maskrcnn, maskrcnn-paper)")
+_DATA = typer.Option(..., "--data", help="dataset in any form nseg-data reads: a folder of NAME.png + NAME.labels.tif "
+                     "(or Cellpose NAME_masks.png), the Kaggle stage1_train folder or zip, a run-length CSV")
+_TRAIN_SPLITS = typer.Option(None, "--splits", help="splits JSON written by `nseg-data split`; default: a new split of "
+                             "--data (no locked set below 20 images), kept as OUT/splits.json and reused by --resume")
 _OUT = typer.Option(..., "--out", help="run directory (checkpoints, logs, curves)")
 _CACHE = typer.Option(None, "--cache", help="decoded-sample cache directory (recommended)")
 _INIT = typer.Option(None, "--init", help="start from this checkpoint's weights (same architecture; fresh optimizer and "
-                     "schedule), e.g. to fine-tune the default model on your own data")
+                     "schedule); 'default' is the checkpoint shipped with nseg-train, e.g. to adapt the default model "
+                     "to your own images with --config unet-finetune")
 
 
 @app.command()
 def unet(
     config: str = _CONFIG,
     data: Path = _DATA,
-    splits: Path = _SPLITS,
+    splits: Path = _TRAIN_SPLITS,
     out: Path = _OUT,
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
@@ -63,9 +66,9 @@ def unet(
     workers: int = typer.Option(None, "--workers", help="data loader workers (default from config)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     stop_after: int = typer.Option(None, "--stop-after", help="run at most N epochs now, then stop (continue with --resume)"),
-    init: Path = _INIT,
+    init: str = _INIT,
 ) -> None:
-    """Train a MONAI UNet (presets: unet, unet-paper). Run under torchrun for multi-GPU / multi-node."""
+    """Train a MONAI UNet (presets: unet, unet-finetune, unet-paper). Run under torchrun for multi-GPU / multi-node."""
     _train("unet", config, data, splits, out, resume, device, epochs, cache, limit_train, limit_val, workers, progress, stop_after, init=init)
 
 
@@ -73,7 +76,7 @@ def unet(
 def maskrcnn(
     config: str = _CONFIG,
     data: Path = _DATA,
-    splits: Path = _SPLITS,
+    splits: Path = _TRAIN_SPLITS,
     out: Path = _OUT,
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
     backbone_weights: Path = typer.Option(
@@ -87,7 +90,7 @@ def maskrcnn(
     workers: int = typer.Option(None, "--workers", help="data loader workers (default from config)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     stop_after: int = typer.Option(None, "--stop-after", help="run at most N epochs now, then stop (continue with --resume)"),
-    init: Path = _INIT,
+    init: str = _INIT,
 ) -> None:
     """Train a torchvision Mask R-CNN (presets: maskrcnn, maskrcnn-paper). Run under torchrun for multi-GPU / multi-node."""
     _train("maskrcnn", config, data, splits, out, resume, device, epochs, cache, limit_train, limit_val, workers, progress, stop_after, backbone_weights, init)
@@ -146,7 +149,7 @@ def evaluate(
 
 @app.command()
 def tune(
-    checkpoint: Path = typer.Argument(..., help="a UNet checkpoint, e.g. RUN_DIR/best.pt"),
+    checkpoint: Path = typer.Argument(..., help="a UNet or Mask R-CNN checkpoint, e.g. RUN_DIR/best.pt"),
     data: Path = _DATA,
     out: Path = typer.Option(..., "--out", help="where to write the tuned, weights-only checkpoint"),
     splits: Path = typer.Option(None, "--splits", help="splits JSON (default: the one stored in the checkpoint)"),
@@ -154,7 +157,8 @@ def tune(
     cache: Path = _CACHE,
     limit: int = typer.Option(None, "--limit", help="use only the first N images of the split"),
 ) -> None:
-    """Grid-search the watershed thresholds on the validation split; write them into a new checkpoint."""
+    """Grid-search the post-processing thresholds on the validation split (UNet: watershed; Mask R-CNN:
+    score, mask, NMS and size) through the runtime's pipeline; write them into a new checkpoint."""
     from tqdm import tqdm
 
     from nseg_train.tune import tune_checkpoint

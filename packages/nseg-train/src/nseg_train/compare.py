@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from nseg_data.dataset import load_kaggle_folder
+from nseg_data.atomic import write_text_atomic
+from nseg_data.dataset import open_dataset
 from nseg_data.sample import Sample
 from nseg_data.split import Splits, load_splits
 
@@ -25,7 +26,7 @@ from nseg_train.models import count_parameters
 from nseg_train.tasks import TASKS
 from nseg_train.viz import gallery, plot_curves_side_by_side
 
-METRICS = (("dsb", "DSB"), ("f1_50", "F1@0.5"), ("f1_75", "F1@0.75"), ("aji", "AJI"), ("dice", "Dice"))
+METRICS = (("dsb", "DSB"), ("f1_50", "F1@0.5"), ("f1_75", "F1@0.75"), ("aji", "AJI"), ("pq", "PQ"), ("dice", "Dice"))
 # Figure 6 of the seed shows fluorescence next to brightfield / H&E images.
 GALLERY_ORDER = ("fluorescence", "brightfield", "histology")
 
@@ -152,7 +153,7 @@ def compare_runs(
         raise CompareError(str(exc)) from exc
     if limit:
         ids = ids[:limit]
-    res = load_kaggle_folder(data, cache_dir=cache, ids=ids)
+    res = open_dataset(data, cache_dir=cache, ids=ids)
     if res.errors:
         raise CompareError(f"{len(res.errors)} sample(s) unreadable, first: {res.errors[0]}")
     samples = res.samples
@@ -192,7 +193,7 @@ def compare_runs(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.md").write_text(markdown(runs, split=split, sp=sp, machine=machine, device=str(dev)))
+    write_text_atomic(out / "comparison.md", markdown(runs, split=split, sp=sp, machine=machine, device=str(dev)))
     payload = {
         "split": split, "splits_sha256": sp.sha256(), "machine": machine, "device": str(dev),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -206,7 +207,7 @@ def compare_runs(
             for r in runs
         ],
     }
-    (out / "comparison.json").write_text(json.dumps(payload, indent=1))
+    write_text_atomic(out / "comparison.json", json.dumps(payload, indent=1))
     rows = [
         (f"{s.id[:10]} {s.modality}", s.image, s.labels, {r.name: r.predictions[s.id] for r in runs})
         for s in pick_images(samples, gallery_images)

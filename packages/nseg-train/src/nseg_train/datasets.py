@@ -26,9 +26,8 @@ class Prepared:
 
 def normalize_for(cfg: TrainConfig, image: np.ndarray) -> np.ndarray:
     """The one normalisation used in training, validation and (through the bundle) the runtime."""
-    if cfg.data.normalization == "scale_range":
-        return image.astype(np.float32) / 255.0
-    return normalize(image, Normalization(cfg.data.low_percentile, cfg.data.high_percentile))
+    d = cfg.data
+    return normalize(image, Normalization(d.low_percentile, d.high_percentile, d.normalization))
 
 
 def resize_pair(image: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

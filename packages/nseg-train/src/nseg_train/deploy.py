@@ -28,13 +28,16 @@ class NotDeployable(ValueError):
 def runtime_compatible(cfg: TrainConfig) -> str | None:
     """None if the runtime can reproduce training's view of an image, else the reason it cannot."""
     d = cfg.data
-    if d.normalization != "percentile":
-        return f"data.normalization={d.normalization!r}: the runtime implements only 'percentile' normalisation"
     if d.resize:
         return f"data.resize={d.resize}: the runtime predicts at native resolution"
     if cfg.model.kind == "unet" and cfg.eval.instances != "watershed":
         return f"eval.instances={cfg.eval.instances!r}: the runtime's UNet instance step is the watershed"
     return None
+
+
+def size_divisor(cfg: TrainConfig) -> int:
+    # torchvision's detection transform pads to multiples of 32.
+    return 32 if cfg.model.kind == "maskrcnn" else int(cfg.model.size_divisor)
 
 
 def preprocessing_section(cfg: TrainConfig) -> dict[str, Any]:
@@ -45,8 +48,8 @@ def preprocessing_section(cfg: TrainConfig) -> dict[str, Any]:
     return {
         "channel_order": "RGB",
         "layout": "NCHW",
-        "normalization": {"kind": "percentile", "low_percentile": float(d.low_percentile), "high_percentile": float(d.high_percentile)},
-        "size_divisor": int(cfg.model.size_divisor),
+        "normalization": {"kind": d.normalization, "low_percentile": float(d.low_percentile), "high_percentile": float(d.high_percentile)},
+        "size_divisor": size_divisor(cfg),
     }
 
 
@@ -61,24 +64,52 @@ def unet_postprocessing_section(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+def maskrcnn_postprocessing_section(cfg: TrainConfig) -> dict[str, Any]:
+    m = cfg.maskrcnn
+    return {
+        "kind": "maskrcnn",
+        "score_threshold": float(m.box_score_thresh),
+        "mask_threshold": float(m.mask_threshold),
+        "nms_threshold": float(m.box_nms_thresh),
+        "min_size": int(cfg.eval.min_size),
+    }
+
+
+def postprocessing_section(cfg: TrainConfig) -> dict[str, Any]:
+    if cfg.model.kind == "maskrcnn":
+        return maskrcnn_postprocessing_section(cfg)
+    return unet_postprocessing_section(cfg)
+
+
 def tiling_section(cfg: TrainConfig, *, batch: int = 4) -> dict[str, int]:
+    # The detector graph takes one fixed-size tile at a time.
+    if cfg.model.kind == "maskrcnn":
+        return {"tile": int(cfg.maskrcnn.tile), "halo": int(cfg.eval.halo), "batch": 1}
     return {"tile": int(cfg.eval.tile), "halo": int(cfg.eval.halo), "batch": int(batch)}
 
 
 class TorchBackend:
-    """The runtime's Backend protocol over a torch UNet: NCHW float32 in, {'probs': sigmoid} out."""
+    """The runtime's Backend protocol over a torch model, with the exported graph's outputs: a UNet
+    gives {'probs': sigmoid}; a Mask R-CNN takes one tile [1,3,T,T] and gives boxes, scores and
+    box-space masks."""
 
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, *, amp: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device, *, kind: str = "unet", amp: bool = False) -> None:
         self.model = model.eval()
         self.device = device
         self.amp = amp and device.type == "cuda"
+        self.detector = kind == "maskrcnn"
 
     @torch.inference_mode()
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         with torch.autocast(device_type=self.device.type, enabled=self.amp):
+            if self.detector:
+                if x.shape[0] != 1:
+                    raise ValueError(f"the detector takes one tile per call, got a batch of {x.shape[0]}")
+                out = self.model([x[0]])[0]
+                return {k: out[k].float().cpu().numpy() for k in ("boxes", "scores", "masks")}
             y = self.model(x)
         return {"probs": torch.sigmoid(y.float()).cpu().numpy()}
 
@@ -87,21 +118,31 @@ def in_memory_bundle(cfg: TrainConfig) -> Bundle:
     """A Bundle describing `cfg` without any model file: the torch backend stands in for the graph."""
     pre = preprocessing_section(cfg)
     nd = pre["normalization"]
+    if cfg.model.kind == "maskrcnn":
+        t = int(cfg.maskrcnn.tile)
+        inputs = (TensorSpec("image", "float32", (1, 3, t, t)),)
+        outputs = (TensorSpec("boxes", "float32", ("detections", 4)), TensorSpec("scores", "float32", ("detections",)),
+                   TensorSpec("masks", "float32", ("detections", 1, "m", "m")))
+    else:
+        inputs = (TensorSpec("image", "float32", ("batch", 3, "height", "width")),)
+        outputs = (TensorSpec("probs", "float32", ("batch", 2, "height", "width"), ("foreground", "distance")),)
     return Bundle(
         path=Path("<in-memory>"),
-        kind="unet",
+        kind=cfg.model.kind,
         model_path=Path("<torch>"),
         sha256="",
-        inputs=(TensorSpec("image", "float32", ("batch", 3, "height", "width")),),
-        outputs=(TensorSpec("probs", "float32", ("batch", 2, "height", "width"), ("foreground", "distance")),),
+        inputs=inputs,
+        outputs=outputs,
         preprocessing=Preprocessing(
-            normalization=Normalization(nd["low_percentile"], nd["high_percentile"]), size_divisor=pre["size_divisor"]
+            normalization=Normalization(nd["low_percentile"], nd["high_percentile"], nd["kind"]),
+            size_divisor=pre["size_divisor"],
         ),
         tiling=TilingSpec(**tiling_section(cfg)),
-        postprocessing=MappingProxyType(unet_postprocessing_section(cfg)),
+        postprocessing=MappingProxyType(postprocessing_section(cfg)),
     )
 
 
-def runtime_predictor(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> Predictor:
-    backend = TorchBackend(model, device, amp=cfg.optim.amp)
-    return Predictor(in_memory_bundle(cfg), RunConfig(device="cpu"), backend=backend)
+def runtime_predictor(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, *,
+                      tile: int | None = None, overlap: int | None = None) -> Predictor:
+    backend = TorchBackend(model, device, kind=cfg.model.kind, amp=cfg.optim.amp)
+    return Predictor(in_memory_bundle(cfg), RunConfig(device="cpu", tile=tile, overlap=overlap), backend=backend)

@@ -1,9 +1,11 @@
 """One training loop for every model kind: AMP, DDP, checkpoints, resume, logs, curves.
 
 A run directory holds: config.yaml, splits.json, last.pt (every epoch), best.pt (best validation
-DSB score), log.csv, tb/ (TensorBoard), curves.png, and val/ reports. `resume=True` continues from
-last.pt with the same config and split; the data order depends only on (seed, epoch, index), so a
-resumed run sees exactly the batches the uninterrupted run would have.
+DSB score), log.csv, tb/ (TensorBoard), curves.png, and val/ reports. The data may be in any form
+nseg-data reads; without a splits file a split of it is made (`nseg_data.split.training_splits`) and
+kept as splits.json, which `resume=True` reuses. `resume=True` continues from last.pt with the same
+config and split; the data order depends only on (seed, epoch, index), so a resumed run sees
+exactly the batches the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -23,9 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from nseg_data.dataset import load_kaggle_folder
-from nseg_data.split import load_splits
+from nseg_data.atomic import atomic_path, write_text_atomic
+from nseg_data.dataset import LoadResult, open_dataset
+from nseg_data.sample import Sample
+from nseg_data.split import Splits, load_splits, save_splits, training_splits
 
+from nseg_train import default_checkpoint_path
 from nseg_train.checkpoint import FORMAT, init_epochs, load_checkpoint, save_atomic, versions
 from nseg_train.config import TrainConfig
 from nseg_train.distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
@@ -39,10 +43,14 @@ class TrainError(RuntimeError):
     pass
 
 
+SPLITS_FILE = "splits.json"
+DEFAULT_INIT = "default"  # `--init default`: the shipped checkpoint of the model kind
+
+
 @dataclass(frozen=True)
 class RunOptions:
-    data_dir: Path
-    splits_file: Path
+    data_dir: Path  # any form nseg-data reads
+    splits_file: Path | None  # None: OUT/splits.json when resuming, else a new split saved there
     out_dir: Path
     cache_dir: Path | None = None
     resume: bool = False
@@ -53,7 +61,7 @@ class RunOptions:
     workers: int | None = None
     progress: bool = True
     stop_after: int | None = None  # epochs to run in this invocation (time-boxed sessions); resume later
-    init: Path | None = None  # start from this checkpoint's weights (fresh optimizer and schedule)
+    init: Path | str | None = None  # start from this checkpoint's weights (fresh optimizer and schedule), or "default"
 
 
 def pick_device(name: str, info: DistInfo) -> torch.device:
@@ -89,20 +97,54 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
     return f
 
 
+def resolve_init(init: str | Path | None, kind: str) -> Path | None:
+    """`--init`: a checkpoint path, or "default" for the checkpoint shipped with nseg-train."""
+    if init is None or str(init) != DEFAULT_INIT:
+        return None if init is None else Path(init)
+    path = default_checkpoint_path(kind)
+    if not path.is_file():
+        raise TrainError(f"--init default: no default {kind} checkpoint is shipped ({path} does not exist); "
+                         f"train from scratch (leave out --init) or pass --init CKPT")
+    return path
+
+
+def _checked(res: LoadResult, what: str) -> list[Sample]:
+    if res.errors:
+        listing = "\n  ".join(str(e) for e in res.errors[:20])
+        raise TrainError(f"{len(res.errors)} sample(s) of {what} could not be read:\n  {listing}")
+    return res.samples
+
+
+def resolve_splits(opts: RunOptions) -> tuple[Splits, Path, dict[str, Sample]]:
+    """(splits, the file they come from or will be saved to, samples already decoded on the way)."""
+    if opts.splits_file is not None:
+        return load_splits(opts.splits_file), Path(opts.splits_file), {}
+    kept = Path(opts.out_dir) / SPLITS_FILE
+    if opts.resume and kept.is_file():
+        return load_splits(kept), kept, {}
+    # A new split needs every image's modality, so the whole dataset is decoded once here.
+    samples = _checked(open_dataset(opts.data_dir, cache_dir=opts.cache_dir), str(opts.data_dir))
+    try:
+        splits = training_splits({s.id: str(s.modality) for s in samples})
+    except ValueError as e:
+        raise TrainError(f"{opts.data_dir}: {e}") from e
+    return splits, kept, {s.id: s for s in samples}
+
+
 def load_split_samples(opts: RunOptions, names: tuple[str, ...], limits: dict[str, int | None]):
-    splits = load_splits(opts.splits_file)
+    splits, source, decoded = resolve_splits(opts)
     out = {}
     for name in names:
         ids = list(splits[name])
         if limits.get(name):
             ids = ids[: limits[name]]
         if not ids:
-            raise TrainError(f"{opts.splits_file}: split '{name}' is empty")
-        res = load_kaggle_folder(opts.data_dir, cache_dir=opts.cache_dir, ids=ids)
-        if res.errors:
-            listing = "\n  ".join(str(e) for e in res.errors[:20])
-            raise TrainError(f"{len(res.errors)} sample(s) of split '{name}' could not be read:\n  {listing}")
-        out[name] = res.samples
+            raise TrainError(f"{source}: split '{name}' is empty")
+        if decoded:  # the whole dataset, decoded to make the split
+            out[name] = [decoded[i] for i in ids]
+        else:
+            res = open_dataset(opts.data_dir, cache_dir=opts.cache_dir, ids=ids)
+            out[name] = _checked(res, f"split '{name}'")
     return splits, out
 
 
@@ -117,12 +159,10 @@ def _read_log(path: Path) -> list[dict]:
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _load_init(path: Path, cfg: TrainConfig, splits) -> dict:
@@ -161,6 +201,10 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
     if opts.epochs is not None:
         cfg = cfg.replace(optim=dataclasses.replace(cfg.optim, epochs=opts.epochs))
     out = Path(opts.out_dir)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if not opts.resume and info.is_main and last_path.exists():
+        raise TrainError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
+    init_path = resolve_init(opts.init, cfg.model.kind)
     seed_everything(cfg.seed + info.rank)
     splits, data = load_split_samples(opts, ("train", "val"), {"train": opts.limit_train, "val": opts.limit_val})
     if cfg.eval.max_val_images:
@@ -197,8 +241,7 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
 
     start_epoch, step, best = 0, 0, -1.0
     history: list[dict] = []
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    init = _load_init(opts.init, cfg, splits) if opts.init is not None else None
+    init = _load_init(init_path, cfg, splits) if init_path is not None else None
     if init is not None:
         model.load_state_dict(init["model"])
     if opts.resume:
@@ -219,15 +262,13 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, step, best = ckpt["epoch"] + 1, ckpt["step"], ckpt.get("best_dsb", -1.0)
         history = [r for r in _read_log(out / "log.csv") if int(r["epoch"]) < start_epoch]
-    elif info.is_main and last_path.exists():
-        raise TrainError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
 
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
     writer = None
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
-        (out / "splits.json").write_text(json.dumps(splits.to_json(), indent=1))
+        write_text_atomic(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
+        save_splits(splits, out / SPLITS_FILE)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -286,8 +327,7 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
                 if writer is not None:
                     for k in ("dsb", "f1_50", "f1_75", "aji", "pq", "dice"):
                         writer.add_scalar(f"val/{k}", ov[k], step)
-                (out / "val").mkdir(exist_ok=True)
-                (out / "val" / "latest.md").write_text(markdown_table(result, f"validation, epoch {epoch + 1}"))
+                write_text_atomic(out / "val" / "latest.md", markdown_table(result, f"validation, epoch {epoch + 1}"))
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
             _write_log(out / "log.csv", history)

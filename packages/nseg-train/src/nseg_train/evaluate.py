@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from nseg_data.atomic import write_text_atomic
 from nseg_data.metrics import ImageScores, mean_scores, score_image
 from nseg_data.sample import Sample
 
@@ -95,5 +96,5 @@ def write_report(result: EvalResult, out_dir: Path, *, title: str, extra: dict |
     payload = result.to_json()
     if extra:
         payload.update(extra)
-    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=1))
-    (out_dir / "metrics.md").write_text(markdown_table(result, title))
+    write_text_atomic(out_dir / "metrics.json", json.dumps(payload, indent=1))
+    write_text_atomic(out_dir / "metrics.md", markdown_table(result, title))

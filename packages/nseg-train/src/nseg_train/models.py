@@ -43,7 +43,8 @@ def unet_from_config(cfg: ModelConfig) -> torch.nn.Module:
     )
 
 
-# Name -> builder from a ModelConfig; Mask R-CNN registers here too (a plain dict, no registry class).
+# Kind -> builder from the model section alone (a plain dict, no registry class). Mask R-CNN is built
+# from its own config section instead, in `build_model_for`.
 MODEL_BUILDERS: dict[str, Callable[[ModelConfig], torch.nn.Module]] = {"unet": unet_from_config}
 
 

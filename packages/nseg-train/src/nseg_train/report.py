@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from nseg_data.dataset import load_kaggle_folder
+from nseg_data.dataset import open_dataset
 from nseg_data.split import Splits, load_splits
 
 from nseg_train.checkpoint import load_model
@@ -44,7 +44,7 @@ def evaluate_checkpoint(checkpoint: Path, *, split: str, data: Path, splits: Pat
         ids = list(sp[split])
     except KeyError as exc:
         raise EvalError(str(exc)) from exc
-    res = load_kaggle_folder(data, cache_dir=cache, ids=ids)
+    res = open_dataset(data, cache_dir=cache, ids=ids)
     if res.errors:
         raise EvalError(f"{len(res.errors)} sample(s) unreadable, first: {res.errors[0]}")
     dev = pick_device(device, DistInfo())

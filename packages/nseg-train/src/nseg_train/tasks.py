@@ -17,7 +17,6 @@ from nseg_train.config import TrainConfig
 from nseg_train.datasets import CropDataset, prepare
 from nseg_train.deploy import runtime_compatible, runtime_predictor
 from nseg_train.detection_data import DetectionDataset, collate_detection, prepare_detection
-from nseg_train.detection_predict import predict_maskrcnn
 from nseg_train.losses import unet_loss
 from nseg_train.maskrcnn import load_backbone_weights, maskrcnn_from_config
 from nseg_train.models import MODEL_BUILDERS
@@ -89,7 +88,11 @@ class MaskRCNNTask:
         return loss, {k: float(v.detach()) for k, v in parts.items()}
 
     def predict(self, model, sample, cfg, device):
-        return predict_maskrcnn(model, sample.image, cfg, device)
+        # The runtime's own tiling and merging, as for the UNet: a validation score is a user's score.
+        reason = runtime_compatible(cfg)
+        if reason is not None:
+            raise ValueError(f"{cfg.name}: Mask R-CNN validation runs through the runtime, which cannot take this config: {reason}")
+        return runtime_predictor(model, cfg, device).predict(sample.image).labels
 
 
 TASKS: dict[str, Callable[[TrainConfig], Task]] = {"unet": UNetTask, "maskrcnn": MaskRCNNTask}

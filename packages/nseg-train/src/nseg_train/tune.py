@@ -1,6 +1,7 @@
-"""Tune the UNet's post-processing thresholds on the validation split (never on the locked one).
+"""Tune post-processing thresholds on the validation split (never on the locked one).
 
-The model runs once per image; only the cheap instance step is repeated per parameter set. The
+The model runs once per image through the runtime's Predictor (UNet: the blended field; Mask
+R-CNN: the raw tile detections); only the cheap instance step is repeated per parameter set. The
 winning parameters are written into a copy of the checkpoint's config, so evaluation, export and
 the runtime all use them.
 """
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from nseg_data.dataset import load_kaggle_folder
+from nseg_data.atomic import write_text_atomic
+from nseg_data.dataset import open_dataset
 from nseg_data.metrics import dsb_score
 from nseg_data.split import load_splits
 
@@ -33,6 +35,52 @@ DEFAULT_GRID = {
 }
 
 
+# Detector thresholds, in the runtime merger's names. The model is run once with the loosest
+# score and NMS thresholds of the grid, so every stricter setting is a filter of its output.
+MASKRCNN_GRID = {
+    "score_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
+    "mask_threshold": (0.4, 0.5, 0.6),
+    "nms_threshold": (0.3, 0.4, 0.5),
+    "min_size": (8, 16),
+}
+# Where each merger parameter lives in a training config.
+_MASKRCNN_FIELDS = {"score_threshold": ("maskrcnn", "box_score_thresh"), "mask_threshold": ("maskrcnn", "mask_threshold"),
+                    "nms_threshold": ("maskrcnn", "box_nms_thresh"), "min_size": ("eval", "min_size")}
+
+
+def _with_params(cfg, params: dict):
+    """`cfg` with tuned parameters: eval fields for the UNet, maskrcnn/eval fields for the detector."""
+    if cfg.model.kind != "maskrcnn":
+        return cfg.replace(eval=dataclasses.replace(cfg.eval, **params))
+    sections = {"maskrcnn": {}, "eval": {}}
+    for k, v in params.items():
+        section, name = _MASKRCNN_FIELDS[k]
+        sections[section][name] = v
+    return cfg.replace(maskrcnn=dataclasses.replace(cfg.maskrcnn, **sections["maskrcnn"]),
+                       eval=dataclasses.replace(cfg.eval, **sections["eval"]))
+
+
+def _maskrcnn_scorer(model, cfg, device, samples, grid, progress):
+    """Raw detections per image, once, through the runtime; returns score(params) -> mean DSB."""
+    heads = model.roi_heads
+    heads.score_thresh = float(min(grid["score_threshold"]))
+    heads.nms_thresh = float(max(grid["nms_threshold"]))
+    predictor = runtime_predictor(model, cfg, device)
+    it = progress(samples, "detect") if progress else samples
+    raw = [(s.labels, predictor.detections(s.image)) for s in it]
+
+    def score(params: dict) -> float:
+        dsb = []
+        for gt, found in raw:
+            merger = predictor.maskrcnn_merger(np.zeros(gt.shape, np.uint32), **params)
+            for tile, out in found:
+                merger.aggregate(out, tile)
+            dsb.append(dsb_score(gt, merger.finalize()[0]))
+        return float(np.mean(dsb))
+
+    return score
+
+
 @dataclass(frozen=True)
 class TuneResult:
     best: dict[str, float]
@@ -48,40 +96,51 @@ def tune_checkpoint(
     if split == "locked":
         raise ValueError("tuning on the locked split would leak it into the reported numbers; use val")
     model, cfg, _ = load_model(checkpoint)
-    if cfg.model.kind != "unet" or cfg.eval.instances != "watershed":
-        raise ValueError(f"{checkpoint}: tuning applies to UNet watershed post-processing only")
+    if cfg.model.kind == "unet" and cfg.eval.instances != "watershed":
+        raise ValueError(f"{checkpoint}: UNet tuning applies to the watershed post-processing only")
     ckpt = load_checkpoint(checkpoint)
     sp = load_splits(splits) if splits else None
     ids = list(sp[split]) if sp else list(ckpt["splits"]["splits"][split])
     if limit:
         ids = ids[:limit]
-    res = load_kaggle_folder(data, cache_dir=cache, ids=ids)
+    res = open_dataset(data, cache_dir=cache, ids=ids)
     if res.errors:
         raise ValueError(f"{len(res.errors)} unreadable sample(s), first: {res.errors[0]}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
-    it = progress(res.samples, "predict") if progress else res.samples
-    # The runtime's own normalisation, tiling and blending, as validation and `nseg-infer run` use.
-    field = runtime_predictor(model, cfg, device).probabilities if runtime_compatible(cfg) is None else (
-        lambda image: predict_probs(model, image, cfg, device))
-    probs = [(s.labels, field(s.image)) for s in it]
-    grid = grid or DEFAULT_GRID
+    if cfg.model.kind == "maskrcnn":
+        grid = grid or MASKRCNN_GRID
+        if runtime_compatible(cfg) is not None:
+            raise ValueError(f"{checkpoint}: {runtime_compatible(cfg)}")
+        score = _maskrcnn_scorer(model, cfg, device, res.samples, grid, progress)
+        baseline_params = {k: getattr(getattr(cfg, sec), name) for k, (sec, name) in _MASKRCNN_FIELDS.items()}
+    else:
+        grid = grid or DEFAULT_GRID
+        it = progress(res.samples, "predict") if progress else res.samples
+        # The runtime's own normalisation, tiling and blending, as validation and `nseg-infer run` use.
+        field = runtime_predictor(model, cfg, device).probabilities if runtime_compatible(cfg) is None else (
+            lambda image: predict_probs(model, image, cfg, device))
+        probs = [(s.labels, field(s.image)) for s in it]
+
+        def score(params: dict) -> float:
+            c = _with_params(cfg, params)
+            return float(np.mean([dsb_score(gt, instances_from_probs(p, c)) for gt, p in probs]))
+
+        baseline_params = {k: getattr(cfg.eval, k) for k in grid}
     keys = list(grid)
     rows = []
     combos = list(itertools.product(*(grid[k] for k in keys)))
     for values in progress(combos, "grid") if progress else combos:
         params = dict(zip(keys, values, strict=True))
-        c = cfg.replace(eval=dataclasses.replace(cfg.eval, **params))
-        score = float(np.mean([dsb_score(gt, instances_from_probs(p, c)) for gt, p in probs]))
-        rows.append({**params, "dsb": score})
+        rows.append({**params, "dsb": score(params)})
     rows.sort(key=lambda r: -r["dsb"])
-    baseline = float(np.mean([dsb_score(gt, instances_from_probs(p, cfg)) for gt, p in probs]))
+    baseline = score(baseline_params)
     best = {k: rows[0][k] for k in keys}
-    tuned = cfg.replace(eval=dataclasses.replace(cfg.eval, **best))
+    tuned = _with_params(cfg, best)
     ckpt["config"] = json.loads(json.dumps(tuned.to_dict()))
-    ckpt["tuning"] = {"split": split, "n_images": len(probs), "baseline_dsb": baseline, "best_dsb": rows[0]["dsb"], "grid": {k: list(v) for k, v in grid.items()}}
+    ckpt["tuning"] = {"split": split, "n_images": len(res.samples), "baseline_dsb": baseline, "best_dsb": rows[0]["dsb"], "grid": {k: list(v) for k, v in grid.items()}}
     for k in ("optimizer", "scheduler", "scaler"):  # a deployable checkpoint needs weights only
         ckpt.pop(k, None)
     save_atomic(ckpt, out)
-    (out.parent / f"{out.stem}.tuning.json").write_text(json.dumps({"best": best, "baseline_dsb": baseline, "table": rows}, indent=1))
+    write_text_atomic(out.parent / f"{out.stem}.tuning.json", json.dumps({"best": best, "baseline_dsb": baseline, "table": rows}, indent=1))
     return TuneResult(best=best, best_dsb=rows[0]["dsb"], baseline_dsb=baseline, table=rows)

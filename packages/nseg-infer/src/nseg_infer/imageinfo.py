@@ -1,0 +1,157 @@
+"""What an input file holds besides pixels: its axes, channel names and pixel size.
+
+Microscope files are stacks (time, channel, z, plus vendor axes); nseg segments one 2-D plane.
+`choose_planes` decides which plane is used, and refuses what cannot be decided for the user (a
+z stack). Pixel sizes are read from the metadata users' software writes: OME-XML
+(PhysicalSizeX/Y with unit), ImageJ (resolution tags + `unit=`), Aperio SVS (`MPP`) and plain
+TIFF resolution tags in centimetres or inches. All sizes are in micrometres per pixel.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from nseg_data.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Micrometres per unit, for the unit spellings of OME-XML, ImageJ and vendor metadata.
+UNITS_UM = {"µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+            "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3, "å": 1e-4, "angstrom": 1e-4, "pm": 1e-6,
+            "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6,
+            "inch": 25400.0, "in": 25400.0}
+# Screen and print defaults (72-300 dpi) mean "uncalibrated"; a microscope or slide scanner
+# writes thousands to hundreds of thousands of dpi. Coarser than this is not a pixel size.
+MAX_INCH_PIXEL_UM = 10.0
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Axes of the file (e.g. "TCZYX"), their sizes, which axis holds channels ("C": separate
+    planes, as fluorescence files store them; "S": interleaved samples, as RGB; "" for one
+    channel), channel names, pixel size (y, x) in µm or None, and notes on the plane used."""
+
+    axes: str = "YX"
+    sizes: tuple[int, ...] = ()
+    channel_axis: str = ""
+    channel_names: tuple[str, ...] = ()
+    pixel_size_um: tuple[float, float] | None = None
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.channel_axis not in ("", "C", "S"):
+            raise ValueError(f"channel_axis must be '', 'C' or 'S', got {self.channel_axis!r}")
+        if self.sizes and len(self.sizes) != len(self.axes):
+            raise ValueError(f"axes {self.axes!r} and sizes {self.sizes} differ in length")
+        if self.pixel_size_um is not None and not all(v > 0 and math.isfinite(v) for v in self.pixel_size_um):
+            raise ValueError(f"pixel size must be positive, got {self.pixel_size_um}")
+
+    def describe(self) -> str:
+        shape = " ".join(f"{a}={n}" for a, n in zip(self.axes, self.sizes, strict=True)) if self.sizes else ""
+        text = f"axes {self.axes}" + (f" ({shape})" if shape else "")
+        if self.channel_names:
+            text += "; channels " + ", ".join(f"{i} {n!r}" for i, n in enumerate(self.channel_names))
+        return text
+
+
+def choose_planes(path: Path, axes: str, sizes: tuple[int, ...]) -> tuple[dict[str, int], tuple[str, ...]]:
+    """Index to use on every axis other than Y, X, C and S, and notes saying what was used.
+    A z stack is refused: which plane (or projection) holds the nuclei is the user's call."""
+    use: dict[str, int] = {}
+    notes: list[str] = []
+    for a, n in zip(axes, sizes, strict=True):
+        if a in "YXCS":
+            continue
+        if a == "Z" and n > 1:
+            raise DataError(path, f"a z stack of {n} planes ({_shape(axes, sizes)}): nseg segments 2-D images; "
+                                  "save one plane or a maximum projection (Fiji: Image > Stacks > Z Project)")
+        use[a] = 0
+        if n > 1:
+            what = "time points" if a == "T" else f"planes along axis {a}"
+            notes.append(f"{n} {what} ({_shape(axes, sizes)}): using the first")
+    return use, tuple(notes)
+
+
+def _shape(axes: str, sizes: tuple[int, ...]) -> str:
+    return "axes " + " ".join(f"{a}={n}" for a, n in zip(axes, sizes, strict=True))
+
+
+def unit_um(unit: object) -> float | None:
+    """Micrometres per `unit`, or None for pixels, blanks and unknown spellings."""
+    if unit is None:
+        return None
+    u = str(unit).strip().replace("\\u00B5", "µ").replace("\\u00b5", "µ").lower()
+    return UNITS_UM.get(u)
+
+
+def _valid(v: float | None) -> float | None:
+    return v if v is not None and math.isfinite(v) and v > 0 else None
+
+
+def _rational(tag) -> float | None:
+    if tag is None:
+        return None
+    v = tag.value
+    num, den = (v if isinstance(v, tuple) else (v, 1))
+    return float(num) / float(den) if den and num else None
+
+
+def _ome_pixels(tf) -> dict:
+    import tifffile
+
+    try:
+        image = tifffile.xml2dict(tf.ome_metadata)["OME"]["Image"]
+    except Exception:  # malformed OME-XML is the file's problem, not a reason to refuse its pixels
+        return {}
+    image = image[0] if isinstance(image, list) else image
+    pixels = image.get("Pixels", {}) if isinstance(image, dict) else {}
+    return pixels if isinstance(pixels, dict) else {}
+
+
+def ome_channel_names(tf) -> tuple[str, ...]:
+    if not tf.is_ome:
+        return ()
+    ch = _ome_pixels(tf).get("Channel", [])
+    ch = ch if isinstance(ch, list) else [ch]
+    return tuple(str(c.get("Name", "")) if isinstance(c, dict) else "" for c in ch)
+
+
+def tiff_pixel_size(tf, page) -> tuple[float, float] | None:
+    """(y, x) µm per pixel from a TIFF's metadata, or None when it does not say."""
+    if tf.is_ome:
+        px = _ome_pixels(tf)
+        sx, sy = px.get("PhysicalSizeX"), px.get("PhysicalSizeY", px.get("PhysicalSizeX"))
+        if sx is not None:
+            ux = unit_um(px.get("PhysicalSizeXUnit", "µm"))
+            uy = unit_um(px.get("PhysicalSizeYUnit", px.get("PhysicalSizeXUnit", "µm")))
+            x = _valid(float(sx) * ux) if ux else None
+            y = _valid(float(sy) * uy) if uy else None
+            if x and y:
+                return y, x
+    xres = _rational(page.tags.get("XResolution"))
+    yres = _rational(page.tags.get("YResolution")) or xres
+    if tf.is_imagej:
+        u = unit_um((tf.imagej_metadata or {}).get("unit"))
+        if u and xres and yres:
+            return u / yres, u / xres
+    if tf.is_svs:
+        from tifffile.tifffile import svs_description_metadata  # not re-exported at the top level
+
+        try:
+            mpp = _valid(float(svs_description_metadata(page.description)["MPP"]))
+        except Exception:
+            mpp = None
+        if mpp:
+            return mpp, mpp
+    unit_tag = page.tags.get("ResolutionUnit")
+    unit = int(unit_tag.value) if unit_tag is not None else 2  # TIFF 6.0: inch when absent
+    if xres and yres and unit in (2, 3):
+        per = 25400.0 if unit == 2 else 1e4
+        x, y = per / xres, per / yres
+        if unit == 2 and max(x, y) > MAX_INCH_PIXEL_UM:
+            return None
+        return y, x
+    return None

@@ -1,0 +1,89 @@
+"""Rescaling to the model's training scale and labels back at the input's size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from infer_testkit import f1_and_counts, synthetic_blobs
+from nseg_data.errors import DataError
+
+from nseg_infer.bundle import ScaleSpec, default_bundle_path, load_bundle
+from nseg_infer.imageio import ArraySource
+from nseg_infer.prepare import InputOptions, segment_source
+from nseg_infer.run import Predictor, RunConfig
+from nseg_infer.scale import RescaledSource, labels_to_input, rescale_for
+from nseg_infer.tiling import Window
+
+P = Path("x.tif")
+
+
+def test_factor_rules():
+    s = ScaleSpec(nucleus_diameter_px=20.0, pixel_size_um=0.5)
+    assert rescale_for(P, s, diameter=40, pixel_size_um=None).factor == 0.5
+    assert rescale_for(P, s, diameter=None, pixel_size_um=(0.25, 0.25)).factor == 0.5
+    assert rescale_for(P, s, diameter=10, pixel_size_um=(0.25, 0.25)).factor == 2.0  # diameter wins
+    assert rescale_for(P, ScaleSpec(20.0), diameter=None, pixel_size_um=(0.25, 0.25)).identity
+    assert rescale_for(P, s, diameter=20.1, pixel_size_um=None).identity  # within 1%
+    with pytest.raises(DataError, match="training scale"):
+        rescale_for(P, ScaleSpec(), diameter=30, pixel_size_um=None)
+    with pytest.raises(DataError, match="outside"):
+        rescale_for(P, s, diameter=1000, pixel_size_um=None)
+
+
+def test_shrinking_averages_and_window_reads_equal_the_whole():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 1000, (60, 84, 2)).astype(np.uint16)
+    half = RescaledSource(ArraySource(a), (30, 42)).read_all()
+    ref = a.astype(np.float64).reshape(30, 2, 42, 2, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(half, ref, rtol=1e-5)
+    for shape in ((23, 37), (150, 171)):  # uneven shrink, enlarge
+        src = RescaledSource(ArraySource(a), shape)
+        whole = src.read_all()
+        assert whole.shape == (*shape, 2)
+        win = Window(5, shape[0] - 3, 7, shape[1] - 2)
+        np.testing.assert_array_equal(src.read(win), whole[win.slices])
+        assert abs(float(whole.mean()) - float(a.mean())) < 0.02 * float(a.mean())
+
+
+def test_labels_back_at_input_size_are_renumbered():
+    model = np.zeros((10, 10), np.uint32)
+    model[1:5, 1:5] = 7
+    model[6:9, 6:9] = 3
+    model[0, 9] = 9  # one model pixel: lost when the input is smaller
+    out = np.zeros((5, 5), np.uint32)
+    n, scores = labels_to_input(model, out, np.arange(1, 10, dtype=np.float32) / 10)
+    assert n == 2 and set(np.unique(out)) == {0, 1, 2}
+    assert out[1, 1] == 2 and out[3, 3] == 1  # 3 -> 1, 7 -> 2, in label order
+    np.testing.assert_allclose(scores, [0.3, 0.7])
+    big = np.zeros((20, 20), np.uint32)
+    labels_to_input(model, big)
+    assert np.array_equal(big[::2, ::2] > 0, model > 0)
+
+
+def test_diameter_rescales_and_returns_input_sized_labels(unet_bundle, tmp_path):
+    meta = json.loads((unet_bundle / "metadata.json").read_text())
+    meta["scale"] = {"nucleus_diameter_px": 14.0}
+    b = tmp_path / "scaled"
+    b.mkdir()
+    (b / "model.onnx").write_bytes((unet_bundle / "model.onnx").read_bytes())
+    (b / "metadata.json").write_text(json.dumps(meta))
+    img, gt = synthetic_blobs((200, 240), 50, seed=3, rmin=6, rmax=8)
+    big = np.kron(img, np.ones((2, 2), np.uint8))  # nuclei twice the model's size
+    gt2 = np.kron(gt, np.ones((2, 2), np.uint32))
+    p = Predictor(b)
+    with segment_source(p, ArraySource(big), InputOptions(diameter=28.0)) as seg:
+        assert seg.rescale.factor == pytest.approx(0.5)
+        assert seg.labels.shape == big.shape and seg.max_label == int(seg.labels.max())
+        f1, n_gt, n_pred = f1_and_counts(gt2, np.asarray(seg.labels))
+    assert f1 > 0.9 and abs(n_pred - n_gt) <= 3
+    with pytest.raises(ValueError, match="training scale"):
+        Predictor(unet_bundle, RunConfig(diameter=20))
+
+
+def test_default_bundle_records_its_training_scale():
+    s = load_bundle(default_bundle_path(), verify_sha256=False).scale
+    assert s.nucleus_diameter_px is not None and 10 < s.nucleus_diameter_px < 40
+    assert s.pixel_size_um is None  # the DSB images carry no pixel size

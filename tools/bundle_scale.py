@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""The scale a model was trained at: median equivalent diameter (px) of the training nuclei.
+
+The runtime rescales a user's image by `--diameter` against this number, so it must describe
+the images the weights saw: only the ids of the chosen split (default `train`) are measured.
+Each DSB mask file is one nucleus; its equivalent diameter is sqrt(4 * area / pi).
+
+    .venv/bin/python tools/bundle_scale.py --data DSB/stage1_train --splits splits/dsb2018_stage1_train.json
+    .venv/bin/python tools/bundle_scale.py ... --write packages/nseg-infer/src/nseg_infer/assets/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from nseg_data.atomic import write_bytes_atomic
+from nseg_data.split import load_splits
+from PIL import Image
+
+
+def diameters(data: Path, ids: list[str]) -> list[float]:
+    out: list[float] = []
+    for i in ids:
+        masks = sorted((data / i / "masks").glob("*.png"))
+        if not masks:
+            raise SystemExit(f"{data / i / 'masks'}: no mask files (is --data a stage1_train folder?)")
+        for m in masks:
+            area = int(np.count_nonzero(np.asarray(Image.open(m))))
+            if area:
+                out.append(math.sqrt(4 * area / math.pi))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="stage1_train folder (one folder per image id)")
+    ap.add_argument("--splits", type=Path, required=True)
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--write", type=Path, help="bundle folder whose metadata.json gets the 'scale' entry")
+    args = ap.parse_args(argv)
+    ids = list(load_splits(args.splits)[args.split])
+    d = diameters(args.data, ids)
+    scale = {"nucleus_diameter_px": round(float(np.median(d)), 2),
+             "source": f"median equivalent diameter of {len(d)} nuclei in the {len(ids)} "
+                       f"'{args.split}' images of {args.splits.name}"}
+    print(json.dumps(scale, indent=1))
+    if args.write:
+        meta_file = args.write / "metadata.json"
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        meta["scale"] = scale
+        write_bytes_atomic(meta_file, (json.dumps(meta, indent=2) + "\n").encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
