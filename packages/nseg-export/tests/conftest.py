@@ -42,7 +42,7 @@ def tiny_unet_config():
     )
 
 
-def make_unet_checkpoint(path: Path, steps: int = 30) -> Path:
+def make_unet_checkpoint(path: Path, steps: int = 30, cfg=None) -> Path:
     """A few dozen Adam steps on synthetic discs: outputs that look like a model's, not like noise near 0.5."""
     from nseg_train.checkpoint import FORMAT, save_atomic, versions
     from nseg_train.datasets import normalize_for
@@ -50,12 +50,12 @@ def make_unet_checkpoint(path: Path, steps: int = 30) -> Path:
     from nseg_train.targets import make_targets
 
     torch.manual_seed(0)
-    cfg = tiny_unet_config()
+    cfg = cfg or tiny_unet_config()
     model = MODEL_BUILDERS["unet"](cfg.model)
     rng = np.random.default_rng(0)
     data = [disc_sample(rng, 48, 48, 4) for _ in range(6)]
     x = torch.from_numpy(np.stack([normalize_for(cfg, im).transpose(2, 0, 1) for im, _ in data]))
-    y = torch.from_numpy(np.stack([make_targets(lab, "fg_dist") for _, lab in data]))
+    y = torch.from_numpy(np.stack([make_targets(lab, cfg.model.targets) for _, lab in data]))
     opt = torch.optim.Adam(model.parameters(), lr=2e-2)
     model.train()
     for _ in range(steps):

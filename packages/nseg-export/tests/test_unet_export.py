@@ -11,8 +11,7 @@ from typer.testing import CliRunner
 
 from nseg_export.cli import app
 from nseg_export.metadata import REQUIRED_KEYS
-from nseg_export.onnx_export import ExportError, export_checkpoint
-from nseg_export.parity import TOLERANCES, check_metadata, compare_arrays, run_parity
+from nseg_export.parity import TOLERANCES, check_metadata, compare_arrays, compare_instances, run_parity
 
 runner = CliRunner()
 
@@ -126,20 +125,32 @@ def test_onnx_cli_with_simplify(unet_ckpt, tmp_path):
     onnx.checker.check_model(str(out / "model.onnx"))
 
 
-def test_export_refuses_what_the_runtime_cannot_reproduce(tmp_path):
-    from nseg_train.checkpoint import FORMAT, save_atomic
+def test_the_seed_setup_exports_and_its_bundle_segments_as_validation_does(tmp_path):
+    """unet-paper (scale_range, resize to 512, connected components): the bundle says so, and the
+    runtime segments an image as training's validation does (the same Predictor over torch)."""
+    import torch
+    from conftest import disc_sample, make_unet_checkpoint
+    from nseg_data.sample import Modality, Sample
+    from nseg_infer.run import Predictor, RunConfig
+    from nseg_train.checkpoint import load_model
     from nseg_train.config import load_config
-    from nseg_train.models import MODEL_BUILDERS
+    from nseg_train.tasks import TASKS
 
-    cfg = load_config("unet-paper")  # resize to 512 and connected components: no runtime equivalent
-    ckpt = {"format": FORMAT, "kind": "unet", "config": cfg.to_dict(),
-            "model": MODEL_BUILDERS["unet"](cfg.model).state_dict(), "splits_sha256": None, "metrics": {}}
-    save_atomic(ckpt, tmp_path / "paper.pt")
-    with pytest.raises(ExportError, match="resize"):
-        export_checkpoint(tmp_path / "paper.pt", tmp_path / "b")
-    assert not (tmp_path / "b" / "metadata.json").exists()
-    res = runner.invoke(app, ["onnx", str(tmp_path / "paper.pt"), "--out", str(tmp_path / "b")])
-    assert res.exit_code == 1 and "data.resize=512" in res.output
+    ckpt = make_unet_checkpoint(tmp_path / "paper.pt", cfg=load_config("unet-paper"))
+    res = runner.invoke(app, ["onnx", str(ckpt), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "b" / "metadata.json").read_text())
+    assert meta["preprocessing"]["resize"] == 512 and meta["preprocessing"]["normalization"]["kind"] == "scale_range"
+    assert meta["postprocessing"] == {"kind": "components", "fg_threshold": 0.5, "min_size": 0}
+    assert meta["outputs"][0]["channels"] == ["foreground"]
+    model, cfg, ckpt_dict = load_model(ckpt)
+    assert check_metadata(meta, cfg, ckpt_dict) == []
+    image, _ = disc_sample(np.random.default_rng(3), 90, 120, 5)
+    val = TASKS["unet"](cfg).predict(model, Sample("s", image, None, Modality.FLUORESCENCE, "synthetic"), cfg, torch.device("cpu"))
+    run = Predictor(tmp_path / "b", RunConfig(device="cpu")).predict(image).labels
+    assert val.shape == run.shape == (90, 120)
+    check = compare_instances("seed", val, run, min_f1=0.99)
+    assert check.passed and check.n_ref == check.n_test > 0, check
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -198,3 +198,66 @@ def test_probabilities_are_the_field_predict_segments(unet_bundle, maskrcnn_bund
     np.testing.assert_array_equal(unet_instances(field[0], field[1], p.params), labels)
     with pytest.raises(ValueError, match="UNet"):  # the detector stand-in needs a backend, never called here
         Predictor(maskrcnn_bundle, backend=object()).probabilities(img)
+
+
+class CountingBackend:
+    def __init__(self, backend) -> None:
+        self.backend, self.name, self.calls = backend, backend.name, 0
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self.calls += 1
+        return self.backend.run(batch)
+
+
+def test_predict_many_shares_model_calls_and_gives_each_image_predicts_labels(unet_bundle):
+    shapes = [(60, 80), (60, 80), (90, 70), (60, 80), (300, 420)]
+    images = [synthetic_blobs(s, 6, seed=i)[0] for i, s in enumerate(shapes)]
+    counter = CountingBackend(backends.create_backend(load_bundle(unet_bundle), "cpu"))
+    # block 256: the last image is several instance blocks, so it is predicted on its own.
+    p = Predictor(unet_bundle, RunConfig(block=256, margin=64), backend=counter)
+    alone = [p.predict(im) for im in images]
+    calls_alone, counter.calls = counter.calls, 0
+    many = p.predict_many(images)
+    assert counter.calls < calls_alone
+    for a, b in zip(alone, many, strict=True):
+        assert b.max_label == a.max_label > 0 and b.norm == a.norm
+        np.testing.assert_array_equal(b.labels, a.labels)
+
+
+def bundle_variant(src, dst, **sections):
+    import shutil
+
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "metadata.json").read_text())
+    for key, values in sections.items():
+        meta[key] = {**meta[key], **values}
+    (dst / "metadata.json").write_text(json.dumps(meta))
+    return dst
+
+
+def test_resize_and_components_reproduce_the_seed_setup(unet_bundle, tmp_path):
+    """`preprocessing.resize`: the whole image normalised, resized for the model and its labels
+    brought back by nearest neighbour; `components`: connected components of the foreground."""
+    from nseg_infer.preprocess import normalize, resize_image
+    from nseg_infer.scale import labels_to_input
+
+    post = {"kind": "components", "fg_threshold": 0.5, "min_size": 4}
+    p = Predictor(bundle_variant(unet_bundle, tmp_path / "seed", preprocessing={"resize": 96}, postprocessing=post))
+    # The same model handed the normalised, resized image directly (scale_range keeps a float image as is).
+    q = Predictor(bundle_variant(unet_bundle, tmp_path / "plain", postprocessing=post,
+                                 preprocessing={"normalization": {"kind": "scale_range"}}))
+    img, _ = synthetic_blobs((150, 200), 20, seed=3)
+    x = resize_image(normalize(img, p.bundle.preprocessing.normalization), 96)
+    field = p.probabilities(img)
+    assert field.shape == (1, 96, 96)  # components need the foreground only
+    np.testing.assert_array_equal(field, q.probabilities(x))
+    expected = np.zeros((150, 200), np.uint32)
+    n, _ = labels_to_input(q.predict(x).labels, expected)
+    pred = p.predict(img)
+    assert pred.max_label == n > 5
+    np.testing.assert_array_equal(pred.labels, expected)
+    np.testing.assert_array_equal(p.instances(field, (150, 200)), expected)
+    np.testing.assert_array_equal(p.predict_many([img])[0].labels, expected)
+    bad = bundle_variant(unet_bundle, tmp_path / "bad", postprocessing={"kind": "mystery"})
+    with pytest.raises(ValueError, match="mystery"):
+        Predictor(bad)

@@ -99,12 +99,18 @@ def test_streamed_blocks_equal_single_block(unet_bundle, mosaic, tiled):
     assert same_partition(single.labels, blocked.labels)
 
 
-def test_large_image_path_uses_disk_canvas_and_matches(unet_bundle, mosaic, tiled, tmp_path):
+def test_large_image_canvas_is_on_disk_matches_and_goes_with_its_block(unet_bundle, mosaic, tiled, tmp_path):
     ref = tiled.predict(mosaic)
-    big = Predictor(unet_bundle, RunConfig(block=300, margin=64, large_px=1000)).predict(mosaic, work_dir=tmp_path)
-    assert isinstance(big.labels, np.memmap)
-    assert same_partition(ref.labels, np.asarray(big.labels))
-    big.extra["canvas_file"].unlink()
+    p = Predictor(unet_bundle, RunConfig(block=300, margin=64, large_px=1000))
+    with p.canvas(mosaic.shape[:2], work_dir=tmp_path) as canvas:
+        big = p.predict(mosaic, labels=canvas)
+        assert isinstance(big.labels, np.memmap) and len(list(tmp_path.iterdir())) == 1
+        assert same_partition(ref.labels, np.asarray(big.labels))
+    assert not list(tmp_path.iterdir())
+    # An error inside the block (here a canvas of the wrong shape) leaves no temp file either.
+    with pytest.raises(ValueError, match="canvas"), p.canvas((10, 200), work_dir=tmp_path) as wrong:
+        p.predict(mosaic, labels=wrong)
+    assert not list(tmp_path.iterdir())
 
 
 def test_blend_is_exact_for_a_model_with_small_receptive_field():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from nseg_data.sample import Modality, Sample
 
@@ -81,8 +80,12 @@ def test_image_smaller_than_a_tile():
     assert labels.max() == len(range(3, 90, 8)) * len(range(3, 50, 8))
 
 
-def test_config_the_runtime_cannot_reproduce_is_refused():
-    cfg = config_from_dict({"name": "t", "model": {"kind": "maskrcnn"}, "data": {"resize": 64}, "maskrcnn": {"tile": 128}})
+def test_a_resized_config_is_validated_at_the_model_size_and_labelled_at_the_image_size():
+    cfg = config_from_dict({"name": "t", "model": {"kind": "maskrcnn"}, "data": {"resize": 64}, "eval": {"halo": 16},
+                            "maskrcnn": {"tile": 128}})
     sample = Sample("s", np.full((50, 90, 3), 10, np.uint8), None, Modality.FLUORESCENCE, "mem")
-    with pytest.raises(ValueError, match="resize"):
-        TASKS["maskrcnn"](cfg).predict(GridDetector(), sample, cfg, CPU)
+    labels = TASKS["maskrcnn"](cfg).predict(GridDetector(), sample, cfg, CPU)
+    # The detector sees the image resized to 64 x 64: a nucleus every 8 px of that, each brought
+    # back to the 50 x 90 image by nearest neighbour.
+    assert labels.shape == (50, 90)
+    assert labels.max() == len(np.unique(labels)) - 1 == len(range(3, 64, 8)) ** 2

@@ -1,7 +1,7 @@
 """Checkpoint -> ONNX bundle (model.onnx + metadata.json [+ model.fp16.onnx]).
 
 UNet: the graph ends in a sigmoid so the runtime receives probabilities, exactly what training's
-`predict_probs` hands the instance step. Mask R-CNN: one fixed tile, batch 1, and the graph stops
+validation (the runtime's Predictor over a torch backend) hands the instance step. Mask R-CNN: one fixed tile, batch 1, and the graph stops
 before mask pasting, which needs per-detection loops that TensorRT's ONNX parser rejects; the
 runtime pastes in numpy (`nseg_infer.maskpaste`).
 

@@ -365,7 +365,7 @@ def predictor_target(target: TargetReport, cases: Cases, bundle: Any, ref: Any, 
 
 
 def check_metadata(meta: dict[str, Any], cfg: Any, ckpt: dict[str, Any]) -> list[str]:
-    """The bundle must describe this checkpoint: same kind, normalisation, size divisor, thresholds
+    """The bundle must describe this checkpoint: same kind, normalisation, resize, size divisor, thresholds
     and splits (both Predictors of a parity run read the same metadata, so only this catches them)."""
     from nseg_train import deploy
 
@@ -375,9 +375,11 @@ def check_metadata(meta: dict[str, Any], cfg: Any, ckpt: dict[str, Any]) -> list
     if meta.get("kind") != cfg.model.kind:
         errs.append(f"bundle kind {meta.get('kind')!r} != checkpoint kind {cfg.model.kind!r}")
         return errs
-    want_norm = preprocessing(cfg, 1)["normalization"]
-    if meta["preprocessing"].get("normalization") != want_norm:
-        errs.append(f"normalisation {meta['preprocessing'].get('normalization')} != checkpoint's {want_norm}")
+    want = preprocessing(cfg, 1)
+    if meta["preprocessing"].get("normalization") != want["normalization"]:
+        errs.append(f"normalisation {meta['preprocessing'].get('normalization')} != checkpoint's {want['normalization']}")
+    if meta["preprocessing"].get("resize") != want.get("resize"):
+        errs.append(f"resize {meta['preprocessing'].get('resize')} != checkpoint's {cfg.data.resize}")
     if meta["preprocessing"].get("size_divisor") != deploy.size_divisor(cfg):
         errs.append(f"size_divisor {meta['preprocessing'].get('size_divisor')} != {deploy.size_divisor(cfg)}")
     want_post = deploy.postprocessing_section(cfg)

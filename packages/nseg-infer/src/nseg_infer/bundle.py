@@ -46,8 +46,11 @@ class Preprocessing:
     layout: str = "NCHW"
     normalization: Normalization = field(default_factory=Normalization)
     size_divisor: int = 16
+    resize: int | None = None  # the whole image resized to resize x resize before tiling (the seed's setup)
 
     def __post_init__(self) -> None:
+        if self.resize is not None and self.resize < 1:
+            raise ValueError(f"resize must be >= 1, got {self.resize}")
         if self.channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
         if self.layout != "NCHW":
@@ -181,7 +184,8 @@ def parse_metadata(meta: Any, bundle_dir: Path, *, verify_sha256: bool = True) -
         preprocessing = Preprocessing(
             channel_order=str(pre.get("channel_order", "RGB")), layout=str(pre.get("layout", "NCHW")),
             normalization=Normalization(**{k: float(v) for k, v in nd.items()}, kind=kind),
-            size_divisor=int(pre.get("size_divisor", 16)))
+            size_divisor=int(pre.get("size_divisor", 16)),
+            resize=None if pre.get("resize") is None else int(pre["resize"]))
         t = meta["tiling"]
         tiling = TilingSpec(tile=int(t.get("tile", 512)), halo=int(t.get("halo", 32)), batch=int(t.get("batch", 4)))
         engines = tuple(EngineSpec(file=str(e["file"]), precision=str(e.get("precision", "")),

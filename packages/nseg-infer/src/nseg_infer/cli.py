@@ -109,7 +109,7 @@ def watch(
 
     try:
         config = WatchConfig(in_dir, out, pattern=pattern, recursive=recursive, poll=poll, settle=settle,
-                             fail_after=fail_after, batch=batch, once=once, retry_failed=retry_failed, events=events)
+                             fail_after=fail_after, once=once, retry_failed=retry_failed, events=events)
         watcher = Watcher(Predictor(model, RunConfig(batch=batch, device=device)), config)
         code = watcher.run()
     except (DataError, BackendError, WatchError, ValueError) as e:

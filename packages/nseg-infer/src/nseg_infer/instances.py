@@ -1,13 +1,16 @@
 """Torch-free post-processing: model outputs to instance labels.
 
-UNet: the model predicts foreground probability and a per-nucleus normalised distance to the
-nucleus edge (1 at the centre, 0 at the border). Seeds are the distance map's cores; a
-marker-controlled watershed on the inverted distance, restricted to the foreground, separates
-touching nuclei. Training validation calls exactly these functions.
+UNet (`postprocessing.kind: unet_watershed`): the model predicts foreground probability and a
+per-nucleus normalised distance to the nucleus edge (1 at the centre, 0 at the border). Seeds are
+the distance map's cores; a marker-controlled watershed on the inverted distance, restricted to the
+foreground, separates touching nuclei. `components`: the seed study's instances, the 4-connected
+components of the thresholded foreground (no distance output needed). Training validation runs
+these same functions through the runtime's Predictor.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,9 +34,45 @@ class WatershedParams:
             raise ValueError("min_seed_area must be >= 1 and min_size >= 0")
 
     @classmethod
-    def from_dict(cls, d: dict) -> WatershedParams:
+    def from_dict(cls, d: Mapping) -> WatershedParams:
         known = {k: d[k] for k in ("fg_threshold", "seed_threshold", "min_seed_area", "min_size") if k in d}
         return cls(**known)
+
+    def instances(self, fg: np.ndarray, dist: np.ndarray | None) -> np.ndarray:
+        if dist is None:
+            raise ValueError("the watershed needs a distance output; this model has only a foreground")
+        return unet_instances(fg, dist, self)
+
+
+@dataclass(frozen=True)
+class ComponentsParams:
+    """Connected components of `fg > fg_threshold`, those under `min_size` pixels dropped."""
+
+    fg_threshold: float = 0.5
+    min_size: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fg_threshold < 1.0:
+            raise ValueError(f"fg_threshold must be in (0, 1), got {self.fg_threshold}")
+        if self.min_size < 0:
+            raise ValueError(f"min_size must be >= 0, got {self.min_size}")
+
+    def instances(self, fg: np.ndarray, dist: np.ndarray | None = None) -> np.ndarray:
+        return component_instances(fg, self)
+
+
+InstanceParams = WatershedParams | ComponentsParams
+INSTANCE_KINDS = ("unet_watershed", "components")
+
+
+def instance_params(postprocessing: Mapping) -> InstanceParams:
+    """A UNet bundle's instance step from its `postprocessing` section (no `kind`: the watershed)."""
+    kind = postprocessing.get("kind", "unet_watershed")
+    if kind == "unet_watershed":
+        return WatershedParams.from_dict(postprocessing)
+    if kind == "components":
+        return ComponentsParams(float(postprocessing.get("fg_threshold", 0.5)), int(postprocessing.get("min_size", 0)))
+    raise ValueError(f"unknown UNet postprocessing kind {kind!r} (known: {', '.join(INSTANCE_KINDS)})")
 
 
 _CONN8 = np.ones((3, 3), dtype=bool)
@@ -69,6 +108,13 @@ def unet_instances(fg: np.ndarray, dist: np.ndarray, params: WatershedParams = W
     labels = _remove_small(labels, params.min_size)
     labels, _, _ = relabel_sequential(labels)
     return labels.astype(np.uint32, copy=False)
+
+
+def component_instances(fg: np.ndarray, params: ComponentsParams = ComponentsParams()) -> np.ndarray:
+    """Foreground probability (HxW) -> HxW uint32 labels, 4-connected as in the seed study."""
+    labels, _ = ndi.label(fg > params.fg_threshold)
+    labels = _remove_small(labels, params.min_size)
+    return relabel_sequential(labels)[0].astype(np.uint32, copy=False)
 
 
 # Mask R-CNN pasting lives in its own module; re-exported so both model kinds post-process from here.

@@ -4,16 +4,18 @@
     model's training scale (`scale.RescaledSource`) -> Predictor.predict -> labels back at the
     input's size (`scale.labels_to_input`)
 
-Shared by `Predictor.process_file` (the CLI, the folder watch) and `nseg_infer.segment` (the
-Python API and the napari plugin), so all give the same labels for the same options.
+`segment_source` does it all for one image; `model_input` and `segmented` are its two halves, so
+`Predictor.process_files` (the folder watch) can segment many images in one `predict_many`
+between them. Shared by `Predictor.process_file` (the CLI), the folder watch and
+`nseg_infer.segment` (the Python API and the napari plugin), so all give the same labels for the
+same options. Label canvases are the Predictor's `canvas` blocks: a large image's temp file lives
+until the `with segment_source(...)` block ends.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from nseg_infer.imageio import ImageSource
 from nseg_infer.scale import Rescale, RescaledSource, labels_to_input, rescale_for
 
 if TYPE_CHECKING:
-    from nseg_infer.run import Predictor
+    from nseg_infer.run import Prediction, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -63,41 +65,52 @@ def pixel_size(src: ImageSource, override: float | None) -> tuple[float, float] 
     return (override, override) if override is not None else src.info.pixel_size_um
 
 
-def _canvas(shape: tuple[int, int], large: bool, work_dir: Path | None, temps: list[Path]) -> np.ndarray:
-    if not large:
-        return np.zeros(shape, np.uint32)
-    fd, name = tempfile.mkstemp(prefix=".nseg-canvas.", suffix=".tmp", dir=work_dir)
-    os.close(fd)
-    temps.append(Path(name))
-    return np.memmap(name, dtype=np.uint32, mode="w+", shape=shape)
+@dataclass(frozen=True)
+class ModelInput:
+    """One opened image as the model is given it: the channels it sees (`view`, at the input's
+    size), rescaled to the model's training scale (`source`: `view` itself when not rescaled)."""
+
+    view: ImageSource
+    source: ImageSource
+    channels: ImageSource | None        # every channel of a multichannel input (per-channel means)
+    pixel_size_um: tuple[float, float] | None
+    rescale: Rescale
+
+
+def model_input(predictor: Predictor, raw: ImageSource, opts: InputOptions = InputOptions()) -> ModelInput:
+    view = model_view(raw, opts.choice)
+    px = pixel_size(raw, opts.pixel_size_um)
+    rescale = rescale_for(raw.path, predictor.bundle.scale, diameter=opts.diameter, pixel_size_um=px)
+    channels = raw if raw.info.channel_axis == "C" and raw.channels > 1 else None
+    if rescale.identity:
+        return ModelInput(view, view, channels, px, rescale)
+    h, w = raw.shape
+    shape = rescale.model_shape(h, w)
+    log.info("%s: rescaled %dx%d -> %dx%d for the model (%s)", raw.path, h, w, *shape, rescale.reason)
+    return ModelInput(view, RescaledSource(view, shape), channels, px, rescale)
 
 
 @contextlib.contextmanager
 def segment_source(predictor: Predictor, raw: ImageSource, opts: InputOptions = InputOptions(), *,
                    work_dir: Path | None = None) -> Iterator[Segmented]:
     """Segment `raw` with `opts`; disk-backed canvases of large images live until the block ends."""
-    view = model_view(raw, opts.choice)
-    px = pixel_size(raw, opts.pixel_size_um)
-    rescale = rescale_for(raw.path, predictor.bundle.scale, diameter=opts.diameter, pixel_size_um=px)
-    h, w = raw.shape
-    temps: list[Path] = []
-    try:
-        if rescale.identity:
-            pred = predictor.predict(view, work_dir=work_dir)
-            if "canvas_file" in pred.extra:
-                temps.append(Path(pred.extra["canvas_file"]))
-            labels, n, scores = pred.labels, pred.max_label, pred.scores
-        else:
-            shape = rescale.model_shape(h, w)
-            log.info("%s: rescaled %dx%d -> %dx%d for the model (%s)", raw.path, h, w, *shape, rescale.reason)
-            pred = predictor.predict(RescaledSource(view, shape), work_dir=work_dir)
-            if "canvas_file" in pred.extra:
-                temps.append(Path(pred.extra["canvas_file"]))
-            labels = _canvas((h, w), h * w > predictor.config.large_px, work_dir, temps)
-            n, scores = labels_to_input(pred.labels, labels, pred.scores)
-        channels = raw if raw.info.channel_axis == "C" and raw.channels > 1 else None
-        yield Segmented(labels, n, scores, pred.norm, view, channels, px, rescale)
-    finally:
-        pred = labels = None  # drop memmaps before their files go
-        for t in temps:
-            t.unlink(missing_ok=True)
+    inp = model_input(predictor, raw, opts)
+    with predictor.canvas(inp.source.shape, work_dir=work_dir) as canvas:
+        pred = predictor.predict(inp.source, labels=canvas)
+        with segmented(predictor, inp, pred, work_dir=work_dir) as seg:
+            yield seg
+
+
+@contextlib.contextmanager
+def segmented(predictor: Predictor, inp: ModelInput, pred: Prediction, *,
+              work_dir: Path | None = None) -> Iterator[Segmented]:
+    """`pred`, the prediction for `inp.source`, as a segmentation at the input's size."""
+    def result(labels: np.ndarray, n: int, scores: np.ndarray | None) -> Segmented:
+        return Segmented(labels, n, scores, pred.norm, inp.view, inp.channels, inp.pixel_size_um, inp.rescale)
+
+    if inp.rescale.identity:
+        yield result(pred.labels, pred.max_label, pred.scores)
+        return
+    with predictor.canvas(inp.view.shape, work_dir=work_dir) as labels:
+        n, scores = labels_to_input(pred.labels, labels, pred.scores)
+        yield result(labels, n, scores)

@@ -68,6 +68,15 @@ def apply_norm(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return out
 
 
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """A normalised HxWx3 float image resized to size x size (bilinear, no anti-aliasing): how the
+    seed study's setup (`preprocessing.resize`) sizes every image, in training and at run time."""
+    from skimage.transform import resize
+
+    return resize(image, (size, size, image.shape[2]), order=1, preserve_range=True,
+                  anti_aliasing=False).astype(np.float32)
+
+
 def normalize(image: np.ndarray, norm: Normalization) -> np.ndarray:
     rgb = as_rgb(image)
     lo, hi = norm_stats(rgb, norm)

@@ -1,6 +1,14 @@
 """The whole pipeline, as functions and one `Predictor` object a test (or a folder watcher) can drive.
 
-    read (by region) -> whole-image norm stats -> tile grid -> model (batched) -> merge -> instances -> outputs
+    read (by region) -> whole-image norm stats [-> resize] -> tile grid -> model (batched) -> merge
+        -> instances [-> labels resized back] -> outputs
+
+The Predictor's public API: `predict(image)` (one image, labels in memory, or in a `canvas` the
+caller owns: a `with predictor.canvas(shape, work_dir=...)` block that holds the disk-backed label
+canvas of a large image and removes its temp file when the block ends, also on error),
+`predict_many(images)` (many small images whose tiles share model calls), `probabilities` and
+`instances` (the UNet field and the instance step on it, for tuning), `detections` and
+`maskrcnn_merger` (the same for Mask R-CNN), `process_file`, `process_files` and `process_many`.
 
 Three stages overlap through bounded queues: a reader thread reads, normalises and batches tiles;
 the calling thread runs the model (ONNX Runtime and TensorRT release the GIL); a merger thread
@@ -19,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +36,7 @@ from nseg_infer.backends import DEVICES, Backend, create_backend
 from nseg_infer.bundle import Bundle, load_bundle
 from nseg_infer.channels import ChannelChoice
 from nseg_infer.imageio import REGION_THRESHOLD_PX, SUPPORTED, ArraySource, ImageSource, open_image
-from nseg_infer.instances import WatershedParams
+from nseg_infer.instances import InstanceParams, WatershedParams, instance_params
 from nseg_infer.outputs import (
     DEFAULT_PRODUCTS,
     PRODUCT_SUFFIXES,
@@ -38,8 +46,9 @@ from nseg_infer.outputs import (
     write_products,
     write_summary,
 )
-from nseg_infer.prepare import InputOptions, segment_source
-from nseg_infer.preprocess import Normalization, apply_norm, as_rgb, norm_stats
+from nseg_infer.prepare import InputOptions, ModelInput, Segmented, model_input, segment_source, segmented
+from nseg_infer.preprocess import Normalization, apply_norm, as_rgb, norm_stats, resize_image
+from nseg_infer.scale import labels_to_input
 from nseg_infer.stitch import MaskRCNNMerger, UNetMerger, block_instances, paste_block
 from nseg_infer.tiling import Block, Tile, TileGrid, Window, block_grid, tile_grid
 
@@ -118,12 +127,22 @@ class FileResult:
 
 @dataclass(frozen=True)
 class Prediction:
-    labels: np.ndarray          # HxW uint32 (an ndarray, or a memmap for large images)
+    labels: np.ndarray          # HxW uint32 at the image's size (in memory, or the caller's canvas)
     max_label: int
     scores: np.ndarray | None   # Mask R-CNN: scores[k] is the score of label k + 1
-    norm: tuple[float, float]
+    norm: tuple[float, float]   # the image's (low, high) normalisation
     cut_clumps: int = 0         # UNet clumps larger than the block margin (possibly not seamless)
-    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Input:
+    """What the tiles of one image are read from: the image, or for a `resize` bundle the whole
+    image normalised and resized (then `tile_norm` is the identity)."""
+
+    source: ImageSource
+    tile_norm: tuple[float, float]
+    norm: tuple[float, float]
+    resized: bool
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,13 +283,8 @@ def _schedule(grid: TileGrid, blocks: Sequence[Block]) -> tuple[list[Tile], list
     return [grid.tiles[i] for i in order], need, last
 
 
-def _new_canvas(shape: tuple[int, int], large: bool, work_dir: Path | None) -> tuple[np.ndarray, Path | None]:
-    if not large:
-        return np.zeros(shape, np.uint32), None
-    fd, name = tempfile.mkstemp(prefix=".nseg-canvas.", suffix=".tmp", dir=work_dir)
-    os.close(fd)
-    # Disk-backed: the label canvas of a 40k x 40k scan would not fit in memory.
-    return np.memmap(name, dtype=np.uint32, mode="w+", shape=shape), Path(name)
+def _as_source(image: ImageSource | np.ndarray) -> ImageSource:
+    return image if isinstance(image, ImageSource) else ArraySource(image)
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[FileResult]]:
@@ -306,7 +320,8 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list
 
 
 class Predictor:
-    """Made once per bundle + device; then `predict`, `process_file` and `process_many`."""
+    """Made once per bundle + device; then `predict`, `predict_many`, `process_file`,
+    `process_files` and `process_many` (see the module docstring)."""
 
     def __init__(self, bundle: Bundle | str | os.PathLike | None = None, config: RunConfig | None = None, *,
                  backend: Backend | None = None) -> None:
@@ -325,55 +340,142 @@ class Predictor:
         self.backend_name = getattr(self.backend, "name", type(self.backend).__name__)
         self.output_name = b.outputs[0].name
         if b.kind == "unet":
-            self.params = WatershedParams.from_dict(dict(b.postprocessing))
+            self.params: InstanceParams = instance_params(b.postprocessing)
+            # The watershed needs foreground and distance; connected components the foreground only.
+            self.field_channels = 2 if isinstance(self.params, WatershedParams) else 1
         if c.diameter is not None and b.scale.nucleus_diameter_px is None:
             raise ValueError(f"--diameter needs a model that records its training scale; {b.path / 'metadata.json'} "
                              "has no 'scale': {'nucleus_diameter_px': ...}")
 
     # -- prediction ------------------------------------------------------------------------------
 
-    def predict(self, image: ImageSource | np.ndarray, *, work_dir: Path | None = None) -> Prediction:
-        src = image if isinstance(image, ImageSource) else ArraySource(image)
-        h, w = src.shape
-        lo, hi = image_norm_stats(src, self.bundle.preprocessing.normalization)
-        large = h * w > self.config.large_px
-        canvas, canvas_file = _new_canvas((h, w), large, work_dir)
+    @contextlib.contextmanager
+    def canvas(self, shape: tuple[int, int], *, work_dir: Path | None = None) -> Iterator[np.ndarray]:
+        """A zeroed HxW uint32 label canvas for `predict(..., labels=canvas)`, valid inside the
+        `with` block. Above `RunConfig.large_px` pixels it is a memmap on a hidden temp file in
+        `work_dir` (default: the system's temp folder), removed when the block ends, on error too:
+        the labels of a 40k x 40k scan would not fit in memory."""
+        h, w = shape
+        if h * w <= self.config.large_px:
+            yield np.zeros((h, w), np.uint32)
+            return
+        fd, name = tempfile.mkstemp(prefix=".nseg-canvas.", suffix=".tmp", dir=work_dir)
+        os.close(fd)
         try:
-            if self.bundle.kind == "unet":
-                n, cut = self._predict_unet(src, lo, hi, canvas)
-                pred = Prediction(canvas, n, None, (lo, hi), cut)
-            else:
-                scores = self._predict_maskrcnn(src, lo, hi, canvas)
-                pred = Prediction(canvas, len(scores), scores, (lo, hi))
-        except BaseException:
-            if canvas_file is not None:
-                del canvas
-                canvas_file.unlink(missing_ok=True)
-            raise
-        if canvas_file is not None:
-            pred.extra["canvas_file"] = canvas_file
-        return pred
+            yield np.memmap(name, dtype=np.uint32, mode="w+", shape=(h, w))
+        finally:
+            Path(name).unlink(missing_ok=True)
+
+    def predict(self, image: ImageSource | np.ndarray, *, labels: np.ndarray | None = None) -> Prediction:
+        """Labels of one image, written into `labels` (a zeroed HxW uint32 array, e.g. a `canvas`)
+        or into a new in-memory array."""
+        src = _as_source(image)
+        return self._predict(src, self._input(src), labels)
+
+    def predict_many(self, images: Sequence[ImageSource | np.ndarray]) -> list[Prediction]:
+        """`predict` of each image, labels in memory, in order. A UNet's tiles of every image that
+        is one instance block (side <= `RunConfig.block`) are packed into shared model calls of up
+        to `batch` tiles, so many small images cost a few batched calls; each image still gets
+        exactly `predict`'s labels. The detector graph takes one tile per call: a plain loop."""
+        srcs = [_as_source(i) for i in images]
+        if self.bundle.kind != "unet":
+            return [self.predict(s) for s in srcs]
+        inputs = [self._input(s) for s in srcs]
+        grids = {k: self._grid(*inp.source.shape) for k, inp in enumerate(inputs)
+                 if max(inp.source.shape) <= self.config.block}
+        # Tiles of one shape share calls; within a shape, images and tiles keep their order.
+        by_shape: dict[tuple[int, int], list[tuple[int, Tile]]] = {}
+        for k, grid in grids.items():
+            by_shape.setdefault(grid.tile_shape, []).extend((k, t) for t in grid.tiles)
+        bgr = self.bundle.preprocessing.channel_order == "BGR"
+
+        def batches() -> Iterator[tuple[list[tuple[int, Tile]], np.ndarray]]:
+            for items in by_shape.values():
+                for i in range(0, len(items), self.batch):
+                    chunk = items[i:i + self.batch]
+                    x = np.stack([read_tile(inputs[k].source, t, *inputs[k].tile_norm, bgr=bgr) for k, t in chunk])
+                    yield chunk, np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+        outputs: dict[int, dict[int, np.ndarray]] = {k: {} for k in grids}
+
+        def sink(item: tuple[list[tuple[int, Tile]], dict[str, np.ndarray]]) -> None:
+            chunk, out = item
+            for (k, t), p in zip(chunk, out[self.output_name], strict=True):
+                outputs[k][t.index] = np.asarray(p[:self.field_channels], np.float32)
+
+        self._run_model(batches(), sink)
+        preds = []
+        for k, (src, inp) in enumerate(zip(srcs, inputs, strict=True)):
+            if k not in grids:
+                preds.append(self._predict(src, inp, None))
+                continue
+            h, w = inp.source.shape
+            whole = Block(0, Window(0, h, 0, w), Window(0, h, 0, w))
+            canvas = np.zeros(src.shape, np.uint32)
+            target = np.zeros((h, w), np.uint32) if inp.resized else canvas
+            n, _ = self._block_labels(grids[k], whole, outputs.pop(k), range(len(grids[k])), target, 0)
+            preds.append(self._at_input(canvas, target, n, None, inp, 0))
+        return preds
+
+    def _input(self, src: ImageSource) -> _Input:
+        pre = self.bundle.preprocessing
+        lo, hi = image_norm_stats(src, pre.normalization)
+        if pre.resize is None:
+            return _Input(src, (lo, hi), (lo, hi), False)
+        # Normalised, then resized, as training prepares its images (a whole-image read).
+        x = resize_image(apply_norm(as_rgb(src.read_all(), source=str(src.path)), lo, hi), pre.resize)
+        return _Input(ArraySource(x, src.path), (0.0, 1.0), (lo, hi), True)
+
+    def _predict(self, src: ImageSource, inp: _Input, labels: np.ndarray | None) -> Prediction:
+        canvas = np.zeros(src.shape, np.uint32) if labels is None else labels
+        if canvas.shape != src.shape:
+            raise ValueError(f"{src.path}: labels canvas {canvas.shape} is not the image's shape {src.shape}")
+        target = np.zeros(inp.source.shape, np.uint32) if inp.resized else canvas
+        if self.bundle.kind == "unet":
+            n, cut = self._predict_unet(inp.source, *inp.tile_norm, target)
+            return self._at_input(canvas, target, n, None, inp, cut)
+        scores = self._predict_maskrcnn(inp.source, *inp.tile_norm, target)
+        return self._at_input(canvas, target, len(scores), scores, inp, 0)
+
+    @staticmethod
+    def _at_input(canvas: np.ndarray, model_labels: np.ndarray, n: int, scores: np.ndarray | None, inp: _Input,
+                  cut: int) -> Prediction:
+        if model_labels is not canvas:  # resized for the model: nearest neighbour back, renumbered
+            n, scores = labels_to_input(model_labels, canvas, scores)
+        return Prediction(canvas, n, scores, inp.norm, cut)
 
     def probabilities(self, image: ImageSource | np.ndarray) -> np.ndarray:
-        """A UNet bundle's blended [2, H, W] field (foreground, distance) before the instance step,
-        exactly as `predict` computes it for an image of one block; `nseg-train tune` searches the
-        instance parameters on it. Holds the whole field in memory."""
+        """A UNet bundle's blended [C, H, W] field (foreground, and distance for the watershed)
+        before the instance step, at the model's size (the bundle's `resize`, else the image's),
+        exactly as `predict` computes it for an image of one block; `instances` turns it into
+        `predict`'s labels and `nseg-train tune` searches the instance parameters on it. Holds the
+        whole field in memory."""
         if self.bundle.kind != "unet":
             raise ValueError(f"probabilities need a UNet bundle, this one is {self.bundle.kind!r}")
-        src = image if isinstance(image, ImageSource) else ArraySource(image)
-        h, w = src.shape
-        lo, hi = image_norm_stats(src, self.bundle.preprocessing.normalization)
+        inp = self._input(_as_source(image))
+        h, w = inp.source.shape
         grid = self._grid(h, w)
-        merger = UNetMerger(grid, Window(0, h, 0, w))
+        merger = UNetMerger(grid, Window(0, h, 0, w), self.field_channels)
 
         def sink(item: tuple[list[Tile], dict[str, np.ndarray]]) -> None:
             tiles, out = item
             for t, p in zip(tiles, out[self.output_name], strict=True):  # index order, as in predict
-                merger.aggregate(np.asarray(p[:2], np.float32)[None], [t])
+                merger.aggregate(np.asarray(p[:self.field_channels], np.float32)[None], [t])
 
         bgr = self.bundle.preprocessing.channel_order == "BGR"
-        self._run_model(_batches(src, grid.tiles, self.batch, lo, hi, bgr, "reflect"), sink)
+        self._run_model(_batches(inp.source, grid.tiles, self.batch, *inp.tile_norm, bgr, "reflect"), sink)
         return merger.finalize()
+
+    def instances(self, field: np.ndarray, shape: tuple[int, int], **overrides: float) -> np.ndarray:
+        """The instance step on a `probabilities` field, with the bundle's post-processing (or
+        `overrides` of it: what `nseg-train tune` searches), as labels at the image's `shape`."""
+        params = instance_params({**self.bundle.postprocessing, **overrides})
+        labels = params.instances(field[0], field[1] if len(field) > 1 else None)
+        if labels.shape == tuple(shape):
+            return labels
+        out = np.zeros(shape, np.uint32)
+        labels_to_input(labels, out)
+        return out
 
     def _grid(self, h: int, w: int) -> TileGrid:
         return tile_grid(h, w, self.tile, self.halo, self.bundle.preprocessing.size_divisor)
@@ -402,13 +504,8 @@ class Predictor:
         def finish_ready_blocks() -> None:
             while state["next"] < len(blocks) and all(i in cache for i in need[state["next"]]):
                 b = blocks[state["next"]]
-                merger = UNetMerger(grid, b.outer)
-                for i in need[b.index]:  # index order: bitwise-identical sums whatever the blocks
-                    merger.aggregate(cache[i][None], [grid.tiles[i]])
-                field_ = merger.finalize()
-                lab, cut = block_instances(field_[0], field_[1], self.params, b, (h, w))
-                paste_block(canvas, lab, b.outer, state["count"])
-                state["count"] += int(lab.max())
+                n, cut = self._block_labels(grid, b, cache, need[b.index], canvas, state["count"])
+                state["count"] += n
                 state["cut"] += cut
                 for i in need[b.index]:
                     if last[i] == b.index:
@@ -419,7 +516,7 @@ class Predictor:
             tiles, out = item
             probs = out[self.output_name]
             for t, p in zip(tiles, probs, strict=True):
-                cache[t.index] = np.asarray(p[:2], np.float32)
+                cache[t.index] = np.asarray(p[:self.field_channels], np.float32)
             finish_ready_blocks()
 
         bgr = self.bundle.preprocessing.channel_order == "BGR"
@@ -430,6 +527,18 @@ class Predictor:
             log.warning("%s: %d foreground clumps exceed the block margin (%d px); they may differ from a "
                         "one-pass result", src.path, state["cut"], c.margin)
         return state["count"], state["cut"]
+
+    def _block_labels(self, grid: TileGrid, block: Block, outputs: dict[int, np.ndarray], ids: Iterable[int],
+                      canvas: np.ndarray, offset: int) -> tuple[int, int]:
+        """Blend the tile outputs `ids` over one block, take its instances, paste them into
+        `canvas` numbered from offset + 1; returns (instances pasted, clumps cut by the margin)."""
+        merger = UNetMerger(grid, block.outer, self.field_channels)
+        for i in ids:  # index order: bitwise-identical sums whatever the blocks or the batches
+            merger.aggregate(outputs[i][None], [grid.tiles[i]])
+        f = merger.finalize()
+        lab, cut = block_instances(f[0], f[1] if len(f) > 1 else None, self.params, block, canvas.shape)
+        paste_block(canvas, lab, block.outer, offset)
+        return int(lab.max()), cut
 
     def _maskrcnn_tiles(self, h: int, w: int) -> list[Tile]:
         # The detector graph takes one fixed-size tile, so small images are padded to a full tile.
@@ -448,11 +557,10 @@ class Predictor:
 
     def detections(self, image: ImageSource | np.ndarray) -> list[tuple[Tile, dict[str, np.ndarray]]]:
         """A Mask R-CNN bundle's raw tile outputs, in the order `predict` merges them; aggregating
-        them into `maskrcnn_merger` reproduces `predict`'s labels."""
+        them into `maskrcnn_merger` (over a canvas of the model's size) reproduces `predict`'s labels."""
         if self.bundle.kind != "maskrcnn":
             raise ValueError(f"detections need a Mask R-CNN bundle, this one is {self.bundle.kind!r}")
-        src = image if isinstance(image, ImageSource) else ArraySource(image)
-        lo, hi = image_norm_stats(src, self.bundle.preprocessing.normalization)
+        inp = self._input(_as_source(image))
         found: list[tuple[Tile, dict[str, np.ndarray]]] = []
 
         def sink(item: tuple[list[Tile], dict[str, np.ndarray]]) -> None:
@@ -460,7 +568,8 @@ class Predictor:
             found.append((tile, out))
 
         bgr = self.bundle.preprocessing.channel_order == "BGR"
-        self._run_model(_batches(src, self._maskrcnn_tiles(*src.shape), 1, lo, hi, bgr, "constant"), sink)
+        self._run_model(_batches(inp.source, self._maskrcnn_tiles(*inp.source.shape), 1, *inp.tile_norm, bgr,
+                                 "constant"), sink)
         return found
 
     def _predict_maskrcnn(self, src: ImageSource, lo: float, hi: float, canvas: np.ndarray) -> np.ndarray:
@@ -487,20 +596,66 @@ class Predictor:
             with open_image(p, region_threshold_px=self.config.region_px) as raw:
                 h, w = raw.shape
                 with segment_source(self, raw, self.config.input_options, work_dir=out) as seg:
-                    paths = ProductPaths.for_input(_stem(p), out, self.config.products)
-                    opts = MeasureOptions(_stem(p), seg.pixel_size_um, seg.channels)
-                    n = write_products(paths, seg.labels, seg.max_label, seg.view, seg.norm, scores=seg.scores,
-                                       tiled=h * w > self.config.large_px, block=self.config.block,
-                                       margin=self.config.margin, overview_side=self.config.overview_side,
-                                       opts=opts)
-            return FileResult(p, paths.all(), n, time.perf_counter() - t0, None, h, w, self.backend_name)
+                    outputs, n = self._write(p, out, seg, h, w)
+            return FileResult(p, outputs, n, time.perf_counter() - t0, None, h, w, self.backend_name)
         except Exception as e:
             # Deliberately broad: decoders and runtimes raise their own types for corrupt input,
             # and one bad file must never stop a batch. The traceback stays in the debug log.
-            msg = str(e) if str(p) in str(e) else f"{p}: {type(e).__name__}: {e}"
-            log.error("%s", msg)
-            log.debug("traceback for %s", p, exc_info=True)
-            return FileResult(p, (), 0, time.perf_counter() - t0, msg, h, w, self.backend_name)
+            return self._failure(p, e, time.perf_counter() - t0, h, w)
+
+    def process_files(self, jobs: Sequence[tuple[str | os.PathLike, str | os.PathLike]]) -> Iterator[FileResult]:
+        """`process_file` of each (input, output folder), in order, each file decoded once and all
+        of them segmented together (`predict_many`), so small images share model calls. Labels
+        are held in memory: meant for small images. Results come one by one, as each file's
+        products are written; closing the iterator early writes no more and closes the files."""
+        t0 = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            opened: list[tuple[Path, Path, tuple[int, int], ModelInput | Exception]] = []
+            for path, out in jobs:
+                p, shape = Path(path), (0, 0)
+                try:
+                    raw = stack.enter_context(open_image(p, region_threshold_px=self.config.region_px))
+                    shape = raw.shape
+                    opened.append((p, Path(out), shape, model_input(self, raw, self.config.input_options)))
+                except Exception as e:  # reported in this file's result, as process_file does
+                    opened.append((p, Path(out), shape, e))
+            inputs = [inp for *_, inp in opened if isinstance(inp, ModelInput)]
+            try:
+                preds = iter(self.predict_many([inp.source for inp in inputs]))
+            except Exception as e:
+                # e.g. an engine profile smaller than the batch: each file then runs alone.
+                log.warning("segmenting %d images together failed (%s); running them one by one", len(inputs), e)
+                preds = None
+            shared = (time.perf_counter() - t0) / max(len(opened), 1)
+            for p, out, (h, w), inp in opened:
+                t1 = time.perf_counter()
+                if isinstance(inp, Exception):
+                    yield self._failure(p, inp, shared, h, w)
+                elif preds is None:
+                    yield self.process_file(p, out)
+                else:
+                    pred = next(preds)
+                    try:
+                        out.mkdir(parents=True, exist_ok=True)
+                        with segmented(self, inp, pred, work_dir=out) as seg:
+                            outputs, n = self._write(p, out, seg, h, w)
+                        yield FileResult(p, outputs, n, shared + time.perf_counter() - t1, None, h, w, self.backend_name)
+                    except Exception as e:  # as in process_file: one bad file never stops the rest
+                        yield self._failure(p, e, shared + time.perf_counter() - t1, h, w)
+
+    def _write(self, p: Path, out: Path, seg: Segmented, h: int, w: int) -> tuple[tuple[Path, ...], int]:
+        paths = ProductPaths.for_input(_stem(p), out, self.config.products)
+        opts = MeasureOptions(_stem(p), seg.pixel_size_um, seg.channels)
+        n = write_products(paths, seg.labels, seg.max_label, seg.view, seg.norm, scores=seg.scores,
+                           tiled=h * w > self.config.large_px, block=self.config.block, margin=self.config.margin,
+                           overview_side=self.config.overview_side, opts=opts)
+        return paths.all(), n
+
+    def _failure(self, p: Path, e: Exception, seconds: float, h: int, w: int) -> FileResult:
+        msg = str(e) if str(p) in str(e) else f"{p}: {type(e).__name__}: {e}"
+        log.error("%s", msg)
+        log.debug("traceback for %s", p, exc_info=e)
+        return FileResult(p, (), 0, seconds, msg, h, w, self.backend_name)
 
     def process_many(self, paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
                      progress: Callable[[FileResult], None] | None = None,

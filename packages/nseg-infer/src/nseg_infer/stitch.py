@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from nseg_infer.instances import WatershedParams, nms, unet_instances
+from nseg_infer.instances import InstanceParams, WatershedParams, nms
 from nseg_infer.maskpaste import box_mask
 from nseg_infer.tiling import Block, Tile, TileGrid, Window, blend_weights, block_grid
 
@@ -66,11 +66,11 @@ class UNetMerger:
         return self.acc
 
 
-def block_instances(fg: np.ndarray, dist: np.ndarray, params: WatershedParams, block: Block,
+def block_instances(fg: np.ndarray, dist: np.ndarray | None, params: InstanceParams, block: Block,
                     image_shape: tuple[int, int]) -> tuple[np.ndarray, int]:
     """Instances of `block`: fg/dist cover block.outer; returns (labels over block.outer holding only
     the clumps this block owns, numbered 1..k, number of owned clumps cut by the margin)."""
-    labels = unet_instances(fg, dist, params)
+    labels = params.instances(fg, dist)
     clumps, n = ndi.label(fg > params.fg_threshold, structure=_CONN8)
     if n == 0:
         return labels, 0

@@ -5,9 +5,10 @@ Two threads:
 - the scanner lists the folder every `poll` seconds, or sooner when watchdog reports an event
   (network shares deliver none, so polling always runs and events only wake it early), waits for
   each file to settle (`nseg_infer.settle`), hashes it and records it in the ledger;
-- the main thread takes pending files in arrival order and segments them with the same
-  `Predictor.process_file` as `run`, so the outputs are `run`'s. Small images (one tile each) of the
-  same tile shape that are waiting together share one model call; large ones are tiled as in `run`.
+- the main thread takes pending files in arrival order and segments them with the same Predictor
+  as `run`, so the outputs are `run`'s. Small images (one tile each) of the same tile shape that
+  are waiting together go through `Predictor.process_files` (each decoded once, one shared model
+  call); any other file through `Predictor.process_file`, tiled as in `run`.
 
 The ledger (`nseg_infer.ledger`) is the only record of what is done; see its docstring for the
 crash argument. SIGINT/SIGTERM finish the file in hand, commit and exit 0; a second signal stops
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import copy
 import fcntl
 import logging
 import os
@@ -27,17 +27,14 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from nseg_infer.bundle import sha256_file
-from nseg_infer.imageio import open_image
 from nseg_infer.ledger import LEDGER_NAME, Ledger
 from nseg_infer.outputs import write_summary
-from nseg_infer.run import FileResult, Predictor, image_norm_stats, read_tile
+from nseg_infer.run import FileResult, Predictor
 from nseg_infer.settle import FolderScanner, Ready, check_decodes
 from nseg_infer.tiling import tile_grid
 
@@ -63,7 +60,6 @@ class WatchConfig:
     poll: float = 2.0
     settle: float = 1.5
     fail_after: float = 30.0
-    batch: int | None = None       # images per model call for small images (default: the predictor's)
     once: bool = False
     retry_failed: bool = False
     events: bool = True
@@ -71,8 +67,6 @@ class WatchConfig:
     def __post_init__(self) -> None:
         if self.poll <= 0 or self.settle < 0 or self.fail_after < 0:
             raise ValueError("poll must be > 0, settle and fail_after >= 0")
-        if self.batch is not None and self.batch < 1:
-            raise ValueError(f"batch must be >= 1, got {self.batch}")
 
 
 @dataclass(frozen=True)
@@ -120,25 +114,6 @@ def fsync_files(paths: Sequence[Path]) -> None:
             os.close(fd)
 
 
-class _Replay:
-    """A backend that answers one known input with a precomputed output (from a batched call)
-    and defers anything else to the real backend, so `process_file` runs unchanged."""
-
-    def __init__(self, backend, x: np.ndarray, out: dict[str, np.ndarray]) -> None:
-        self.backend = backend
-        self.name = getattr(backend, "name", type(backend).__name__)
-        self.x: np.ndarray | None = x
-        self.out = out
-        self.used = False
-
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        if self.x is not None and batch.shape == self.x.shape and np.array_equal(batch, self.x):
-            self.x = None
-            self.used = True
-            return self.out
-        return self.backend.run(batch)
-
-
 class Watcher:
     def __init__(self, predictor: Predictor, config: WatchConfig) -> None:
         self.predictor = predictor
@@ -147,7 +122,7 @@ class Watcher:
         self.out_dir = Path(config.out_dir).resolve()
         if not self.in_dir.is_dir():
             raise WatchError(f"{self.in_dir}: not a folder")
-        self.batch = config.batch or predictor.batch
+        self.batch = predictor.batch  # small images per group: their one tile each fills one model call
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.jobs: queue.Queue = queue.Queue()
@@ -396,67 +371,41 @@ class Watcher:
         rel = path.parent.relative_to(self.in_dir) if path.is_relative_to(self.in_dir) else Path()
         return self.out_dir / rel
 
+    def _results(self, group: list[Job]) -> Iterator[FileResult]:
+        if len(group) > 1:
+            return self.predictor.process_files([(j.path, self._out_for(j.path)) for j in group])
+        return (self.predictor.process_file(j.path, self._out_for(j.path)) for j in group)
+
     def _process_group(self, ledger: Ledger, group: list[Job]) -> None:
         claimed = set(ledger.claim([j.row_id for j in group]))
         group = [j for j in group if j.row_id in claimed]
-        replays = self._batched_model_call(group) if len(group) > 1 else {}
-        for i, job in enumerate(group):
-            if i and self.stop.is_set():
-                ledger.release(j.row_id for j in group[i:])
-                return
-            predictor = self.predictor
-            if job.row_id in replays:
-                predictor = copy.copy(self.predictor)
-                predictor.backend = replays[job.row_id]
-            try:
-                r = predictor.process_file(job.path, self._out_for(job.path))
+        results = self._results(group)
+        try:
+            for i, job in enumerate(group):
+                if i and self.stop.is_set():
+                    ledger.release(j.row_id for j in group[i:])
+                    return
+                try:
+                    r = next(results)
+                    if r.ok:
+                        fsync_files(r.outputs)
+                except Exception as e:  # bad inputs are reported in the result; this is a bug or a full disk
+                    log.debug("traceback for %s", job.path, exc_info=True)
+                    r = FileResult(job.path, (), 0, 0.0, f"{job.path}: {type(e).__name__}: {e}")
+                ledger.finish(job.row_id, error=r.error, n_nuclei=r.n_nuclei, height=r.height, width=r.width,
+                              seconds=r.seconds, backend=r.backend, outputs=r.outputs)
+                self.processed += 1
+                name = self._display(job.path)
                 if r.ok:
-                    fsync_files(r.outputs)
-                if job.row_id in replays and not replays[job.row_id].used:
-                    log.debug("%s: its slice of the batched model call went unused (file changed?)", job.path)
-            except Exception as e:  # process_file reports bad inputs itself; this is a bug or a full disk
-                log.debug("traceback for %s", job.path, exc_info=True)
-                r = FileResult(job.path, (), 0, 0.0, f"{job.path}: {type(e).__name__}: {e}")
-            ledger.finish(job.row_id, error=r.error, n_nuclei=r.n_nuclei, height=r.height, width=r.width,
-                          seconds=r.seconds, backend=r.backend, outputs=r.outputs)
-            self.processed += 1
-            name = self._display(job.path)
-            if r.ok:
-                log.info("done %s %d B, %d nuclei, %.2f s", name, job.size, r.n_nuclei, r.seconds)
-            else:
-                self.failed += 1
-                log.info("failed %s %d B, %.2f s: %s", name, job.size, r.seconds, r.error)
+                    log.info("done %s %d B, %d nuclei, %.2f s", name, job.size, r.n_nuclei, r.seconds)
+                else:
+                    self.failed += 1
+                    log.info("failed %s %d B, %.2f s: %s", name, job.size, r.seconds, r.error)
+        finally:
+            results.close()  # an early stop: the group's open files are closed, nothing more written
 
     def _display(self, path: Path) -> str:
         return path.relative_to(self.in_dir).as_posix() if path.is_relative_to(self.in_dir) else str(path)
-
-    def _batched_model_call(self, group: list[Job]) -> dict[int, _Replay]:
-        """One model call for a group of one-tile images; each file then goes through
-        `process_file` with a backend that replays its slice, so its outputs are `run`'s."""
-        p = self.predictor
-        bgr = p.bundle.preprocessing.channel_order == "BGR"
-        xs: dict[int, np.ndarray] = {}
-        for job in group:
-            try:
-                with open_image(job.path, region_threshold_px=p.config.region_px) as src:
-                    lo, hi = image_norm_stats(src, p.bundle.preprocessing.normalization)
-                    (tile,) = tile_grid(*src.shape, p.tile, p.halo, p.bundle.preprocessing.size_divisor).tiles
-                    xs[job.row_id] = read_tile(src, tile, lo, hi, bgr=bgr, pad_mode="reflect").transpose(2, 0, 1)
-            except Exception:
-                continue  # process_file will meet the same problem and report it for this file alone
-        if len(xs) < 2 or len({x.shape for x in xs.values()}) != 1:
-            return {}
-        ids = list(xs)
-        batch = np.ascontiguousarray(np.stack([xs[i] for i in ids]))
-        try:
-            out = p.backend.run(batch)
-        except Exception as e:
-            # e.g. an engine profile smaller than the batch: each file is then run alone.
-            log.warning("batched model call for %d images failed (%s); running them one by one", len(ids), e)
-            return {}
-        log.debug("one model call for %d images: %s", len(ids), ", ".join(j.path.name for j in group if j.row_id in xs))
-        return {i: _Replay(p.backend, batch[k:k + 1], {name: v[k:k + 1] for name, v in out.items()})
-                for k, i in enumerate(ids)}
 
     def _write_summary(self, ledger: Ledger) -> None:
         try:

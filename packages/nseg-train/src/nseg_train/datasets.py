@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from nseg_data.sample import Sample
-from nseg_infer.preprocess import Normalization, normalize
+from nseg_infer.preprocess import Normalization, normalize, resize_image
 from skimage.transform import resize as sk_resize
 
 from nseg_train.augment import geometric, photometric, random_crop
@@ -31,7 +31,8 @@ def normalize_for(cfg: TrainConfig, image: np.ndarray) -> np.ndarray:
 
 
 def resize_pair(image: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    img = sk_resize(image, (size, size, 3), order=1, preserve_range=True, anti_aliasing=False).astype(np.float32)
+    # The image exactly as the runtime resizes it for a bundle with `preprocessing.resize`.
+    img = resize_image(image, size)
     lab = sk_resize(labels, (size, size), order=0, preserve_range=True, anti_aliasing=False).astype(np.uint32)
     return img, lab
 

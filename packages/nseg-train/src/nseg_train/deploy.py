@@ -1,9 +1,10 @@
 """How a training config is deployed: the bundle sections derived from it, and a runtime
 `Predictor` that drives a torch model.
 
-nseg-export writes these sections into metadata.json; validation and evaluation run the runtime's
-own tiling, blending and instance step through `runtime_predictor`, so a validation score is the
-score `nseg-infer run` gets from the exported bundle.
+nseg-export writes these sections into metadata.json; validation, tuning, evaluation and
+comparison run the runtime's own normalisation, resizing, tiling, blending and instance step
+through `runtime_predictor`, for every config (the seed's `unet-paper` setup included), so a
+validation score is the score `nseg-infer run` gets from the exported bundle.
 """
 
 from __future__ import annotations
@@ -21,40 +22,27 @@ from nseg_infer.run import Predictor, RunConfig
 from nseg_train.config import TrainConfig
 
 
-class NotDeployable(ValueError):
-    """The config uses something the torch-free runtime does not implement."""
-
-
-def runtime_compatible(cfg: TrainConfig) -> str | None:
-    """None if the runtime can reproduce training's view of an image, else the reason it cannot."""
-    d = cfg.data
-    if d.resize:
-        return f"data.resize={d.resize}: the runtime predicts at native resolution"
-    if cfg.model.kind == "unet" and cfg.eval.instances != "watershed":
-        return f"eval.instances={cfg.eval.instances!r}: the runtime's UNet instance step is the watershed"
-    return None
-
-
 def size_divisor(cfg: TrainConfig) -> int:
     # torchvision's detection transform pads to multiples of 32.
     return 32 if cfg.model.kind == "maskrcnn" else int(cfg.model.size_divisor)
 
 
 def preprocessing_section(cfg: TrainConfig) -> dict[str, Any]:
-    reason = runtime_compatible(cfg)
-    if reason:
-        raise NotDeployable(reason)
     d = cfg.data
+    # `resize`: training resized every image (normalised, bilinear) to resize x resize.
     return {
         "channel_order": "RGB",
         "layout": "NCHW",
         "normalization": {"kind": d.normalization, "low_percentile": float(d.low_percentile), "high_percentile": float(d.high_percentile)},
         "size_divisor": size_divisor(cfg),
+        **({"resize": int(d.resize)} if d.resize else {}),
     }
 
 
 def unet_postprocessing_section(cfg: TrainConfig) -> dict[str, Any]:
     e = cfg.eval
+    if e.instances == "components":
+        return {"kind": "components", "fg_threshold": float(e.fg_threshold), "min_size": int(e.min_size)}
     return {
         "kind": "unet_watershed",
         "fg_threshold": float(e.fg_threshold),
@@ -124,8 +112,9 @@ def in_memory_bundle(cfg: TrainConfig) -> Bundle:
         outputs = (TensorSpec("boxes", "float32", ("detections", 4)), TensorSpec("scores", "float32", ("detections",)),
                    TensorSpec("masks", "float32", ("detections", 1, "m", "m")))
     else:
+        c = int(cfg.model.out_channels)
         inputs = (TensorSpec("image", "float32", ("batch", 3, "height", "width")),)
-        outputs = (TensorSpec("probs", "float32", ("batch", 2, "height", "width"), ("foreground", "distance")),)
+        outputs = (TensorSpec("probs", "float32", ("batch", c, "height", "width"), ("foreground", "distance")[:c]),)
     return Bundle(
         path=Path("<in-memory>"),
         kind=cfg.model.kind,
@@ -136,6 +125,7 @@ def in_memory_bundle(cfg: TrainConfig) -> Bundle:
         preprocessing=Preprocessing(
             normalization=Normalization(nd["low_percentile"], nd["high_percentile"], nd["kind"]),
             size_divisor=pre["size_divisor"],
+            resize=pre.get("resize"),
         ),
         tiling=TilingSpec(**tiling_section(cfg)),
         postprocessing=MappingProxyType(postprocessing_section(cfg)),

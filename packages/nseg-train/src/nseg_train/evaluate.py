@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,6 @@ from nseg_data.metrics import ImageScores, mean_scores, score_image
 from nseg_data.sample import Sample
 
 from nseg_train.config import TrainConfig
-from nseg_train.predict import instances_from_probs, predict_probs
 
 
 @dataclass(frozen=True)
@@ -53,17 +53,13 @@ class EvalResult:
         }
 
 
-def predict_instances(model, sample: Sample, cfg: TrainConfig, device: torch.device) -> np.ndarray:
-    return instances_from_probs(predict_probs(model, sample.image, cfg, device), cfg)
-
-
 def evaluate_samples(
     model: torch.nn.Module,
     samples: list[Sample],
     cfg: TrainConfig,
     device: torch.device,
     *,
-    predict=predict_instances,
+    predict: Callable[[torch.nn.Module, Sample, TrainConfig, torch.device], np.ndarray],
     keep_predictions: bool = False,
     progress=None,
 ) -> tuple[EvalResult, dict[str, np.ndarray]]:

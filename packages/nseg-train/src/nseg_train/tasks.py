@@ -15,12 +15,11 @@ from nseg_data.sample import Sample
 
 from nseg_train.config import TrainConfig
 from nseg_train.datasets import CropDataset, prepare
-from nseg_train.deploy import runtime_compatible, runtime_predictor
+from nseg_train.deploy import runtime_predictor
 from nseg_train.detection_data import DetectionDataset, collate_detection, prepare_detection
 from nseg_train.losses import unet_loss
 from nseg_train.maskrcnn import load_backbone_weights, maskrcnn_from_config
 from nseg_train.models import MODEL_BUILDERS
-from nseg_train.predict import instances_from_probs, predict_probs
 
 
 class Task(Protocol):
@@ -35,6 +34,12 @@ class Task(Protocol):
     def loss(self, model: torch.nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]: ...
 
     def predict(self, model: torch.nn.Module, sample: Sample, cfg: TrainConfig, device: torch.device) -> np.ndarray: ...
+
+
+def runtime_labels(model: torch.nn.Module, sample: Sample, cfg: TrainConfig, device: torch.device) -> np.ndarray:
+    """Validation labels from the runtime's own Predictor (normalisation, resize, tiling, blending,
+    instance step), the model standing in for the exported graph: a validation score is a user's."""
+    return runtime_predictor(model, cfg, device).predict(sample.image).labels
 
 
 class UNetTask:
@@ -55,12 +60,7 @@ class UNetTask:
         return unet_loss(self.cfg.optim.loss, model(x), y)
 
     def predict(self, model, sample, cfg, device):
-        # Deployable configs are validated through the runtime itself (its tiling, blending and
-        # instance step), so the score is the one `nseg-infer run` gets; the seed's setup
-        # (resize, components) has no runtime twin and keeps the direct path.
-        if runtime_compatible(cfg) is None:
-            return runtime_predictor(model, cfg, device).predict(sample.image).labels
-        return instances_from_probs(predict_probs(model, sample.image, cfg, device), cfg)
+        return runtime_labels(model, sample, cfg, device)
 
 
 class MaskRCNNTask:
@@ -88,11 +88,7 @@ class MaskRCNNTask:
         return loss, {k: float(v.detach()) for k, v in parts.items()}
 
     def predict(self, model, sample, cfg, device):
-        # The runtime's own tiling and merging, as for the UNet: a validation score is a user's score.
-        reason = runtime_compatible(cfg)
-        if reason is not None:
-            raise ValueError(f"{cfg.name}: Mask R-CNN validation runs through the runtime, which cannot take this config: {reason}")
-        return runtime_predictor(model, cfg, device).predict(sample.image).labels
+        return runtime_labels(model, sample, cfg, device)
 
 
 TASKS: dict[str, Callable[[TrainConfig], Task]] = {"unet": UNetTask, "maskrcnn": MaskRCNNTask}

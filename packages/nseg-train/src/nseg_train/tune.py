@@ -22,8 +22,7 @@ from nseg_data.metrics import dsb_score
 from nseg_data.split import load_splits
 
 from nseg_train.checkpoint import load_checkpoint, load_model, save_atomic
-from nseg_train.deploy import runtime_compatible, runtime_predictor
-from nseg_train.predict import instances_from_probs, predict_probs
+from nseg_train.deploy import runtime_predictor
 
 # min_seed_area matters most for large, elongated H&E nuclei, whose distance maps break into
 # several small cores that would each seed a nucleus.
@@ -98,6 +97,8 @@ def tune_checkpoint(
     model, cfg, _ = load_model(checkpoint)
     if cfg.model.kind == "unet" and cfg.eval.instances != "watershed":
         raise ValueError(f"{checkpoint}: UNet tuning applies to the watershed post-processing only")
+    if cfg.model.kind == "maskrcnn" and cfg.data.resize:
+        raise ValueError(f"{checkpoint}: Mask R-CNN tuning merges detections at the image's size; data.resize is not supported")
     ckpt = load_checkpoint(checkpoint)
     sp = load_splits(splits) if splits else None
     ids = list(sp[split]) if sp else list(ckpt["splits"]["splits"][split])
@@ -110,21 +111,18 @@ def tune_checkpoint(
     model = model.to(device)
     if cfg.model.kind == "maskrcnn":
         grid = grid or MASKRCNN_GRID
-        if runtime_compatible(cfg) is not None:
-            raise ValueError(f"{checkpoint}: {runtime_compatible(cfg)}")
         score = _maskrcnn_scorer(model, cfg, device, res.samples, grid, progress)
         baseline_params = {k: getattr(getattr(cfg, sec), name) for k, (sec, name) in _MASKRCNN_FIELDS.items()}
     else:
         grid = grid or DEFAULT_GRID
         it = progress(res.samples, "predict") if progress else res.samples
-        # The runtime's own normalisation, tiling and blending, as validation and `nseg-infer run` use.
-        field = runtime_predictor(model, cfg, device).probabilities if runtime_compatible(cfg) is None else (
-            lambda image: predict_probs(model, image, cfg, device))
-        probs = [(s.labels, field(s.image)) for s in it]
+        # The runtime's own normalisation, tiling, blending and instance step, as validation and
+        # `nseg-infer run` use.
+        predictor = runtime_predictor(model, cfg, device)
+        probs = [(s.labels, predictor.probabilities(s.image)) for s in it]
 
         def score(params: dict) -> float:
-            c = _with_params(cfg, params)
-            return float(np.mean([dsb_score(gt, instances_from_probs(p, c)) for gt, p in probs]))
+            return float(np.mean([dsb_score(gt, predictor.instances(p, gt.shape, **params)) for gt, p in probs]))
 
         baseline_params = {k: getattr(cfg.eval, k) for k in grid}
     keys = list(grid)
