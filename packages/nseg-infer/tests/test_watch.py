@@ -251,3 +251,24 @@ def test_pattern_recursive_and_outputs_inside_input(unet_bundle, tmp_path, args)
     assert (out / "a" / "x.labels.tif").is_file() and (out / "b" / "x.labels.tif").is_file()
     r = cli("watch", src, "--out", out, "--model", unet_bundle, "--once", *args, *FAST)
     assert r.returncode == 0 and len(rows(out)) == 2
+
+
+def test_watch_takes_the_run_options_for_channels_scale_and_products(tmp_path):
+    """A watched folder of multichannel OME-TIFFs: the nuclear channel is chosen, the pixel size
+    reaches the CSV, and only the requested products are written."""
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    img = synthetic_blobs((96, 96), 5, seed=2)[0]
+    nuclei = img if img.ndim == 2 else img[..., 0]
+    stack = np.stack([np.zeros_like(nuclei), nuclei])  # CYX: the nuclei are in channel 1
+    tifffile.imwrite(inbox / "cells.ome.tif", stack, ome=True, metadata={"axes": "CYX"})
+    r = cli("watch", inbox, "--out", out, "--once", *FAST, "--channel", "1", "--pixel-size", "0.5",
+            "--products", "labels,csv,rois")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("cells")) == [
+        "cells.csv", "cells.labels.tif", "cells.rois.zip"]
+    header = (out / "cells.csv").read_text().splitlines()[0].split(",")
+    assert "area_um2" in header
+    assert tifffile.imread(out / "cells.labels.tif").max() >= 4
+    bad = cli("watch", inbox, "--out", tmp_path / "o2", "--once", "--channels", "0,1,2,3")
+    assert bad.returncode == 2 and "channels" in (bad.stdout + bad.stderr)

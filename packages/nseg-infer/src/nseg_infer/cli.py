@@ -18,6 +18,17 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
                         stream=sys.stderr)
 
 
+# Shared by `run` and `watch`: how a file becomes the model's input, and what is written.
+_CHANNEL = typer.Option(None, "--channel", help="Nuclear channel of a multichannel image (0-based).")
+_CHANNELS = typer.Option(None, "--channels", metavar="R,G,B",
+                         help="Up to three channels (0-based) onto the model's red, green, blue.")
+_PIXEL_SIZE = typer.Option(None, "--pixel-size", metavar="UM", help="Pixel size in µm, overriding the file's metadata.")
+_DIAMETER = typer.Option(None, "--diameter", metavar="PX",
+                         help="Typical nucleus diameter in pixels: rescale to the model's scale.")
+_PRODUCTS = typer.Option("labels,csv,overlay,geojson", "--products",
+                         help="Comma-separated, from: labels, csv, overlay, geojson, geojson.gz, rois.")
+
+
 @app.command()
 def run(
     inputs: list[str] = typer.Argument(..., help="Image files, folders and glob patterns."),
@@ -27,15 +38,11 @@ def run(
     overlap: int | None = typer.Option(None, help="Halo in pixels on each side of a tile (default: bundle)."),
     batch: int | None = typer.Option(None, help="Tiles per model call (default: bundle)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | trt"),
-    channel: int | None = typer.Option(None, "--channel", help="Nuclear channel of a multichannel image (0-based)."),
-    channels: str | None = typer.Option(None, "--channels", metavar="R,G,B",
-                                        help="Up to three channels (0-based) onto the model's red, green, blue."),
-    pixel_size: float | None = typer.Option(None, "--pixel-size", metavar="UM",
-                                            help="Pixel size in µm, overriding the file's metadata."),
-    diameter: float | None = typer.Option(None, "--diameter", metavar="PX",
-                                          help="Typical nucleus diameter in pixels: rescale to the model's scale."),
-    products: str = typer.Option("labels,csv,overlay,geojson", "--products",
-                                 help="Comma-separated, from: labels, csv, overlay, geojson, geojson.gz, rois."),
+    channel: int | None = _CHANNEL,
+    channels: str | None = _CHANNELS,
+    pixel_size: float | None = _PIXEL_SIZE,
+    diameter: float | None = _DIAMETER,
+    products: str = _PRODUCTS,
 ) -> None:
     """Segment INPUTS and write NAME.labels.tif, NAME.csv, NAME.overlay.png, NAME.geojson (and with
     --products, NAME.geojson.gz and NAME.rois.zip) and summary.csv."""
@@ -99,6 +106,11 @@ def watch(
     once: bool = typer.Option(False, "--once", help="Process what is there (once settled), then exit."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Process failed files again."),
     events: bool = typer.Option(True, "--events/--no-events", help="Use filesystem events to wake early."),
+    channel: int | None = _CHANNEL,
+    channels: str | None = _CHANNELS,
+    pixel_size: float | None = _PIXEL_SIZE,
+    diameter: float | None = _DIAMETER,
+    products: str = _PRODUCTS,
 ) -> None:
     """Segment every image that lands in IN_DIR, exactly once, surviving crashes and restarts."""
     from nseg_data.errors import DataError
@@ -110,7 +122,9 @@ def watch(
     try:
         config = WatchConfig(in_dir, out, pattern=pattern, recursive=recursive, poll=poll, settle=settle,
                              fail_after=fail_after, once=once, retry_failed=retry_failed, events=events)
-        watcher = Watcher(Predictor(model, RunConfig(batch=batch, device=device)), config)
+        run_config = RunConfig(batch=batch, device=device, channel=channel, channels=channels,
+                               pixel_size=pixel_size, diameter=diameter, products=products)
+        watcher = Watcher(Predictor(model, run_config), config)
         code = watcher.run()
     except (DataError, BackendError, WatchError, ValueError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
