@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 from nseg_infer import backends
 from nseg_infer.bundle import load_bundle
 from nseg_infer.cli import app
+from nseg_infer.inputs import expand_inputs
 from nseg_infer.measure import COLUMNS
 from nseg_infer.outputs import SUMMARY_COLUMNS, write_labels
-from nseg_infer.run import Predictor, RunConfig, expand_inputs
+from nseg_infer.run import Predictor, RunConfig
 
 
 @pytest.fixture(scope="module")

@@ -77,14 +77,14 @@ def segment(image: PathLike | np.ndarray, *, model: PathLike | None = None, chan
     (default: the packaged model). `name` fills the table's `image` column (default: the file's
     name, or "<array>")."""
     from nseg_infer.channels import ChannelChoice
+    from nseg_infer.inputs import stem
     from nseg_infer.outputs import MeasureOptions, measure_all
     from nseg_infer.prepare import InputOptions, segment_source
-    from nseg_infer.run import _stem
 
     predictor = _predictor(str(model) if model is not None else None, device)
     opts = InputOptions(ChannelChoice.parse(channel, channels), pixel_size, diameter)
     src = _source(image, name, channel_axis)
-    label = name or (_stem(Path(image)) if isinstance(image, str | os.PathLike) else "<array>")
+    label = name or (stem(Path(image)) if isinstance(image, str | os.PathLike) else "<array>")
     with src, segment_source(predictor, src, opts) as seg:
         labels = np.array(seg.labels, dtype=np.uint32)
         rows = measure_all(labels, seg.view, scores=seg.scores,

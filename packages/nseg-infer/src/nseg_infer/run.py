@@ -19,12 +19,9 @@ bounded and the model is fed while the CPU stages work.
 from __future__ import annotations
 
 import contextlib
-import glob
 import logging
 import os
-import queue
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,11 +32,11 @@ import numpy as np
 from nseg_infer.backends import DEVICES, Backend, create_backend
 from nseg_infer.bundle import Bundle, load_bundle
 from nseg_infer.channels import ChannelChoice
-from nseg_infer.imageio import REGION_THRESHOLD_PX, SUPPORTED, ArraySource, ImageSource, open_image
+from nseg_infer.imageio import REGION_THRESHOLD_PX, ArraySource, ImageSource, open_image
+from nseg_infer.inputs import FileResult, expand_inputs, stem
 from nseg_infer.instances import InstanceParams, WatershedParams, instance_params
 from nseg_infer.outputs import (
     DEFAULT_PRODUCTS,
-    PRODUCT_SUFFIXES,
     MeasureOptions,
     ProductPaths,
     parse_products,
@@ -49,6 +46,7 @@ from nseg_infer.outputs import (
 from nseg_infer.prepare import InputOptions, ModelInput, Segmented, model_input, segment_source, segmented
 from nseg_infer.preprocess import Normalization, apply_norm, as_rgb, norm_stats, resize_image
 from nseg_infer.scale import labels_to_input
+from nseg_infer.stages import Worker, background
 from nseg_infer.stitch import MaskRCNNMerger, UNetMerger, block_instances, paste_block
 from nseg_infer.tiling import Block, Tile, TileGrid, Window, block_grid, tile_grid
 
@@ -99,33 +97,6 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class FileResult:
-    input: Path
-    outputs: tuple[Path, ...] = ()
-    n_nuclei: int = 0
-    seconds: float = 0.0
-    error: str | None = None
-    height: int = 0
-    width: int = 0
-    backend: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def megapixels(self) -> float:
-        return self.height * self.width / 1e6
-
-    def summary_row(self) -> dict:
-        return {"input": str(self.input), "status": "ok" if self.ok else "error", "n_nuclei": self.n_nuclei,
-                "height": self.height, "width": self.width, "megapixels": round(self.megapixels, 3),
-                "seconds": round(self.seconds, 3), "backend": self.backend,
-                "labels": next((str(o) for o in self.outputs if o.name.endswith(".labels.tif")), ""),
-                "error": self.error or ""}
-
-
-@dataclass(frozen=True)
 class Prediction:
     labels: np.ndarray          # HxW uint32 at the image's size (in memory, or the caller's canvas)
     max_label: int
@@ -143,86 +114,6 @@ class _Input:
     tile_norm: tuple[float, float]
     norm: tuple[float, float]
     resized: bool
-
-
-# ----------------------------------------------------------------------------------------------
-# Threads
-
-
-_DONE = object()
-
-
-class _Failure:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-def background(items: Iterable, depth: int) -> Iterator:
-    """Iterate `items` in a thread, at most `depth` ahead; exceptions surface in the consumer."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            for it in items:
-                while not stop.is_set():
-                    try:
-                        q.put(it, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(_DONE)
-        except BaseException as e:
-            q.put(_Failure(e))
-
-    t = threading.Thread(target=work, daemon=True, name="nseg-reader")
-    t.start()
-    try:
-        while True:
-            it = q.get()
-            if it is _DONE:
-                return
-            if isinstance(it, _Failure):
-                raise it.exc
-            yield it
-    finally:
-        stop.set()
-        with contextlib.suppress(queue.Empty):
-            while True:
-                q.get_nowait()
-        t.join(timeout=5)
-
-
-class _Worker:
-    """One consumer thread fed through a bounded queue; `close()` re-raises its first error."""
-
-    def __init__(self, fn: Callable, depth: int) -> None:
-        self.fn = fn
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
-        self.t = threading.Thread(target=self._loop, daemon=True, name="nseg-merger")
-        self.t.start()
-
-    def _loop(self) -> None:
-        while (item := self.q.get()) is not _DONE:
-            if self.error is None:
-                try:
-                    self.fn(item)
-                except BaseException as e:
-                    self.error = e
-
-    def put(self, item) -> None:
-        if self.error is not None:
-            raise self.error
-        self.q.put(item)
-
-    def close(self) -> None:
-        self.q.put(_DONE)
-        self.t.join()
-        if self.error is not None:
-            raise self.error
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,34 +176,6 @@ def _schedule(grid: TileGrid, blocks: Sequence[Block]) -> tuple[list[Tile], list
 
 def _as_source(image: ImageSource | np.ndarray) -> ImageSource:
     return image if isinstance(image, ImageSource) else ArraySource(image)
-
-
-def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[FileResult]]:
-    """Files, folders (their supported images, sorted) and glob patterns -> (files, failures for
-    inputs that name nothing)."""
-    files: list[Path] = []
-    missing: list[FileResult] = []
-    for item in inputs:
-        s = str(item)
-        p = Path(s)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SUPPORTED
-                           and not q.name.startswith(".") and not q.name.endswith(PRODUCT_SUFFIXES))
-            files.extend(found)
-            if not found:
-                missing.append(FileResult(p, error=f"{p}: folder has no supported images ({', '.join(SUPPORTED)})"))
-        elif p.exists():
-            files.append(p)
-        elif glob.has_magic(s):
-            found = sorted(Path(q) for q in glob.glob(s, recursive=True) if Path(q).is_file())
-            files.extend(found)
-            if not found:
-                missing.append(FileResult(p, error=f"{s}: pattern matches no files"))
-        else:
-            missing.append(FileResult(p, error=f"{p}: file not found"))
-    seen: set[Path] = set()
-    unique = [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
-    return unique, missing
 
 
 # ----------------------------------------------------------------------------------------------
@@ -481,7 +344,7 @@ class Predictor:
         return tile_grid(h, w, self.tile, self.halo, self.bundle.preprocessing.size_divisor)
 
     def _run_model(self, batches: Iterable[tuple[list[Tile], np.ndarray]], sink: Callable) -> None:
-        worker = _Worker(sink, self.config.queue_depth)
+        worker = Worker(sink, self.config.queue_depth)
         try:
             for tiles, x in background(batches, self.config.queue_depth):
                 out = self.backend.run(x)
@@ -644,8 +507,8 @@ class Predictor:
                         yield self._failure(p, e, shared + time.perf_counter() - t1, h, w)
 
     def _write(self, p: Path, out: Path, seg: Segmented, h: int, w: int) -> tuple[tuple[Path, ...], int]:
-        paths = ProductPaths.for_input(_stem(p), out, self.config.products)
-        opts = MeasureOptions(_stem(p), seg.pixel_size_um, seg.channels)
+        paths = ProductPaths.for_input(stem(p), out, self.config.products)
+        opts = MeasureOptions(stem(p), seg.pixel_size_um, seg.channels)
         n = write_products(paths, seg.labels, seg.max_label, seg.view, seg.norm, scores=seg.scores,
                            tiled=h * w > self.config.large_px, block=self.config.block, margin=self.config.margin,
                            overview_side=self.config.overview_side, opts=opts)
@@ -671,14 +534,6 @@ class Predictor:
             write_summary(Path(out_dir) / "summary.csv", [r.summary_row() for r in results])
         return results
 
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for ext in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return path.stem
 
 
 def run(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, predictor: Predictor | None = None,

@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nseg_infer.bundle import sha256_file
+from nseg_infer.inputs import FileResult
 from nseg_infer.ledger import LEDGER_NAME, Ledger
 from nseg_infer.outputs import write_summary
-from nseg_infer.run import FileResult, Predictor
+from nseg_infer.run import Predictor
 from nseg_infer.settle import FolderScanner, Ready, check_decodes
 from nseg_infer.tiling import tile_grid
 

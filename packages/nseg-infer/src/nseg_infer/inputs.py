@@ -1,0 +1,76 @@
+"""Files in, results out: expanding inputs (files, folders, globs) into image files, the output
+name stem of an input, and the per-file result a batch reports."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nseg_infer.imageio import SUPPORTED
+from nseg_infer.outputs import PRODUCT_SUFFIXES
+
+
+@dataclass(frozen=True)
+class FileResult:
+    input: Path
+    outputs: tuple[Path, ...] = ()
+    n_nuclei: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    height: int = 0
+    width: int = 0
+    backend: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def megapixels(self) -> float:
+        return self.height * self.width / 1e6
+
+    def summary_row(self) -> dict:
+        return {"input": str(self.input), "status": "ok" if self.ok else "error", "n_nuclei": self.n_nuclei,
+                "height": self.height, "width": self.width, "megapixels": round(self.megapixels, 3),
+                "seconds": round(self.seconds, 3), "backend": self.backend,
+                "labels": next((str(o) for o in self.outputs if o.name.endswith(".labels.tif")), ""),
+                "error": self.error or ""}
+
+
+def stem(path: Path) -> str:
+    name = path.name
+    for ext in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[FileResult]]:
+    """Files, folders (their supported images, sorted) and glob patterns -> (files, failures for
+    inputs that name nothing)."""
+    files: list[Path] = []
+    missing: list[FileResult] = []
+    for item in inputs:
+        s = str(item)
+        p = Path(s)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SUPPORTED
+                           and not q.name.startswith(".") and not q.name.endswith(PRODUCT_SUFFIXES))
+            files.extend(found)
+            if not found:
+                missing.append(FileResult(p, error=f"{p}: folder has no supported images ({', '.join(SUPPORTED)})"))
+        elif p.exists():
+            files.append(p)
+        elif glob.has_magic(s):
+            found = sorted(Path(q) for q in glob.glob(s, recursive=True) if Path(q).is_file())
+            files.extend(found)
+            if not found:
+                missing.append(FileResult(p, error=f"{s}: pattern matches no files"))
+        else:
+            missing.append(FileResult(p, error=f"{p}: file not found"))
+    seen: set[Path] = set()
+    unique = [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+    return unique, missing

@@ -1,0 +1,84 @@
+"""The runtime's pipeline stages: a bounded reader thread (`background`) and a bounded consumer
+thread (`Worker`), so reading, the model and merging overlap while memory stays bounded."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def background(items: Iterable, depth: int) -> Iterator:
+    """Iterate `items` in a thread, at most `depth` ahead; exceptions surface in the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for it in items:
+                while not stop.is_set():
+                    try:
+                        q.put(it, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as e:
+            q.put(_Failure(e))
+
+    t = threading.Thread(target=work, daemon=True, name="nseg-reader")
+    t.start()
+    try:
+        while True:
+            it = q.get()
+            if it is _DONE:
+                return
+            if isinstance(it, _Failure):
+                raise it.exc
+            yield it
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                q.get_nowait()
+        t.join(timeout=5)
+
+
+class Worker:
+    """One consumer thread fed through a bounded queue; `close()` re-raises its first error."""
+
+    def __init__(self, fn: Callable, depth: int) -> None:
+        self.fn = fn
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.t = threading.Thread(target=self._loop, daemon=True, name="nseg-merger")
+        self.t.start()
+
+    def _loop(self) -> None:
+        while (item := self.q.get()) is not _DONE:
+            if self.error is None:
+                try:
+                    self.fn(item)
+                except BaseException as e:
+                    self.error = e
+
+    def put(self, item) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(item)
+
+    def close(self) -> None:
+        self.q.put(_DONE)
+        self.t.join()
+        if self.error is not None:
+            raise self.error
