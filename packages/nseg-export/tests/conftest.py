@@ -93,7 +93,11 @@ def tiny_maskrcnn_config():
     return config_from_dict({
         "name": "tiny-maskrcnn", "model": {"kind": "maskrcnn"}, "optim": {"loss": "dice"},
         "eval": {"tile": 64, "halo": 8, "min_size": 4},
-        "maskrcnn": {"backbone": "resnet18_fpn", "tile": 64, "box_representation_size": 32, "mask_head_channels": 8},
+        # The shipped preset's parts (GroupNorm heads, C2-C4, adaptive RoIAlign) at toy widths: a
+        # GroupNorm mask head must export so that a tile with no detections still runs.
+        "maskrcnn": {"backbone": "resnet18_fpn", "tile": 64, "box_representation_size": 32, "mask_head_channels": 8,
+                     "mask_head_convs": 2, "fpn_channels": 32, "backbone_stages": 3, "anchor_sizes": [8, 16, 32, 64],
+                     "roi_sampling_ratio": 0, "head_norm": "group"},
     })
 
 

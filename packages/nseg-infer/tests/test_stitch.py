@@ -228,3 +228,18 @@ def test_maskrcnn_detections_merged_again_reproduce_predict(maskrcnn_bundle):
     for tile, out in found:
         strict.aggregate(out, tile)
     assert strict.finalize()[0].max() == 0
+
+
+@pytest.mark.parametrize("shape", [(40, 50), (300, 340), (513, 129)])
+def test_maskrcnn_tiles_are_the_fixed_graph_size(maskrcnn_bundle, shape):
+    """The detector graph has a fixed input: every read window is exactly one tile, whatever the
+    balanced grid's core sizes, and the cores still cover the image exactly once."""
+    p = Predictor(maskrcnn_bundle, backend=FakeDetector())
+    tiles = p._maskrcnn_tiles(*shape)
+    assert {t.read.shape for t in tiles} == {(p.tile, p.tile)}
+    cover = np.zeros(shape, np.int32)
+    for t in tiles:
+        cover[t.core.slices] += 1
+        assert t.read.y0 <= t.core.y0 and t.read.x0 <= t.core.x0
+        assert t.read.y1 >= t.core.y1 and t.read.x1 >= t.core.x1
+    assert (cover == 1).all()

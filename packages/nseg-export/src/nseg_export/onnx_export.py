@@ -197,7 +197,41 @@ def maskrcnn_graph(model: Any) -> Any:
             boxes = resize_boxes(det["boxes"], images.image_sizes[0], size)
             return boxes, det["scores"], det["masks"]
 
+    _roi_safe_group_norm(model.roi_heads)
     return MaskRCNNTile(model).eval()
+
+
+def _roi_safe_group_norm(module: Any) -> None:
+    """Swap GroupNorm in the ROI heads for the same arithmetic without a reshape over the ROI
+    axis: the exported GroupNorm reshapes to (N, groups, -1), which ONNX Runtime cannot do when a
+    tile has no detections (N = 0). Group statistics come from per-channel moments through a
+    channel-to-group averaging matrix instead. Weights are shared with the model."""
+    import torch
+
+    class RoiGroupNorm(torch.nn.Module):
+        def __init__(self, gn: torch.nn.GroupNorm) -> None:
+            super().__init__()
+            c, g = gn.num_channels, gn.num_groups
+            self.eps = gn.eps
+            self.weight, self.bias = gn.weight, gn.bias
+            member = torch.zeros(c, g)
+            member[torch.arange(c), torch.arange(c) // (c // g)] = 1.0
+            self.register_buffer("to_group", member / (c // g), persistent=False)
+            self.register_buffer("to_channel", member.t().contiguous(), persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            mean = x.mean(dim=(2, 3)) @ self.to_group               # [N, groups]
+            sq = (x * x).mean(dim=(2, 3)) @ self.to_group
+            var = (sq - mean * mean).clamp_min(0.0)
+            mean_c = (mean @ self.to_channel)[:, :, None, None]      # [N, C, 1, 1]
+            inv_c = torch.rsqrt(var + self.eps) @ self.to_channel
+            return (x - mean_c) * inv_c[:, :, None, None] * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, torch.nn.GroupNorm):
+            setattr(module, name, RoiGroupNorm(child))
+        else:
+            _roi_safe_group_norm(child)
 
 
 def export_maskrcnn_onnx(model: Any, path: Path, *, tile: int, opset: int = DEFAULT_OPSET) -> None:

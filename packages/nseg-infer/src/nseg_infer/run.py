@@ -404,10 +404,14 @@ class Predictor:
         return int(lab.max()), cut
 
     def _maskrcnn_tiles(self, h: int, w: int) -> list[Tile]:
-        # The detector graph takes one fixed-size tile, so small images are padded to a full tile.
-        grid = tile_grid(max(h, self.tile - 2 * self.halo), max(w, self.tile - 2 * self.halo), self.tile,
-                         self.halo, self.bundle.preprocessing.size_divisor)
-        return [Tile(t.index, t.read, t.core.clip(h, w)) for t in grid.tiles if t.core.y0 < h and t.core.x0 < w]
+        # The detector graph takes one fixed-size tile: the balanced grid's read windows (often
+        # smaller than the tile) grow to the full tile at the bottom and right, zero-padded past
+        # the image, and small images are padded to a full tile.
+        t = self.tile
+        grid = tile_grid(max(h, t - 2 * self.halo), max(w, t - 2 * self.halo), t, self.halo,
+                         self.bundle.preprocessing.size_divisor)
+        return [Tile(g.index, Window(g.read.y0, g.read.y0 + t, g.read.x0, g.read.x0 + t), g.core.clip(h, w))
+                for g in grid.tiles if g.core.y0 < h and g.core.x0 < w]
 
     def maskrcnn_merger(self, canvas: np.ndarray, **overrides: float) -> MaskRCNNMerger:
         """The merger `predict` uses, with the bundle's post-processing (or `overrides` of

@@ -37,7 +37,7 @@ DEFAULT_GRID = {
 # Detector thresholds, in the runtime merger's names. The model is run once with the loosest
 # score and NMS thresholds of the grid, so every stricter setting is a filter of its output.
 MASKRCNN_GRID = {
-    "score_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
+    "score_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
     "mask_threshold": (0.4, 0.5, 0.6),
     "nms_threshold": (0.3, 0.4, 0.5),
     "min_size": (8, 16),
