@@ -197,6 +197,9 @@ def maskrcnn_graph(model: Any) -> Any:
             boxes = resize_boxes(det["boxes"], images.image_sizes[0], size)
             return boxes, det["scores"], det["masks"]
 
+    import copy
+
+    model = copy.deepcopy(model)  # the GroupNorm swap is for the graph, not the caller's model
     _roi_safe_group_norm(model.roi_heads)
     return MaskRCNNTile(model).eval()
 

@@ -338,17 +338,21 @@ def predictor_target(target: TargetReport, cases: Cases, bundle: Any, ref: Any, 
     thr = float(bundle.metadata.get("maskrcnn", {}).get("graph_score_threshold", 0.05))
     for name, image in cases.images:
         try:
+            # One model pass per side and image: the labels are the instance step on the very
+            # field or detections compared (tested equal to `predict`), not a second run.
             h, w = image.shape[:2]
             if bundle.kind == "unet":
                 n_tiles = len(ref_p._grid(h, w).tiles)
-                target.tensors.append(compare_arrays(name, "field", ref_p.probabilities(image),
-                                                     test_p.probabilities(image), rtol=tol.rtol, atol=tol.atol,
+                rf, tf = ref_p.probabilities(image), test_p.probabilities(image)
+                target.tensors.append(compare_arrays(name, "field", rf, tf, rtol=tol.rtol, atol=tol.atol,
                                                      note=f"{n_tiles} tiles"))
+                rl, tl = ref_p.instances(rf, (h, w)), test_p.instances(tf, (h, w))
             else:
-                for (tile, r), (_, t) in zip(ref_p.detections(image), test_p.detections(image), strict=True):
+                rd, td = ref_p.detections(image), test_p.detections(image)
+                for (tile, r), (_, t) in zip(rd, td, strict=True):
                     target.tensors += compare_detections(f"{name}#tile{tile.index}", r, t, tol, thr)
-            target.instances.append(compare_instances(name, np.asarray(ref_p.predict(image).labels),
-                                                      np.asarray(test_p.predict(image).labels), tol.min_f1))
+                rl, tl = ref_p.merge_detections(rd, (h, w))[0], test_p.merge_detections(td, (h, w))[0]
+            target.instances.append(compare_instances(name, rl, tl, tol.min_f1))
         except Exception as e:
             target.errors.append(f"{name}: {type(e).__name__}: {e}")
     for name, x in cases.tensors:

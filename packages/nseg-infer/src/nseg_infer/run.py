@@ -423,31 +423,37 @@ class Predictor:
                               min_size=int(pp["min_size"]), slack=max(4, self.halo // 4))
 
     def detections(self, image: ImageSource | np.ndarray) -> list[tuple[Tile, dict[str, np.ndarray]]]:
-        """A Mask R-CNN bundle's raw tile outputs, in the order `predict` merges them; aggregating
-        them into `maskrcnn_merger` (over a canvas of the model's size) reproduces `predict`'s labels."""
+        """A Mask R-CNN bundle's raw tile outputs, in the order `predict` merges them;
+        `merge_detections` turns them into `predict`'s labels."""
         if self.bundle.kind != "maskrcnn":
             raise ValueError(f"detections need a Mask R-CNN bundle, this one is {self.bundle.kind!r}")
         inp = self._input(_as_source(image))
         found: list[tuple[Tile, dict[str, np.ndarray]]] = []
-
-        def sink(item: tuple[list[Tile], dict[str, np.ndarray]]) -> None:
-            (tile,), out = item
-            found.append((tile, out))
-
-        bgr = self.bundle.preprocessing.channel_order == "BGR"
-        self._run_model(_batches(inp.source, self._maskrcnn_tiles(*inp.source.shape), 1, *inp.tile_norm, bgr,
-                                 "constant"), sink)
+        self._run_detector(inp.source, *inp.tile_norm, lambda tile, out: found.append((tile, out)))
         return found
 
-    def _predict_maskrcnn(self, src: ImageSource, lo: float, hi: float, canvas: np.ndarray) -> np.ndarray:
-        merger = self.maskrcnn_merger(canvas)
+    def merge_detections(self, found: Iterable[tuple[Tile, dict[str, np.ndarray]]], shape: tuple[int, int],
+                         **overrides: float) -> tuple[np.ndarray, np.ndarray]:
+        """(labels over a canvas of `shape`, the model's size; scores) from `detections`, merged as
+        `predict` merges them, with the bundle's post-processing or `overrides` of it (what
+        `nseg-train tune` searches)."""
+        merger = self.maskrcnn_merger(np.zeros(shape, np.uint32), **overrides)
+        for tile, out in found:
+            merger.aggregate(out, tile)
+        return merger.finalize()
 
+    def _run_detector(self, src: ImageSource, lo: float, hi: float,
+                      on_tile: Callable[[Tile, dict[str, np.ndarray]], object]) -> None:
         def sink(item: tuple[list[Tile], dict[str, np.ndarray]]) -> None:
             (tile,), out = item
-            merger.aggregate(out, tile)
+            on_tile(tile, out)
 
         bgr = self.bundle.preprocessing.channel_order == "BGR"
         self._run_model(_batches(src, self._maskrcnn_tiles(*src.shape), 1, lo, hi, bgr, "constant"), sink)
+
+    def _predict_maskrcnn(self, src: ImageSource, lo: float, hi: float, canvas: np.ndarray) -> np.ndarray:
+        merger = self.maskrcnn_merger(canvas)
+        self._run_detector(src, lo, hi, lambda tile, out: merger.aggregate(out, tile))
         return merger.finalize()[1]
 
     # -- files -----------------------------------------------------------------------------------

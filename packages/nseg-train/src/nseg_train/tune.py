@@ -69,13 +69,8 @@ def _maskrcnn_scorer(model, cfg, device, samples, grid, progress):
     raw = [(s.labels, predictor.detections(s.image)) for s in it]
 
     def score(params: dict) -> float:
-        dsb = []
-        for gt, found in raw:
-            merger = predictor.maskrcnn_merger(np.zeros(gt.shape, np.uint32), **params)
-            for tile, out in found:
-                merger.aggregate(out, tile)
-            dsb.append(dsb_score(gt, merger.finalize()[0]))
-        return float(np.mean(dsb))
+        return float(np.mean([dsb_score(gt, predictor.merge_detections(found, gt.shape, **params)[0])
+                              for gt, found in raw]))
 
     return score
 
