@@ -9,7 +9,7 @@ fi
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # Pinned: these builds install from this machine's local disk; an unpinned torch pulls several GB.
 "${PIP[@]}" torch==2.14.1 torchvision==0.29.1
-# nseg-infer's extras: CZI/ND2 readers (bioio) and the napari plugin, napari without a Qt
-# backend, which is all the headless tests need.
-"${PIP[@]}" -e packages/nseg-data[coco] -e 'packages/nseg-infer[formats,napari]' -e packages/nseg-train -e packages/nseg-export[fp16,simplify] \
+# nseg-infer's extras: CZI/ND2 readers (bioio), the napari plugin (napari without a Qt
+# backend, which is all the headless tests need) and dask (`run --cluster`).
+"${PIP[@]}" -e packages/nseg-data[coco] -e 'packages/nseg-infer[formats,napari,dask]' -e packages/nseg-train -e packages/nseg-export[fp16,simplify] \
   pytest hypothesis ruff

@@ -5,7 +5,7 @@ import pytest
 from skimage.draw import ellipse
 from skimage.measure import regionprops
 
-from nseg_infer.measure import COLUMNS, measure, shape_moments
+from nseg_infer.measure import COLUMNS, measure, region_table
 
 
 def _shapes() -> list[np.ndarray]:
@@ -23,13 +23,66 @@ def _shapes() -> list[np.ndarray]:
     return [*out, single, line, ring]
 
 
+def test_region_table_with_empty_bands_and_no_labels():
+    labels = np.zeros((30, 12), np.uint32)
+    labels[10:13, 2:5] = 3
+    labels[25:27, 1:11] = 70000  # a large label value, bands of background between
+    t = region_table(labels, band=4)
+    assert list(t.present) == [2, 69999] and list(t.area[t.present]) == [9, 20]
+    assert list(t.solidity[t.present]) == [1.0, 1.0] and list(t.perimeter[t.present]) == [8.0, 20.0]  # regionprops
+    empty = region_table(np.zeros((9, 9), np.int32), band=4)
+    assert len(empty.area) == 0 and len(empty.present) == 0
+
+
+def _pixel_square_hull(mask: np.ndarray) -> float:
+    """Area of the convex hull of a mask's pixel squares, by scipy's Qhull (0 if degenerate)."""
+    from scipy.spatial import ConvexHull
+
+    ys, xs = np.nonzero(mask)
+    corners = np.concatenate([np.stack([ys + dy, xs + dx], axis=1) for dy in (0, 1) for dx in (0, 1)])
+    return float(ConvexHull(corners).volume)
+
+
 @pytest.mark.parametrize("index", range(7))
-def test_shape_moments_match_regionprops(index):
+def test_region_table_of_one_shape_matches_regionprops(index):
     mask = _shapes()[index]
     (r,) = regionprops(mask.astype(np.uint8))
-    cy, cx, ecc = shape_moments(mask)
-    assert (cy, cx) == pytest.approx(r.centroid, abs=1e-9)
-    assert ecc == pytest.approx(r.eccentricity, abs=1e-9)
+    t = region_table(mask.astype(np.int32))
+    assert tuple(t.centroid[0]) == pytest.approx(r.centroid, abs=1e-9)
+    assert t.eccentricity[0] == pytest.approx(r.eccentricity, abs=1e-9)
+    assert t.perimeter[0] == pytest.approx(r.perimeter, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_region_table_matches_regionprops_on_random_labels(seed):
+    """Touching labels, labels in several pieces, gaps in the numbering, labels on the edges, and a
+    band height that cuts through objects: every value is regionprops' (solidity: Qhull's hull of
+    the pixel squares), whatever the band."""
+    from scipy import ndimage as ndi
+    from skimage.measure import label as connected
+
+    rng = np.random.default_rng(seed)
+    field = ndi.gaussian_filter(rng.random((150, 170)), 2.5)
+    labels = connected(field > np.quantile(field, 0.55)).astype(np.int32)
+    labels[(labels % 5 == 2) & (labels > 0)] = 7            # one label in many pieces
+    labels[labels % 11 == 4] = 0                            # gaps in the numbering
+    labels[40:60, 30:90] = labels.max() + 3                 # a box touching its neighbours
+    gray = rng.random(labels.shape).astype(np.float32) * 300
+    other = rng.integers(0, 4000, labels.shape).astype(np.uint16)
+    for band in (7, 256):
+        t = region_table(labels, [gray, other], band=band)
+        props = regionprops(labels, intensity_image=gray)
+        assert list(t.present + 1) == [r.label for r in props]
+        assert not t.area[np.setdiff1d(np.arange(labels.max()), t.present)].any()
+        for r in props:
+            k = r.label - 1
+            assert t.area[k] == r.area and tuple(t.bbox[k]) == r.bbox
+            assert tuple(t.centroid[k]) == pytest.approx(r.centroid, abs=1e-9)
+            assert t.eccentricity[k] == pytest.approx(r.eccentricity, abs=1e-9)
+            assert t.perimeter[k] == pytest.approx(r.perimeter, abs=1e-9)
+            assert t.intensity_sum[k, 0] == pytest.approx(float(gray[r.slice][r.image].astype(np.float64).sum()))
+            assert t.intensity_sum[k, 1] == float(other[r.slice][r.image].astype(np.int64).sum())
+            assert t.solidity[k] == pytest.approx(min(1.0, r.area / _pixel_square_hull(r.image)), abs=1e-12)
 
 
 def test_measure_rows_match_regionprops():
@@ -48,6 +101,8 @@ def test_measure_rows_match_regionprops():
         assert (row["centroid_y"], row["centroid_x"]) == pytest.approx(r.centroid, abs=1e-3)
         assert row["eccentricity"] == pytest.approx(r.eccentricity, abs=1e-5)
         assert row["mean_intensity"] == pytest.approx(r.intensity_mean, abs=1e-3)
+        # Summed in float64: the exact mean of the float32 grey values, rounded once.
+        assert row["mean_intensity"] == round(float(gray[labels == r.label].astype(np.float64).mean()), 4)
         assert (row["bbox_y0"], row["bbox_x0"], row["bbox_y1"], row["bbox_x1"]) == r.bbox
 
 
@@ -85,7 +140,6 @@ def test_solidity_of_rectilinear_shapes_is_exact_and_matches_regionprops():
 
 
 def test_solidity_of_curved_shapes_matches_the_hull_of_the_pixel_squares():
-    from scipy.spatial import ConvexHull
     from skimage.draw import polygon
 
     triangle = np.zeros((30, 30), bool)
@@ -96,9 +150,7 @@ def test_solidity_of_curved_shapes_matches_the_hull_of_the_pixel_squares():
     labels = _place(masks)
     rows = measure(labels, np.zeros((*labels.shape, 3), np.uint8))
     for row, m, p in zip(rows, masks, regionprops(labels), strict=True):
-        ys, xs = np.nonzero(m)
-        corners = np.concatenate([np.stack([ys + dy, xs + dx], axis=1) for dy in (0, 1) for dx in (0, 1)])
         # scipy's Qhull as an independent reference of the same definition (2-D `volume` is the area).
-        assert row["solidity"] == pytest.approx(m.sum() / ConvexHull(corners).volume, abs=1e-5)
+        assert row["solidity"] == pytest.approx(m.sum() / _pixel_square_hull(m), abs=1e-5)
         # skimage counts hull pixels instead of the hull's area: close, and never below ours here.
         assert row["solidity"] <= p.solidity + 1e-9 and row["solidity"] == pytest.approx(p.solidity, abs=0.07)

@@ -54,3 +54,21 @@ def test_photometric_inversion_and_grayscale():
     assert np.allclose(inv, 1 - img)
     gray = photometric(rng, img, AugmentConfig(grayscale_p=1.0))
     assert np.allclose(gray[..., 0], gray[..., 1]) and np.allclose(gray[..., 0], img.mean(axis=2))
+
+
+def test_hed_jitter_is_identity_at_zero_and_changes_only_stained_images():
+    from nseg_train.augment import hed_jitter, is_colour, photometric
+    from nseg_train.config import AugmentConfig
+
+    rng = np.random.default_rng(0)
+    stained = np.clip(rng.uniform(0.2, 0.95, (32, 32, 3)) * np.array([0.8, 0.5, 0.9]), 0, 1).astype(np.float32)
+    np.testing.assert_allclose(hed_jitter(rng, stained, 0.0), stained, atol=1e-4)
+    jittered = hed_jitter(np.random.default_rng(1), stained, 0.2)
+    assert jittered.shape == stained.shape and jittered.min() >= 0 and jittered.max() <= 1
+    assert np.abs(jittered - stained).mean() > 0.01
+
+    grey = np.repeat(stained[..., :1], 3, axis=2)
+    assert is_colour(stained) and not is_colour(grey)
+    only_hed = AugmentConfig(flips=False, rot90=False, hed=0.2)
+    np.testing.assert_array_equal(photometric(np.random.default_rng(2), grey, only_hed), grey)
+    assert np.abs(photometric(np.random.default_rng(2), stained, only_hed) - stained).mean() > 0.01

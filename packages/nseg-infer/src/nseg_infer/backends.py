@@ -37,6 +37,27 @@ def _cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+class FlipAverage:
+    """Test-time augmentation for dense (UNet) outputs: the mean of the outputs for the batch, its
+    horizontal, vertical and double flip, each flipped back. Four model calls per batch; the flips
+    keep every tile's shape, so any backend and any tiling work unchanged."""
+
+    FLIPS = ((), (3,), (2,), (2, 3))
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.name = f"{getattr(backend, 'name', type(backend).__name__)}+flips"
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        total: dict[str, np.ndarray] = {}
+        for axes in self.FLIPS:
+            x = np.ascontiguousarray(np.flip(batch, axes)) if axes else batch
+            for k, v in self.backend.run(x).items():
+                v = np.flip(v, axes) if axes else v
+                total[k] = total[k] + v if k in total else v.astype(np.float32, copy=True)
+        return {k: v / len(self.FLIPS) for k, v in total.items()}
+
+
 class OrtBackend:
     def __init__(self, bundle: Bundle, providers: list, *, threads: int | None = None) -> None:
         import onnxruntime as ort

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -27,6 +28,7 @@ _DIAMETER = typer.Option(None, "--diameter", metavar="PX",
                          help="Typical nucleus diameter in pixels: rescale to the model's scale.")
 _PRODUCTS = typer.Option("labels,csv,overlay,geojson", "--products",
                          help="Comma-separated, from: labels, csv, overlay, geojson, geojson.gz, rois.")
+_FLIPS = typer.Option(False, "--flips", help="UNet test-time flips: the mean of 4 flipped passes (about 4x slower).")
 
 
 @app.command()
@@ -43,6 +45,14 @@ def run(
     pixel_size: float | None = _PIXEL_SIZE,
     diameter: float | None = _DIAMETER,
     products: str = _PRODUCTS,
+    flips: bool = _FLIPS,
+    cluster: str | None = typer.Option(
+        None, "--cluster", metavar="local:N|tcp://HOST:PORT",
+        help="Run on dask.distributed: N local worker processes, or an existing scheduler (needs the dask extra)."),
+    split_px: int | None = typer.Option(
+        None, "--split-px", metavar="PX",
+        help="With --cluster: images above this many pixels run as one task per instance block "
+             "(default 8192*8192) and also get NAME.ome.zarr."),
 ) -> None:
     """Segment INPUTS and write NAME.labels.tif, NAME.csv, NAME.overlay.png, NAME.geojson (and with
     --products, NAME.geojson.gz and NAME.rois.zip) and summary.csv."""
@@ -55,21 +65,32 @@ def run(
 
     try:
         config = RunConfig(tile=tile, overlap=overlap, batch=batch, device=device, channel=channel,
-                           channels=channels, pixel_size=pixel_size, diameter=diameter, products=products)
-        predictor = Predictor(model, config)
-    except (DataError, BackendError, ValueError) as e:
+                           channels=channels, pixel_size=pixel_size, diameter=diameter, products=products,
+                           flips=flips)
+        if cluster is not None:  # the workers load the model; nseg_infer.cluster does the rest
+            from nseg_infer.cluster import ClusterOptions
+            from nseg_infer.cluster_cli import cli_run
+
+            options = ClusterOptions() if split_px is None else ClusterOptions(split_px=split_px)
+            code = cli_run(inputs, out, model, config, cluster, options)
+        else:
+            predictor = Predictor(model, config)
+    except (DataError, BackendError, ValueError, OSError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from e
+    if cluster is not None:
+        raise typer.Exit(code)
     typer.echo(f"model: {predictor.bundle.path} ({predictor.bundle.kind}), backend: {predictor.backend_name}, "
                f"tile {predictor.tile}, overlap {predictor.halo}, batch {predictor.batch}", err=True)
     mpx = 0.0
     seconds = 0.0
+    started = time.perf_counter()
     bar = tqdm(unit="img", dynamic_ncols=True, file=sys.stderr, disable=None)
 
     def progress(r) -> None:
         nonlocal mpx, seconds
         mpx += r.megapixels
-        seconds += r.seconds
+        seconds = time.perf_counter() - started  # wall time: the pipeline overlaps files
         bar.set_postfix_str(f"{mpx / seconds if seconds else 0:.2f} Mpx/s, {r.input.name}: "
                             + (f"{r.n_nuclei} nuclei" if r.ok else "FAILED"))
         bar.update(1)
@@ -111,6 +132,7 @@ def watch(
     pixel_size: float | None = _PIXEL_SIZE,
     diameter: float | None = _DIAMETER,
     products: str = _PRODUCTS,
+    flips: bool = _FLIPS,
 ) -> None:
     """Segment every image that lands in IN_DIR, exactly once, surviving crashes and restarts."""
     from nseg_data.errors import DataError
@@ -123,7 +145,7 @@ def watch(
         config = WatchConfig(in_dir, out, pattern=pattern, recursive=recursive, poll=poll, settle=settle,
                              fail_after=fail_after, once=once, retry_failed=retry_failed, events=events)
         run_config = RunConfig(batch=batch, device=device, channel=channel, channels=channels,
-                               pixel_size=pixel_size, diameter=diameter, products=products)
+                               pixel_size=pixel_size, diameter=diameter, products=products, flips=flips)
         watcher = Watcher(Predictor(model, run_config), config)
         code = watcher.run()
     except (DataError, BackendError, WatchError, ValueError) as e:

@@ -20,8 +20,6 @@ from pathlib import Path
 import numpy as np
 from nseg_data.atomic import atomic_path
 from PIL import Image
-from skimage.measure import regionprops
-from skimage.segmentation import find_boundaries
 
 from nseg_infer import geojson, measure, overlay
 from nseg_infer.imageio import ImageSource
@@ -140,39 +138,42 @@ def block_products(labels: np.ndarray, src: ImageSource, outer: Window, core: Wi
     lab = np.asarray(labels[outer.slices])
     if not lab.any():
         return [], [], 0
-    raw = src.read(outer)
-    chan = opts.channels.read(outer) if opts.channels is not None else None
-    # Compact the labels present so regionprops' per-label tables stay block-sized, not image-sized.
+    intensities = [measure.gray_intensity(src.read(outer))]
+    if opts.channels is not None:
+        chan = opts.channels.read(outer)
+        intensities += [chan[..., c] for c in range(chan.shape[2])]
+    # Compact the labels present so the per-label table stays block-sized, not image-sized.
     uniq, compact = _compact(lab)
+    table = measure.region_table(compact, intensities)
     rows, rings, cut = [], [], 0
     h, w = src.shape
-    for r in regionprops(compact, intensity_image=measure.gray_intensity(raw)):
-        y0, x0, y1, x1 = r.bbox
+    for k in table.present.tolist():
+        y0, x0, y1, x1 = table.bbox[k].tolist()
         if not core.contains(y0 + outer.y0, x0 + outer.x0):
             continue
         if (y0 == 0 and outer.y0 > 0) or (x0 == 0 and outer.x0 > 0) or \
                 (y1 == lab.shape[0] and outer.y1 < h) or (x1 == lab.shape[1] and outer.x1 < w):
             cut += 1
-        row = measure.measure_regions([r], (outer.y0, outer.x0), image=opts.image)[0]
-        label = int(uniq[r.label])
+        row = measure.row(table, k, (outer.y0, outer.x0), image=opts.image)
+        label = int(uniq[k + 1])
         row["label"] = label
         if scores is not None:
             ok = 0 < label <= len(scores) and np.isfinite(scores[label - 1])
             row[measure.SCORE_COLUMN] = round(float(scores[label - 1]), 5) if ok else ""
         if opts.pixel_size_um is not None:
             measure.add_um(row, opts.pixel_size_um)
-        if chan is not None:
-            measure.add_channel_means(row, chan, r)
+        if opts.channels is not None:
+            measure.add_channel_means(row, table, k)
         rows.append(row)
         if polygons:
-            ring = geojson.mask_polygon(r.image, (y0 + outer.y0, x0 + outer.x0))
+            ring = geojson.mask_polygon(compact[table.slices(k)] == k + 1, (y0 + outer.y0, x0 + outer.x0))
             if ring is not None:
                 rings.append((label, ring))
     return rows, rings, cut
 
 
 def measure_all(labels: np.ndarray, src: ImageSource, *, scores: np.ndarray | None = None,
-                opts: MeasureOptions = MeasureOptions(), block: int = 4096, margin: int = 128) -> list[dict]:
+                opts: MeasureOptions = MeasureOptions(), block: int = 2048, margin: int = 128) -> list[dict]:
     """Every row, as `write_products` writes them to the CSV."""
     h, w = src.shape
     out: list[dict] = []
@@ -191,9 +192,27 @@ def _count_labels(labels: np.ndarray, band: int = 1024) -> int:
     return int(present[1:].sum())
 
 
+def draw_overlay(ov: np.ndarray, labels: np.ndarray, src: ImageSource, core: Window, factor: int,
+                 norm: tuple[float, float], band: int = 512) -> None:
+    """Draw `core` into the overlay `ov` (downsampled by `factor`), `band` rows at a time; each
+    band's contours need only a one-pixel frame of labels around it, so a contour on a block seam
+    is still drawn. `core` starts on a multiple of `factor`, and so does every band."""
+    h, w = labels.shape
+    band = max(factor, (band // factor) * factor)
+    for y0 in range(core.y0, core.y1, band):
+        win = Window(y0, min(y0 + band, core.y1), core.x0, core.x1)
+        ctx = Window(win.y0 - 1, win.y1 + 1, win.x0 - 1, win.x1 + 1).clip(h, w)
+        # Past the image's edge the edge pixels repeat, as find_boundaries' reflection does.
+        pads = ((1 - (win.y0 - ctx.y0), 1 - (ctx.y1 - win.y1)), (1 - (win.x0 - ctx.x0), 1 - (ctx.x1 - win.x1)))
+        framed = np.pad(np.asarray(labels[ctx.slices]), pads, mode="edge")
+        small = overlay.reduce_block(src.read(win), overlay.boundaries(framed), factor, *norm)
+        oy, ox = win.y0 // factor, win.x0 // factor
+        ov[oy:oy + small.shape[0], ox:ox + small.shape[1]] = small
+
+
 def write_products(paths: ProductPaths, labels: np.ndarray, max_label: int, src: ImageSource,
                    norm: tuple[float, float], *, scores: np.ndarray | None = None, tiled: bool = False,
-                   block: int = 4096, margin: int = 128, overview_side: int = 4096,
+                   block: int = 2048, margin: int = 128, overview_side: int = 4096,
                    opts: MeasureOptions | None = None) -> int:
     """Write the products chosen in `paths`; returns the number of nuclei (CSV rows)."""
     h, w = src.shape
@@ -242,14 +261,7 @@ def write_products(paths: ProductPaths, labels: np.ndarray, max_label: int, src:
                 n += len(rows)
                 cut_total += cut
             if ov is not None:
-                core_lab = np.asarray(labels[b.core.slices])
-                # Boundaries on the outer window so a contour on the block seam is still drawn.
-                bnd = find_boundaries(np.asarray(labels[b.outer.slices]), mode="inner")
-                bnd = bnd[b.core.y0 - b.outer.y0:b.core.y1 - b.outer.y0, b.core.x0 - b.outer.x0:b.core.x1 - b.outer.x0]
-                rgb = overlay.display_rgb(src.read(b.core), *norm)
-                small = overlay.reduce_block(rgb, bnd & (core_lab > 0), factor)
-                oy, ox = b.core.y0 // factor, b.core.x0 // factor
-                ov[oy:oy + small.shape[0], ox:ox + small.shape[1]] = small
+                draw_overlay(ov, labels, src, b.core, factor, norm)
         for fw in feats:
             fw.close()
     if not measuring:

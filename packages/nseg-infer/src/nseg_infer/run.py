@@ -13,7 +13,9 @@ canvas of a large image and removes its temp file when the block ends, also on e
 Three stages overlap through bounded queues: a reader thread reads, normalises and batches tiles;
 the calling thread runs the model (ONNX Runtime and TensorRT release the GIL); a merger thread
 blends outputs and extracts instances block by block. The queues are short, so memory stays
-bounded and the model is fed while the CPU stages work.
+bounded and the model is fed while the CPU stages work. `process_many` overlaps files the same
+way (the same `stages`): the next file is opened while this one is segmented and the previous
+one's products are written.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from nseg_data.modality import infer_modality
 
-from nseg_infer.backends import DEVICES, Backend, create_backend
+from nseg_infer.backends import DEVICES, Backend, FlipAverage, create_backend
 from nseg_infer.bundle import Bundle, load_bundle
 from nseg_infer.channels import ChannelChoice
 from nseg_infer.imageio import REGION_THRESHOLD_PX, ArraySource, ImageSource, open_image
 from nseg_infer.inputs import FileResult, expand_inputs, stem
-from nseg_infer.instances import InstanceParams, WatershedParams, instance_params
+from nseg_infer.instances import InstanceParams, WatershedParams, check_by_modality, instance_params
 from nseg_infer.outputs import (
     DEFAULT_PRODUCTS,
     MeasureOptions,
@@ -61,7 +64,7 @@ class RunConfig:
     overlap: int | None = None      # the halo, in pixels, on each side of a tile core
     batch: int | None = None
     device: str = "auto"
-    block: int = 4096               # instance extraction block for images larger than this side
+    block: int = 2048               # instance and product block of larger images: bounds peak memory
     margin: int = 128               # block margin: nuclei clumps up to this size are seamless
     large_px: int = 8192 * 8192     # above: labels on disk (memmap) and a tiled BigTIFF
     region_px: int = REGION_THRESHOLD_PX  # above: TIFFs are read window by window
@@ -73,6 +76,7 @@ class RunConfig:
     pixel_size: float | None = None  # µm per pixel, overriding the file's metadata
     diameter: float | None = None   # typical nucleus diameter (px) in the input: rescale to the model's
     products: tuple[str, ...] = DEFAULT_PRODUCTS
+    flips: bool = False             # UNet test-time flips: about 4x slower, a little more accurate
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "products", parse_products(self.products))
@@ -106,6 +110,20 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class _Job:
+    """A segmented file waiting for its products; `resources` (the open file, label canvases and
+    their temp files) is closed once they are written."""
+
+    path: Path
+    out: Path
+    seg: Segmented
+    height: int
+    width: int
+    seconds: float
+    resources: contextlib.ExitStack
+
+
+@dataclass(frozen=True)
 class _Input:
     """What the tiles of one image are read from: the image, or for a `resize` bundle the whole
     image normalised and resized (then `tile_norm` is the identity)."""
@@ -114,17 +132,30 @@ class _Input:
     tile_norm: tuple[float, float]
     norm: tuple[float, float]
     resized: bool
+    modality: str | None = None  # inferred only when the bundle post-processes by modality
+
+
+@dataclass(frozen=True)
+class BlockInputs:
+    """Whole-image settings every instance block of one image shares (`Predictor.block_inputs`)."""
+
+    norm: tuple[float, float]       # the tile normalisation (low, high)
+    modality: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------
 # Pure helpers
 
 
-def image_norm_stats(src: ImageSource, norm: Normalization, *, max_pixels: int = 4_000_000) -> tuple[float, float]:
-    """`preprocess.norm_stats` over the whole image; a region reader gathers the very same regular
-    subsample band by band, so a huge TIFF gets exactly the statistics of its in-memory twin."""
+NORM_SAMPLE_PX = 4_000_000
+
+
+def image_sample(src: ImageSource, *, max_pixels: int = NORM_SAMPLE_PX) -> np.ndarray:
+    """HxWx3 pixels the whole-image statistics come from: the image itself, or for a region reader
+    the regular subsample that `norm_stats` would take of it, gathered band by band, so a huge TIFF
+    gets exactly the statistics of its in-memory twin."""
     if not src.is_region_reader:
-        return norm_stats(as_rgb(src.read_all(), source=str(src.path)), norm, max_pixels=max_pixels)
+        return as_rgb(src.read_all(), source=str(src.path))
     h, w = src.shape
     step = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
     rows = []
@@ -132,7 +163,20 @@ def image_norm_stats(src: ImageSource, norm: Normalization, *, max_pixels: int =
     for y0 in range(0, h, band):
         part = src.read(Window(y0, min(y0 + band, h), 0, w))
         rows.append(as_rgb(part[::step, ::step]))
-    return norm_stats(np.concatenate(rows, axis=0), norm, max_pixels=1 << 62)
+    return np.concatenate(rows, axis=0)
+
+
+def image_norm_stats(src: ImageSource, norm: Normalization, *, max_pixels: int = NORM_SAMPLE_PX) -> tuple[float, float]:
+    """`preprocess.norm_stats` over the whole image (see `image_sample`)."""
+    return norm_stats(image_sample(src, max_pixels=max_pixels), norm, max_pixels=max_pixels)
+
+
+def sample_modality(sample: np.ndarray, lo: float, hi: float) -> str:
+    """`nseg_data.modality.infer_modality` of an `image_sample`: 8-bit pixels as they are (as the
+    data set's splits classify them), deeper ones stretched to 8 bits by the image's normalisation."""
+    if sample.dtype != np.uint8:
+        sample = (np.clip((sample.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+    return str(infer_modality(sample))
 
 
 def read_tile(src: ImageSource, tile: Tile, lo: float, hi: float, *, bgr: bool = False,
@@ -200,10 +244,17 @@ class Predictor:
         if 2 * self.halo >= self.tile:
             raise ValueError(f"overlap {self.halo} leaves no core in tile {self.tile}")
         self.backend = backend or create_backend(b, c.device, threads=c.threads)
+        if c.flips:
+            if b.kind != "unet":
+                raise ValueError(f"test-time flips apply to UNet bundles; {b.path} is a {b.kind!r} bundle")
+            self.backend = FlipAverage(self.backend)
         self.backend_name = getattr(self.backend, "name", type(self.backend).__name__)
         self.output_name = b.outputs[0].name
+        self.by_modality: dict[str, InstanceParams] = {}
         if b.kind == "unet":
             self.params: InstanceParams = instance_params(b.postprocessing)
+            self.by_modality = {m: instance_params(b.postprocessing, m)
+                                for m in check_by_modality(b.postprocessing.get("by_modality"))}
             # The watershed needs foreground and distance; connected components the foreground only.
             self.field_channels = 2 if isinstance(self.params, WatershedParams) else 1
         if c.diameter is not None and b.scale.nucleus_diameter_px is None:
@@ -276,18 +327,32 @@ class Predictor:
             whole = Block(0, Window(0, h, 0, w), Window(0, h, 0, w))
             canvas = np.zeros(src.shape, np.uint32)
             target = np.zeros((h, w), np.uint32) if inp.resized else canvas
-            n, _ = self._block_labels(grids[k], whole, outputs.pop(k), range(len(grids[k])), target, 0)
+            n, _ = self._block_labels(grids[k], whole, outputs.pop(k), range(len(grids[k])), target, 0,
+                                      self._params_for(inp.modality))
             preds.append(self._at_input(canvas, target, n, None, inp, 0))
         return preds
 
     def _input(self, src: ImageSource) -> _Input:
         pre = self.bundle.preprocessing
-        lo, hi = image_norm_stats(src, pre.normalization)
+        sample = image_sample(src)
+        lo, hi = norm_stats(sample, pre.normalization, max_pixels=NORM_SAMPLE_PX)
+        modality = sample_modality(sample, lo, hi) if self.bundle.kind == "unet" and self.by_modality else None
         if pre.resize is None:
-            return _Input(src, (lo, hi), (lo, hi), False)
+            return _Input(src, (lo, hi), (lo, hi), False, modality)
         # Normalised, then resized, as training prepares its images (a whole-image read).
         x = resize_image(apply_norm(as_rgb(src.read_all(), source=str(src.path)), lo, hi), pre.resize)
-        return _Input(ArraySource(x, src.path), (0.0, 1.0), (lo, hi), True)
+        return _Input(ArraySource(x, src.path), (0.0, 1.0), (lo, hi), True, modality)
+
+    def _params_for(self, modality: str | None) -> InstanceParams:
+        return self.by_modality.get(modality or "", self.params)
+
+    def modality(self, image: ImageSource | np.ndarray) -> str:
+        """The modality the runtime infers for `image` (fluorescence, brightfield or histology),
+        which picks a bundle's `by_modality` post-processing."""
+        src = _as_source(image)
+        sample = image_sample(src)
+        return sample_modality(sample, *norm_stats(sample, self.bundle.preprocessing.normalization,
+                                                   max_pixels=NORM_SAMPLE_PX))
 
     def _predict(self, src: ImageSource, inp: _Input, labels: np.ndarray | None) -> Prediction:
         canvas = np.zeros(src.shape, np.uint32) if labels is None else labels
@@ -295,7 +360,7 @@ class Predictor:
             raise ValueError(f"{src.path}: labels canvas {canvas.shape} is not the image's shape {src.shape}")
         target = np.zeros(inp.source.shape, np.uint32) if inp.resized else canvas
         if self.bundle.kind == "unet":
-            n, cut = self._predict_unet(inp.source, *inp.tile_norm, target)
+            n, cut = self._predict_unet(inp.source, *inp.tile_norm, target, self._params_for(inp.modality))
             return self._at_input(canvas, target, n, None, inp, cut)
         scores = self._predict_maskrcnn(inp.source, *inp.tile_norm, target)
         return self._at_input(canvas, target, len(scores), scores, inp, 0)
@@ -329,10 +394,12 @@ class Predictor:
         self._run_model(_batches(inp.source, grid.tiles, self.batch, *inp.tile_norm, bgr, "reflect"), sink)
         return merger.finalize()
 
-    def instances(self, field: np.ndarray, shape: tuple[int, int], **overrides: float) -> np.ndarray:
-        """The instance step on a `probabilities` field, with the bundle's post-processing (or
-        `overrides` of it: what `nseg-train tune` searches), as labels at the image's `shape`."""
-        params = instance_params({**self.bundle.postprocessing, **overrides})
+    def instances(self, field: np.ndarray, shape: tuple[int, int], *, modality: str | None = None,
+                  **overrides: float) -> np.ndarray:
+        """The instance step on a `probabilities` field, with the bundle's post-processing for the
+        image's `modality` (or `overrides` of it: what `nseg-train tune` searches), as labels at
+        the image's `shape`."""
+        params = instance_params({**self.bundle.postprocessing, **overrides}, modality)
         labels = params.instances(field[0], field[1] if len(field) > 1 else None)
         if labels.shape == tuple(shape):
             return labels
@@ -352,7 +419,8 @@ class Predictor:
         finally:
             worker.close()
 
-    def _predict_unet(self, src: ImageSource, lo: float, hi: float, canvas: np.ndarray) -> tuple[int, int]:
+    def _predict_unet(self, src: ImageSource, lo: float, hi: float, canvas: np.ndarray,
+                      params: InstanceParams) -> tuple[int, int]:
         h, w = src.shape
         grid = self._grid(h, w)
         c = self.config
@@ -367,7 +435,7 @@ class Predictor:
         def finish_ready_blocks() -> None:
             while state["next"] < len(blocks) and all(i in cache for i in need[state["next"]]):
                 b = blocks[state["next"]]
-                n, cut = self._block_labels(grid, b, cache, need[b.index], canvas, state["count"])
+                n, cut = self._block_labels(grid, b, cache, need[b.index], canvas, state["count"], params)
                 state["count"] += n
                 state["cut"] += cut
                 for i in need[b.index]:
@@ -392,16 +460,57 @@ class Predictor:
         return state["count"], state["cut"]
 
     def _block_labels(self, grid: TileGrid, block: Block, outputs: dict[int, np.ndarray], ids: Iterable[int],
-                      canvas: np.ndarray, offset: int) -> tuple[int, int]:
+                      canvas: np.ndarray, offset: int, params: InstanceParams) -> tuple[int, int]:
         """Blend the tile outputs `ids` over one block, take its instances, paste them into
         `canvas` numbered from offset + 1; returns (instances pasted, clumps cut by the margin)."""
+        lab, cut = self._block_instances(grid, block, outputs, ids, params)
+        paste_block(canvas, lab, block.outer, offset)
+        return int(lab.max()), cut
+
+    def _block_instances(self, grid: TileGrid, block: Block, outputs: dict[int, np.ndarray], ids: Iterable[int],
+                         params: InstanceParams) -> tuple[np.ndarray, int]:
+        """(labels over block.outer holding only the clumps this block owns, numbered 1..n; owned
+        clumps cut by the margin): the tile outputs `ids` blended over the block, then the instance
+        step. Shared by `predict` and `block_labels` (the cluster path), so both label alike."""
         merger = UNetMerger(grid, block.outer, self.field_channels)
         for i in ids:  # index order: bitwise-identical sums whatever the blocks or the batches
             merger.aggregate(outputs[i][None], [grid.tiles[i]])
         f = merger.finalize()
-        lab, cut = block_instances(f[0], f[1] if len(f) > 1 else None, self.params, block, canvas.shape)
-        paste_block(canvas, lab, block.outer, offset)
-        return int(lab.max()), cut
+        return block_instances(f[0], f[1] if len(f) > 1 else None, params, block, (grid.height, grid.width))
+
+    # -- one instance block at a time (the cluster path, `nseg_infer.blocks_dask`) ---------------
+
+    def block_inputs(self, image: ImageSource | np.ndarray) -> BlockInputs:
+        """What every block of a large image shares, computed once over the whole image as
+        `predict` computes it: the tile normalisation and the inferred modality (which picks a
+        `by_modality` post-processing). UNet bundles without `resize` only."""
+        if self.bundle.kind != "unet":
+            raise ValueError(f"block-wise prediction needs a UNet bundle, this one is {self.bundle.kind!r}")
+        inp = self._input(_as_source(image))
+        if inp.resized:
+            raise ValueError("block-wise prediction is not possible with a bundle that resizes the whole image")
+        return BlockInputs(inp.tile_norm, inp.modality)
+
+    def block_labels(self, image: ImageSource | np.ndarray, block: Block, inputs: BlockInputs) -> tuple[np.ndarray, int]:
+        """One instance block of `image` on its own, exactly as `predict` labels it: the model on
+        the tiles whose read windows meet `block.outer`, blended in index order, then the instance
+        step with the margin ownership rule. Returns (labels over `block.outer` holding the nuclei
+        the block owns, numbered 1..n; clumps cut by the margin). `predict`'s labels are these
+        pasted with `stitch.paste_block` in block order (`tiling.block_grid`), each offset by the
+        sum of n over the blocks before it."""
+        src = _as_source(image)
+        grid = self._grid(*src.shape)
+        ids = [t.index for t in grid.tiles if t.read.intersects(block.outer)]  # as _schedule
+        outputs: dict[int, np.ndarray] = {}
+
+        def sink(item: tuple[list[Tile], dict[str, np.ndarray]]) -> None:
+            tiles, out = item
+            for t, p in zip(tiles, out[self.output_name], strict=True):
+                outputs[t.index] = np.asarray(p[:self.field_channels], np.float32)
+
+        bgr = self.bundle.preprocessing.channel_order == "BGR"
+        self._run_model(_batches(src, [grid.tiles[i] for i in ids], self.batch, *inputs.norm, bgr, "reflect"), sink)
+        return self._block_instances(grid, block, outputs, ids, self._params_for(inputs.modality))
 
     def _maskrcnn_tiles(self, h: int, w: int) -> list[Tile]:
         # The detector graph takes one fixed-size tile: the balanced grid's read windows (often
@@ -460,21 +569,47 @@ class Predictor:
 
     def process_file(self, path: str | os.PathLike, out_dir: str | os.PathLike) -> FileResult:
         """Segment one file and write its products. Never raises for a bad input: the error is in
-        the result, naming the file."""
-        p, out = Path(path), Path(out_dir)
+        the result, naming the file. The three stages `process_many` overlaps, one after another."""
+        job = self._segment(*self._open(Path(path), Path(out_dir)))
+        return job if isinstance(job, FileResult) else self._finish(job)
+
+    def _open(self, p: Path, out: Path) -> tuple[Path, Path, ImageSource | Exception, float]:
+        """Stage 1: the output folder made and the file opened (small files are decoded here)."""
         t0 = time.perf_counter()
-        h = w = 0
         try:
             out.mkdir(parents=True, exist_ok=True)
-            with open_image(p, region_threshold_px=self.config.region_px) as raw:
-                h, w = raw.shape
-                with segment_source(self, raw, self.config.input_options, work_dir=out) as seg:
-                    outputs, n = self._write(p, out, seg, h, w)
-            return FileResult(p, outputs, n, time.perf_counter() - t0, None, h, w, self.backend_name)
+            raw: ImageSource | Exception = open_image(p, region_threshold_px=self.config.region_px)
         except Exception as e:
-            # Deliberately broad: decoders and runtimes raise their own types for corrupt input,
-            # and one bad file must never stop a batch. The traceback stays in the debug log.
-            return self._failure(p, e, time.perf_counter() - t0, h, w)
+            # Deliberately broad, here and in the other stages: decoders and runtimes raise their
+            # own types for corrupt input, and one bad file must never stop a batch.
+            raw = e
+        return p, out, raw, time.perf_counter() - t0
+
+    def _segment(self, p: Path, out: Path, raw: ImageSource | Exception, seconds: float) -> _Job | FileResult:
+        """Stage 2: the model and the instance step. The segmentation, its label canvas and the
+        open file stay alive in the job's ExitStack until its products are written."""
+        if isinstance(raw, Exception):
+            return self._failure(p, raw, seconds, 0, 0)
+        t0 = time.perf_counter()
+        h, w = raw.shape
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(raw)
+                seg = stack.enter_context(segment_source(self, raw, self.config.input_options, work_dir=out))
+            except Exception as e:
+                return self._failure(p, e, seconds + time.perf_counter() - t0, h, w)
+            return _Job(p, out, seg, h, w, seconds + time.perf_counter() - t0, stack.pop_all())
+
+    def _finish(self, job: _Job) -> FileResult:
+        """Stage 3: the products written, then the file, canvas and temp files released."""
+        t0 = time.perf_counter()
+        try:
+            with job.resources:
+                outputs, n = self._write(job.path, job.out, job.seg, job.height, job.width)
+            return FileResult(job.path, outputs, n, job.seconds + time.perf_counter() - t0, None, job.height,
+                              job.width, self.backend_name)
+        except Exception as e:
+            return self._failure(job.path, e, job.seconds + time.perf_counter() - t0, job.height, job.width)
 
     def process_files(self, jobs: Sequence[tuple[str | os.PathLike, str | os.PathLike]]) -> Iterator[FileResult]:
         """`process_file` of each (input, output folder), in order, each file decoded once and all
@@ -533,13 +668,32 @@ class Predictor:
     def process_many(self, paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
                      progress: Callable[[FileResult], None] | None = None,
                      summary: bool = True) -> list[FileResult]:
-        """Every file, in order; one bad file never stops the batch. Writes OUT/summary.csv."""
-        results = []
-        for p in paths:
-            r = self.process_file(p, out_dir)
+        """Every file, in order; one bad file never stops the batch. Writes OUT/summary.csv.
+
+        `process_file`'s stages, overlapped across files: a reader thread opens (decodes) the next
+        file while this one is segmented, and a writer thread writes the previous file's products
+        meanwhile. Both queues hold one file, so at most five are in flight (two opened ahead, one
+        being segmented, two being or waiting to be written), and an image with labels on disk
+        (above `RunConfig.large_px`) is segmented only once the writer is idle, so no two large
+        label images are ever held together. Results and files are `process_file`'s, in input
+        order; `progress` is called from the writer thread."""
+        out = Path(out_dir)
+        results: list[FileResult] = []
+
+        def finish(job: _Job | FileResult) -> None:
+            r = job if isinstance(job, FileResult) else self._finish(job)
             results.append(r)
             if progress is not None:
                 progress(r)
+
+        writer = Worker(finish, 1, name="nseg-writer")
+        try:
+            for p, o, raw, seconds in background((self._open(Path(p), out) for p in paths), 1):
+                if isinstance(raw, ImageSource) and raw.height * raw.width > self.config.large_px:
+                    writer.wait()
+                writer.put(self._segment(p, o, raw, seconds))
+        finally:
+            writer.close()
         if summary:
             write_summary(Path(out_dir) / "summary.csv", [r.summary_row() for r in results])
         return results

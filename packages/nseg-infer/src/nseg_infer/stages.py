@@ -1,5 +1,7 @@
 """The runtime's pipeline stages: a bounded reader thread (`background`) and a bounded consumer
-thread (`Worker`), so reading, the model and merging overlap while memory stays bounded."""
+thread (`Worker`), so reading, the model and merging overlap while memory stays bounded. Used
+twice over: within one image (tiles read -> model -> merger, `Predictor._run_model`) and across
+the files of a batch (file read -> segmentation -> products writer, `Predictor.process_many`)."""
 
 from __future__ import annotations
 
@@ -57,20 +59,26 @@ def background(items: Iterable, depth: int) -> Iterator:
 class Worker:
     """One consumer thread fed through a bounded queue; `close()` re-raises its first error."""
 
-    def __init__(self, fn: Callable, depth: int) -> None:
+    def __init__(self, fn: Callable, depth: int, name: str = "nseg-merger") -> None:
         self.fn = fn
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
-        self.t = threading.Thread(target=self._loop, daemon=True, name="nseg-merger")
+        self.t = threading.Thread(target=self._loop, daemon=True, name=name)
         self.t.start()
 
     def _loop(self) -> None:
         while (item := self.q.get()) is not _DONE:
-            if self.error is None:
-                try:
+            try:
+                if self.error is None:
                     self.fn(item)
-                except BaseException as e:
-                    self.error = e
+            except BaseException as e:
+                self.error = e
+            finally:
+                self.q.task_done()
+
+    def wait(self) -> None:
+        """Block until every item put so far has been handled (the consumer is idle)."""
+        self.q.join()
 
     def put(self, item) -> None:
         if self.error is not None:

@@ -47,9 +47,33 @@ def geometric(rng: np.random.Generator, img: np.ndarray, tgt: np.ndarray, cfg: A
     return np.ascontiguousarray(img), np.ascontiguousarray(tgt)
 
 
+# Ruifrok & Johnston stain vectors (haematoxylin, eosin, DAB) as rows; skimage's `hed_from_rgb` inverse.
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32)
+_RGB_FROM_HED /= np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
+_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED).astype(np.float32)
+
+
+def is_colour(img: np.ndarray, tol: float = 0.02) -> bool:
+    """True when the channels differ (a stained image), False for grey images stored as RGB."""
+    return bool(np.abs(img - img.mean(axis=2, keepdims=True)).mean() > tol)
+
+
+def hed_jitter(rng: np.random.Generator, img: np.ndarray, sigma: float) -> np.ndarray:
+    """Scale and shift each stain's optical density by 1±sigma and ±sigma: stain variation between labs."""
+    od = -np.log(np.clip(img, 1e-3, 1.0))
+    hed = od.reshape(-1, 3) @ _HED_FROM_RGB
+    alpha = rng.uniform(1 - sigma, 1 + sigma, size=3).astype(np.float32)
+    beta = rng.uniform(-sigma, sigma, size=3).astype(np.float32)
+    hed = hed * alpha + beta * hed.max(axis=0).clip(1e-3)
+    out = np.exp(-(hed @ _RGB_FROM_HED)).reshape(img.shape)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
 def photometric(rng: np.random.Generator, img: np.ndarray, cfg: AugmentConfig) -> np.ndarray:
     """img: HxWx3 float32, roughly in [0, 1] after percentile normalisation."""
     img = img.astype(np.float32, copy=True)
+    if cfg.hed and is_colour(img):
+        img = hed_jitter(rng, img, cfg.hed)
     if cfg.invert_p and rng.random() < cfg.invert_p:
         img = 1.0 - img
     if cfg.grayscale_p and rng.random() < cfg.grayscale_p:

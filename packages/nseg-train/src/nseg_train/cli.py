@@ -157,8 +157,9 @@ def tune(
     cache: Path = _CACHE,
     limit: int = typer.Option(None, "--limit", help="use only the first N images of the split"),
 ) -> None:
-    """Grid-search the post-processing thresholds on the validation split (UNet: watershed; Mask R-CNN:
-    score, mask, NMS and size) through the runtime's pipeline; write them into a new checkpoint."""
+    """Grid-search the post-processing thresholds on the validation split (UNet: watershed, then
+    h-maxima seeds and per-modality parameters, each scored alone and together; Mask R-CNN: score,
+    mask, NMS and size) through the runtime's pipeline; write the best into a new checkpoint."""
     from tqdm import tqdm
 
     from nseg_train.tune import tune_checkpoint
@@ -167,6 +168,10 @@ def tune(
         r = tune_checkpoint(checkpoint, data=data, splits=splits, out=out, cache=cache, split=split, limit=limit, progress=lambda x, desc: tqdm(x, desc=desc))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    if r.ablation is not None:
+        a = r.ablation
+        typer.echo(f"val DSB: global thresholds {a.global_thresholds:.4f}, h-maxima seeds {a.h_maxima:.4f}, "
+                   f"per-modality {a.by_modality:.4f}, both {a.combined:.4f} (images per modality {a.modality_counts})")
     typer.echo(f"val DSB {r.baseline_dsb:.4f} -> {r.best_dsb:.4f} with {r.best}; wrote {out}")
 
 

@@ -51,6 +51,7 @@ class AugmentConfig:
     brightness: float = 0.0
     gamma: float = 0.0
     colour: float = 0.0  # per-channel gain/offset jitter (stain variation)
+    hed: float = 0.0  # H&E stain jitter in HED optical-density space (Tellez et al. 2018); colour images only
     grayscale_p: float = 0.0
     invert_p: float = 0.0
     noise: float = 0.0
@@ -63,6 +64,8 @@ class AugmentConfig:
         for name in ("grayscale_p", "invert_p", "blur_p"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"augment.{name} must be a probability")
+        if not 0 <= self.hed < 1:
+            raise ConfigError(f"augment.hed must be in [0, 1), got {self.hed}")
 
 
 @dataclass(frozen=True)
@@ -120,13 +123,23 @@ class EvalConfig:
     seed_threshold: float = 0.5
     min_seed_area: int = 3
     min_size: int = 12
+    seed_h: float = 0.0  # > 0: h-maxima seeds (nseg_infer.instances)
+    # Watershed overrides per inferred modality, e.g. {histology: {seed_threshold: 0.6}}; set by tune.
+    by_modality: dict[str, dict[str, float]] | None = None
     tile: int = 512
     halo: int = 32
     max_val_images: int | None = None
 
     def __post_init__(self) -> None:
+        from nseg_infer.instances import WatershedParams, check_by_modality
+
         if self.every < 1:
             raise ConfigError("eval.every must be >= 1")
+        try:
+            WatershedParams(self.fg_threshold, self.seed_threshold, self.min_seed_area, self.min_size, self.seed_h)
+            check_by_modality(self.by_modality)
+        except ValueError as exc:
+            raise ConfigError(f"eval: {exc}") from exc
         if self.tile % 16 or self.halo < 0 or 2 * self.halo >= self.tile:
             raise ConfigError("eval.tile must be a multiple of 16 and eval.halo in [0, tile/2)")
 

@@ -43,13 +43,19 @@ def unet_postprocessing_section(cfg: TrainConfig) -> dict[str, Any]:
     e = cfg.eval
     if e.instances == "components":
         return {"kind": "components", "fg_threshold": float(e.fg_threshold), "min_size": int(e.min_size)}
-    return {
+    post: dict[str, Any] = {
         "kind": "unet_watershed",
         "fg_threshold": float(e.fg_threshold),
         "seed_threshold": float(e.seed_threshold),
         "min_seed_area": int(e.min_seed_area),
         "min_size": int(e.min_size),
     }
+    # Only when used, so bundles without them keep their exact metadata.
+    if e.seed_h:
+        post["seed_h"] = float(e.seed_h)
+    if e.by_modality:
+        post["by_modality"] = {m: dict(v) for m, v in sorted(e.by_modality.items())}
+    return post
 
 
 def maskrcnn_postprocessing_section(cfg: TrainConfig) -> dict[str, Any]:

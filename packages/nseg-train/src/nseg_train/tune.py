@@ -4,6 +4,11 @@ The model runs once per image through the runtime's Predictor (UNet: the blended
 R-CNN: the raw tile detections); only the cheap instance step is repeated per parameter set. The
 winning parameters are written into a copy of the checkpoint's config, so evaluation, export and
 the runtime all use them.
+
+UNet: a global grid first; then, from its best, a coordinate search per modality (as the runtime
+infers it from each image) that may also switch to h-maxima seeds. Each idea is also scored alone
+on the same fields, so `tuning.json` holds the ablation: global thresholds, h-maxima seeds alone,
+per-modality thresholds alone, and both.
 """
 
 from __future__ import annotations
@@ -32,6 +37,90 @@ DEFAULT_GRID = {
     "min_seed_area": (3, 10, 30),
     "min_size": (8, 24, 48),
 }
+
+
+# Searched one parameter at a time from the global best, per modality and for h-maxima seeds.
+REFINE_GRID = {
+    "fg_threshold": (0.3, 0.4, 0.5, 0.6),
+    "seed_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
+    "seed_h": (0.0, 0.1, 0.2, 0.3, 0.4),
+    "min_seed_area": (3, 10, 30, 60),
+    "min_size": (8, 24, 48, 96),
+}
+# Fewer validation images than this in a modality: it keeps the global parameters (no overfit
+# to two or three images).
+MIN_MODALITY_IMAGES = 5
+
+
+def coordinate_search(score, start: dict, grid: dict[str, tuple], *, passes: int = 2) -> tuple[dict, float]:
+    """Greedy ascent of `score(params)`: each parameter in turn over its grid values, the others
+    fixed, until a pass improves nothing. Returns (best params, best score)."""
+    best, best_s = dict(start), score(start)
+    for _ in range(passes):
+        improved = False
+        for k, values in grid.items():
+            for v in values:
+                if v == best.get(k):
+                    continue
+                cand = {**best, k: v}
+                if (sc := score(cand)) > best_s + 1e-9:
+                    best, best_s, improved = cand, sc, True
+        if not improved:
+            break
+    return best, best_s
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """Validation DSB of each post-processing idea alone and of their combination."""
+
+    global_thresholds: float
+    h_maxima: float
+    by_modality: float
+    combined: float
+    global_params: dict
+    h_maxima_params: dict
+    modality_params: dict[str, dict]
+    combined_params: dict[str, dict]
+    modality_counts: dict[str, int]
+
+
+def unet_ablation(score_images, n: int, modalities: list[str], start: dict, *,
+                  grid: dict[str, tuple] = REFINE_GRID, min_images: int = MIN_MODALITY_IMAGES) -> Ablation:
+    """`score_images(params, indices)` -> per-image DSBs. From the global best `start`: h-maxima
+    seeds for all images, per-modality parameters without them, and per-modality with them."""
+    every = list(range(n))
+    mean_all = lambda p: float(np.mean(score_images(p, every)))  # noqa: E731
+    no_h = {k: v for k, v in grid.items() if k != "seed_h"}
+    h_values = tuple(v for v in grid.get("seed_h", ()) if v > 0) or (0.2,)
+    h_grid = {"seed_h": h_values, **{k: grid[k] for k in ("seed_threshold", "min_seed_area") if k in grid}}
+    h_params, h_score = coordinate_search(mean_all, {**start, "seed_h": h_values[-1]}, h_grid)
+    if h_score <= mean_all(start):
+        h_params, h_score = dict(start), mean_all(start)
+
+    def per_modality(g: dict[str, tuple]) -> tuple[dict[str, dict], float]:
+        chosen: dict[str, dict] = {}
+        scores = np.zeros(n)
+        for m in sorted(set(modalities)):
+            idx = [i for i, x in enumerate(modalities) if x == m]
+            params = dict(start)
+            if len(idx) >= min_images:
+                params, _ = coordinate_search(lambda p, idx=idx: float(np.mean(score_images(p, idx))), start, g)
+            chosen[m] = params
+            scores[idx] = score_images(params, idx)
+        return chosen, float(scores.mean())
+
+    mod_params, mod_score = per_modality(no_h)
+    comb_params, comb_score = per_modality(grid)
+    counts = {m: modalities.count(m) for m in sorted(set(modalities))}
+    return Ablation(mean_all(start), h_score, mod_score, comb_score, dict(start), h_params, mod_params,
+                    comb_params, counts)
+
+
+def overrides(base: dict, per_modality: dict[str, dict]) -> dict[str, dict]:
+    """The `by_modality` section: for each modality, the parameters that differ from `base`."""
+    out = {m: {k: v for k, v in p.items() if base.get(k) != v} for m, p in per_modality.items()}
+    return {m: d for m, d in out.items() if d}
 
 
 # Detector thresholds, in the runtime merger's names. The model is run once with the loosest
@@ -81,6 +170,8 @@ class TuneResult:
     best_dsb: float
     baseline_dsb: float
     table: list[dict]
+    by_modality: dict[str, dict] | None = None
+    ablation: Ablation | None = None
 
 
 def tune_checkpoint(
@@ -115,9 +206,21 @@ def tune_checkpoint(
         # `nseg-infer run` use.
         predictor = runtime_predictor(model, cfg, device)
         probs = [(s.labels, predictor.probabilities(s.image)) for s in it]
+        modalities = [predictor.modality(s.image) for s in res.samples]
+
+        memo: dict[tuple, float] = {}  # the searches revisit parameter sets; each image is scored once per set
+
+        def score_images(params: dict, idx) -> list[float]:
+            key = tuple(sorted(params.items()))
+            for i in idx:
+                if (key, i) not in memo:
+                    gt, field = probs[i]
+                    memo[key, i] = dsb_score(gt, predictor.instances(field, gt.shape, **params))
+            return [memo[key, i] for i in idx]
 
         def score(params: dict) -> float:
-            return float(np.mean([dsb_score(gt, predictor.instances(p, gt.shape, **params)) for gt, p in probs]))
+            # Explicit params, no modality: the checkpoint's own by_modality never leaks in.
+            return float(np.mean(score_images({"seed_h": 0.0, **params}, range(len(probs)))))
 
         baseline_params = {k: getattr(cfg.eval, k) for k in grid}
     keys = list(grid)
@@ -129,11 +232,26 @@ def tune_checkpoint(
     rows.sort(key=lambda r: -r["dsb"])
     baseline = score(baseline_params)
     best = {k: rows[0][k] for k in keys}
+    best_dsb = rows[0]["dsb"]
+    ablation, by_modality = None, None
+    if cfg.model.kind == "unet" and cfg.eval.instances == "watershed":
+        start = {**{k: getattr(cfg.eval, k) for k in REFINE_GRID}, "seed_h": 0.0, **best}
+        ablation = unet_ablation(score_images, len(probs), modalities, start)
+        # Ship what validation prefers: global thresholds, h-maxima for all, or per-modality.
+        options = [(ablation.global_thresholds, start, {}), (ablation.h_maxima, ablation.h_maxima_params, {}),
+                   (ablation.by_modality, start, overrides(start, ablation.modality_params)),
+                   (ablation.combined, start, overrides(start, ablation.combined_params))]
+        best_dsb, base, by_modality = max(options, key=lambda o: o[0])
+        best = {**base, "by_modality": by_modality or None}
     tuned = _with_params(cfg, best)
     ckpt["config"] = json.loads(json.dumps(tuned.to_dict()))
-    ckpt["tuning"] = {"split": split, "n_images": len(res.samples), "baseline_dsb": baseline, "best_dsb": rows[0]["dsb"], "grid": {k: list(v) for k, v in grid.items()}}
+    ckpt["tuning"] = {"split": split, "n_images": len(res.samples), "baseline_dsb": baseline, "best_dsb": best_dsb, "grid": {k: list(v) for k, v in grid.items()}}
     for k in ("optimizer", "scheduler", "scaler"):  # a deployable checkpoint needs weights only
         ckpt.pop(k, None)
     save_atomic(ckpt, out)
-    write_text_atomic(out.parent / f"{out.stem}.tuning.json", json.dumps({"best": best, "baseline_dsb": baseline, "table": rows}, indent=1))
-    return TuneResult(best=best, best_dsb=rows[0]["dsb"], baseline_dsb=baseline, table=rows)
+    report = {"best": best, "best_dsb": best_dsb, "baseline_dsb": baseline, "table": rows}
+    if ablation is not None:
+        report["ablation"] = dataclasses.asdict(ablation)
+    write_text_atomic(out.parent / f"{out.stem}.tuning.json", json.dumps(report, indent=1))
+    return TuneResult(best=best, best_dsb=best_dsb, baseline_dsb=baseline, table=rows, by_modality=by_modality,
+                      ablation=ablation)

@@ -1,0 +1,243 @@
+"""What runs on the workers of a cluster run, and the plan of one large image split into blocks.
+
+Files: `file_task` is `Predictor.process_file`, so a file's products are byte for byte those of
+`nseg-infer run`. Each worker makes its `Predictor` once (`worker_predictor`) and keeps it.
+
+A large image (UNet bundle, no whole-image `resize`, no rescaling) is split into the runtime's own
+instance blocks (`tiling.block_grid` with `RunConfig.block` and `margin`), one task each:
+
+    client: whole-image normalisation and modality once (`Predictor.block_inputs`) -> LargeImage
+    block_task (one per block): the block's region read by the worker -> `Predictor.block_labels`
+        -> the nuclei it owns, numbered 1..n, saved beside the output (`block-NNNNNN.npz`)
+    client: global ids = prefix sum of n in block order (so completion order never matters)
+    assemble_task (one per block core = one zarr chunk): the owned labels of the blocks whose
+        outer window meets the chunk, pasted in block order with `stitch.paste_block`, exactly as
+        `predict` pastes them -> the chunk of the OME-Zarr label image (`omezarr`)
+    products_task: `Predictor`'s own product writer reading the zarr labels block by block: the
+        labels TIFF, CSV, GeoJSON, overlay of `nseg-infer run`, byte for byte.
+
+So the label image equals `Predictor.predict`'s pixel for pixel and no worker holds the whole
+image. The products of one large image are written by one task (serially over its blocks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from nseg_data.atomic import atomic_path
+
+from nseg_infer.imageio import open_image
+from nseg_infer.inputs import FileResult, stem
+from nseg_infer.omezarr import open_labels
+from nseg_infer.prepare import model_input, segmented
+from nseg_infer.run import BlockInputs, Prediction, Predictor, RunConfig
+from nseg_infer.stitch import paste_block
+from nseg_infer.tiling import Block, Window, block_grid
+
+log = logging.getLogger(__name__)
+
+WORK_DIR = ".nseg-cluster"  # in OUT: block results and the label zarr being assembled
+
+# ----------------------------------------------------------------------------------------------
+# One Predictor per worker
+
+
+_lock = threading.Lock()
+
+
+class _Local:
+    """Holds the cache when a task runs outside a worker (e.g. called directly)."""
+
+
+_LOCAL = _Local()
+
+
+def _holder() -> object:
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except (ImportError, ValueError):
+        return _LOCAL
+
+
+def worker_predictor(bundle: str, config: RunConfig) -> Predictor:
+    """The worker's Predictor for (bundle folder, settings), made by its first task and kept on the
+    worker object: loading the model per task would cost more than many small tasks."""
+    holder = _holder()
+    with _lock:  # a worker with several threads makes it once too
+        cache: dict = holder.__dict__.setdefault("_nseg_predictors", {})
+        key = (bundle, config)
+        if key not in cache:
+            cache[key] = Predictor(bundle, config)
+            holder.__dict__["_nseg_predictor_loads"] = holder.__dict__.get("_nseg_predictor_loads", 0) + 1
+        return cache[key]
+
+
+def predictor_loads(dask_worker: object | None = None) -> int:
+    """How many Predictors this worker has made (`client.run(predictor_loads)`: one per setting)."""
+    holder = dask_worker if dask_worker is not None else _holder()
+    return int(holder.__dict__.get("_nseg_predictor_loads", 0))
+
+
+def file_task(bundle: str, config: RunConfig, path: str, out_dir: str) -> FileResult:
+    return worker_predictor(bundle, config).process_file(path, out_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# Large images
+
+
+@dataclass(frozen=True)
+class LargeImage:
+    """A large image's block plan, made once on the client and sent with each of its tasks."""
+
+    path: Path
+    shape: tuple[int, int]
+    blocks: tuple[Block, ...]
+    inputs: BlockInputs
+    pixel_size_um: tuple[float, float] | None
+    work: Path                       # its folder under OUT/.nseg-cluster
+
+    @property
+    def plan(self) -> str:
+        """What the manifest's block records are valid for."""
+        h, w = self.shape
+        b = self.blocks[0]
+        return f"{h}x{w}/block {b.core.shape}/outer {b.outer.shape}/norm {self.inputs}"
+
+    def block_file(self, index: int) -> Path:
+        return self.work / f"block-{index:06d}.npz"
+
+    @property
+    def zarr_work(self) -> Path:
+        return self.work / "labels.ome.zarr"
+
+
+def plan_large_image(planner: Predictor, path: Path, out_dir: Path) -> LargeImage | str:
+    """The block plan of `path`, or why it runs as one file task instead. Reads the whole image
+    once (the normalisation statistics `predict` computes over it)."""
+    c = planner.config
+    if planner.bundle.kind != "unet":
+        return f"a {planner.bundle.kind} bundle segments a large image as one task"
+    if planner.bundle.preprocessing.resize is not None:
+        return "the bundle resizes whole images"
+    with open_image(path, region_threshold_px=c.region_px) as raw:
+        inp = model_input(planner, raw, c.input_options)
+        if not inp.rescale.identity:
+            return "the image is rescaled for the model (--diameter / pixel size)"
+        h, w = inp.source.shape
+        if max(h, w) <= c.block:
+            return "the image is one instance block"
+        inputs = planner.block_inputs(inp.source)
+        px = inp.pixel_size_um
+    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    return LargeImage(path, (h, w), block_grid(h, w, c.block, c.margin), inputs, px,
+                      out_dir / WORK_DIR / f"{stem(path)}-{key}")
+
+
+def label_offsets(counts: Sequence[int]) -> list[int]:
+    """Global id offset of each block: the nuclei of all blocks before it, in block order."""
+    out, total = [], 0
+    for n in counts:
+        out.append(total)
+        total += n
+    return out
+
+
+@dataclass(frozen=True)
+class BlockDone:
+    index: int
+    n: int          # nuclei owned, labelled 1..n in the block file
+    cut: int        # owned clumps touching the margin (larger than it: possibly not seamless)
+    seconds: float
+    backend: str
+
+
+@contextlib.contextmanager
+def _model_source(predictor: Predictor, path: Path) -> Iterator:
+    with open_image(path, region_threshold_px=predictor.config.region_px) as raw:
+        yield raw, model_input(predictor, raw, predictor.config.input_options)
+
+
+def block_task(bundle: str, config: RunConfig, image: LargeImage, index: int) -> BlockDone:
+    """One block: the worker reads the regions it needs, labels the nuclei it owns and saves them
+    (atomically: a retried or repeated task rewrites the same file)."""
+    t0 = time.perf_counter()
+    predictor = worker_predictor(bundle, config)
+    with _model_source(predictor, image.path) as (_, inp):
+        if inp.source.shape != image.shape:
+            raise ValueError(f"{image.path}: image is {inp.source.shape}, planned as {image.shape}; was it replaced?")
+        labels, cut = predictor.block_labels(inp.source, image.blocks[index], image.inputs)
+    image.work.mkdir(parents=True, exist_ok=True)
+    with atomic_path(image.block_file(index)) as tmp:
+        np.savez_compressed(tmp, labels=labels)
+    return BlockDone(index, int(labels.max()), cut, time.perf_counter() - t0, predictor.backend_name)
+
+
+def assemble_chunk(image: LargeImage, index: int, offsets: Sequence[int]) -> np.ndarray:
+    """Block `index`'s core of the image's label image (uint32), from the saved blocks."""
+    core = image.blocks[index].core
+    out = np.zeros(core.shape, np.uint32)
+    for b in image.blocks:  # block order: a pixel two blocks claim goes to the first, as in predict
+        o = b.outer
+        if not o.intersects(core):
+            continue
+        with np.load(image.block_file(b.index)) as f:
+            lab = f["labels"]
+        y0, y1, x0, x1 = max(o.y0, core.y0), min(o.y1, core.y1), max(o.x0, core.x0), min(o.x1, core.x1)
+        paste_block(out, lab[y0 - o.y0:y1 - o.y0, x0 - o.x0:x1 - o.x0],
+                    Window(y0 - core.y0, y1 - core.y0, x0 - core.x0, x1 - core.x0), offsets[b.index])
+    return out
+
+
+def assemble_task(image: LargeImage, index: int, offsets: Sequence[int], array: str) -> int:
+    """Write one chunk of the zarr label image (chunks are block cores: one writer per chunk)."""
+    chunk = assemble_chunk(image, index, offsets)
+    z = open_labels(Path(array), mode="r+")
+    z[image.blocks[index].core.slices] = chunk.astype(z.dtype, copy=False)
+    return index
+
+
+def products_task(bundle: str, config: RunConfig, image: LargeImage, out_dir: str, array: str, total: int,
+                  seconds: float) -> FileResult:
+    """`nseg-infer run`'s products of the image, written by the Predictor's own writer from the
+    zarr labels. `seconds` is the worker time of its blocks; a failure is in the result."""
+    predictor = worker_predictor(bundle, config)
+    p, out = image.path, Path(out_dir)
+    t0 = time.perf_counter()
+    h = w = 0
+    try:
+        with _model_source(predictor, p) as (raw, inp):
+            h, w = raw.shape
+            pred = Prediction(open_labels(Path(array)), total, None, image.inputs.norm)
+            with segmented(predictor, inp, pred, work_dir=out) as seg:
+                # The single-process writer itself, so the products are byte for byte the same.
+                outputs, n = predictor._write(p, out, seg, h, w)
+        return FileResult(p, outputs, n, seconds + time.perf_counter() - t0, None, h, w, predictor.backend_name)
+    except Exception as e:  # as process_file: reported in the result, naming the file
+        return predictor._failure(p, e, seconds + time.perf_counter() - t0, h, w)
+
+
+def publish_zarr(work: Path, target: Path) -> Path:
+    """Move the assembled store into OUT (replacing an older one): a directory cannot be renamed
+    over a full one, so the old one is moved aside first and removed after."""
+    import shutil
+
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.{os.getpid()}.old")
+        os.replace(target, old)
+    os.replace(work, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -1,0 +1,99 @@
+"""Connecting to a dask cluster (`--cluster local:N` or a scheduler address) and the command
+line's part of `nseg-infer run --cluster`; the run itself is `nseg_infer.cluster.run_on_cluster`."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nseg_infer.cluster import ClusterError, ClusterOptions, run_on_cluster
+from nseg_infer.inputs import FileResult
+from nseg_infer.run import RunConfig
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+log = logging.getLogger(__name__)
+
+
+def parse_cluster(spec: str) -> int | str:
+    """`local:N` -> N (a LocalCluster of N single-threaded worker processes); a scheduler address
+    (`tcp://HOST:PORT`, `tls://...`) -> itself."""
+    if spec.startswith("local:"):
+        n = spec.removeprefix("local:")
+        if not n.isdigit() or int(n) < 1:
+            raise ValueError(f"--cluster local:N needs N >= 1 workers, got {spec!r}")
+        return int(n)
+    if "://" in spec:
+        return spec
+    raise ValueError(f"--cluster must be local:N or a scheduler address such as tcp://HOST:8786, got {spec!r}")
+
+
+@contextlib.contextmanager
+def connect(spec: str, *, quiet: bool = False) -> Iterator[Client]:
+    """A client for `--cluster SPEC` (see `parse_cluster`), closed (and a local cluster stopped)
+    when the block ends. `quiet`: dask's own start-up and shut-down messages only as warnings."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as e:
+        raise ClusterError("--cluster needs the dask extra: pip install 'nseg-infer[dask]'") from e
+    if quiet:  # after the import, which sets the level from dask's config
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    target = parse_cluster(spec)
+    if isinstance(target, str):
+        with Client(target) as client:
+            yield client
+        return
+    with LocalCluster(n_workers=target, threads_per_worker=1, processes=True) as cluster, Client(cluster) as client:
+        yield client
+
+
+def local_threads(spec: str, config: RunConfig) -> RunConfig:
+    """On `local:N`, each worker's model gets its share of this machine's cores (unless set)."""
+    target = parse_cluster(spec)
+    if isinstance(target, str) or config.threads is not None:
+        return config
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return dataclasses.replace(config, threads=max(1, cores // target))
+
+
+def cli_run(inputs: Sequence[str], out: Path, model: Path | None, config: RunConfig, spec: str,
+            options: ClusterOptions) -> int:
+    """`nseg-infer run --cluster SPEC`: the exit code (0 all segmented, 1 some failed)."""
+    from tqdm import tqdm
+
+    config = local_threads(spec, config)
+    bar = tqdm(unit="img", dynamic_ncols=True, file=sys.stderr, disable=None)
+
+    def progress(r: FileResult) -> None:
+        bar.set_postfix_str(f"{r.input.name}: " + (f"{r.n_nuclei} nuclei" if r.ok else "FAILED"))
+        bar.update(1)
+
+    try:
+        with connect(spec, quiet=not log.isEnabledFor(logging.DEBUG)) as client:
+            print(f"cluster: {spec} ({len(client.nthreads())} workers now), dashboard {client.dashboard_link}",
+                  file=sys.stderr)
+            report = run_on_cluster(client, inputs, out, bundle=model, config=config, options=options,
+                                    progress=progress, on_start=lambda k: bar.reset(total=k))
+    except ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        bar.close()
+    done = [r for r in report.results if r.ok]
+    print(f"{len(done)} of {len(report.results)} images segmented ({len(report.reused)} finished earlier), "
+          f"{sum(r.n_nuclei for r in done)} nuclei; results in {out}", file=sys.stderr)
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if report.failed:
+        print(f"{len(report.failed)} failed:", file=sys.stderr)
+        for r in report.failed:
+            print(f"  {r.error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,267 @@
+"""`nseg-infer run --cluster` on a dask LocalCluster: the same products as a single-process run,
+blocks of a large image stitched exactly as `predict` stitches them, faults and resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from infer_testkit import synthetic_blobs
+from PIL import Image
+from scipy import ndimage as ndi
+from typer.testing import CliRunner
+
+from nseg_infer.blocks_dask import WORK_DIR, predictor_loads
+from nseg_infer.cli import app
+from nseg_infer.cluster import ClusterOptions, run_on_cluster
+from nseg_infer.cluster_cli import parse_cluster
+from nseg_infer.cluster_manifest import MANIFEST_NAME
+from nseg_infer.imageio import open_image
+from nseg_infer.omezarr import array_path, open_labels
+from nseg_infer.run import Predictor, RunConfig, run
+from nseg_infer.watch import TEMP_RE
+
+distributed = pytest.importorskip("distributed", reason="needs the dask extra: pip install 'nseg-infer[dask]'")
+pytest.importorskip("zarr", reason="needs the dask extra: pip install 'nseg-infer[dask]'")
+
+CONFIG = RunConfig(threads=1)
+# Small blocks so a 256 px image has 3 x 3 of them; TIFFs read region by region.
+BLOCKS = RunConfig(threads=1, block=96, margin=32, region_px=10_000)
+SPLIT = ClusterOptions(split_px=100 * 100)
+
+
+@pytest.fixture(scope="module")
+def client():
+    import cloudpickle
+    import cluster_testkit
+
+    # Workers unpickle the kill plugin without importing the test folder.
+    cloudpickle.register_pickle_by_value(cluster_testkit)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
+            distributed.Client(c) as cl:
+        yield cl
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    d = tmp_path / "in"
+    d.mkdir()
+    for i, shape in enumerate([(200, 260), (160, 160), (230, 190), (120, 300)]):
+        Image.fromarray(synthetic_blobs(shape, 25, seed=i)[0]).save(d / f"img{i}.png")
+    return d
+
+
+def corner_image(side: int, centres: list[tuple[int, int]], radius: int, seed: int = 0) -> np.ndarray:
+    """Bright discs centred on `centres` plus a few random ones, blurred, with noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:side, :side]
+    img = np.full((side, side), 15.0, np.float32)
+    for cy, cx in centres:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2] = 200
+    extra, _ = synthetic_blobs((side, side), 12, seed=seed)
+    img = np.maximum(img, extra.astype(np.float32))
+    img = ndi.gaussian_filter(img, 1.0) + rng.normal(0, 3, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _masked(path: Path) -> bytes:
+    # tifffile writes a fresh OME UUID into every file: two single-process runs differ there too.
+    return re.sub(rb"urn:uuid:[0-9a-f-]{36}", b"urn:uuid:" + b"0" * 36, path.read_bytes())
+
+
+def _summary(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r.pop("seconds")
+        r["labels"] = Path(r["labels"]).name
+    return rows
+
+
+def _same_products(a: Path, b: Path) -> list[str]:
+    """Names of files of `a` that differ in `b` (labels TIFFs compared without their OME UUID)."""
+    bad = []
+    for f in sorted(a.iterdir()):
+        if f.name == "summary.csv" or not f.is_file():
+            continue
+        g = b / f.name
+        same = g.exists() and (_masked(f) == _masked(g) if f.name.endswith(".tif") else f.read_bytes() == g.read_bytes())
+        if not same:
+            bad.append(f.name)
+    return bad
+
+
+def _no_leftovers(out: Path) -> None:
+    stray = [p.name for p in out.rglob("*") if TEMP_RE.match(p.name)]
+    assert not stray, stray
+    assert not (out / WORK_DIR).exists() or not any((out / WORK_DIR).iterdir())
+
+
+def test_cluster_spec_is_parsed_or_refused():
+    assert parse_cluster("local:3") == 3
+    assert parse_cluster("tcp://10.0.0.1:8786") == "tcp://10.0.0.1:8786"
+    for bad in ("local:0", "local:x", "somewhere"):
+        with pytest.raises(ValueError, match="--cluster"):
+            parse_cluster(bad)
+
+
+def test_files_match_single_process_in_any_submission_order(client, folder, tmp_path):
+    single = tmp_path / "single"
+    run([folder], single, predictor=Predictor(None, CONFIG))
+    out = tmp_path / "dist"
+    before = client.run(predictor_loads)
+    report = run_on_cluster(client, [folder], out, config=CONFIG, options=ClusterOptions(shuffle_seed=7))
+    assert not report.failed and report.reused == ()
+    assert _same_products(single, out) == []
+    assert _summary(out / "summary.csv") == _summary(single / "summary.csv")
+    # The model is loaded once per worker (at most), not once per task: 4 tasks on 2 workers.
+    loads = {w: n - before.get(w, 0) for w, n in client.run(predictor_loads).items()}
+    assert sum(loads.values()) >= 1 and max(loads.values()) <= 1, loads
+
+
+def test_cli_connects_to_a_running_scheduler(client, folder, tmp_path):
+    res = CliRunner().invoke(app, ["run", str(folder / "img1.png"), "--out", str(tmp_path / "o"), "--device", "cpu",
+                                   "--cluster", client.scheduler.address])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o" / "img1.labels.tif").exists() and (tmp_path / "o" / MANIFEST_NAME).exists()
+    res = CliRunner().invoke(app, ["run", str(folder), "--out", str(tmp_path / "o"), "--cluster", "nowhere"])
+    assert res.exit_code == 2 and "--cluster" in res.output
+
+
+def test_large_image_blocks_equal_predict_with_nuclei_on_four_block_corners(client, tmp_path):
+    corners = [(96, 96), (96, 192), (192, 96), (192, 192)]
+    img = corner_image(256, [*corners, (96, 40), (40, 192)], radius=7)
+    src = tmp_path / "big.tif"
+    tifffile.imwrite(src, img, tile=(64, 64))
+    predictor = Predictor(None, BLOCKS)
+    with open_image(src, region_threshold_px=BLOCKS.region_px) as im:
+        assert im.is_region_reader
+        expected = predictor.predict(im)
+    for cy, cx in corners:  # one nucleus across the four blocks, not four pieces
+        assert expected.labels[cy, cx] > 0
+        assert len(np.unique(expected.labels[cy - 4:cy + 5, cx - 4:cx + 5])) == 1
+    small = tmp_path / "small.png"  # below split_px: one file task beside the blocks
+    Image.fromarray(synthetic_blobs((90, 100), 8, seed=5)[0]).save(small)
+    single = tmp_path / "single"
+    run([src, small], single, predictor=predictor)
+    out = tmp_path / "dist"
+    report = run_on_cluster(client, [src, small], out, config=BLOCKS,
+                            options=ClusterOptions(split_px=100 * 100, shuffle_seed=3))
+    assert not report.failed, report.failed
+    assert report.blocks_computed == 9 and report.blocks_reused == 0
+    assert not (out / "small.ome.zarr").exists()
+    zarr_labels = np.asarray(open_labels(array_path(out / "big.ome.zarr")))
+    np.testing.assert_array_equal(zarr_labels, expected.labels)
+    assert _same_products(single, out) == []
+    assert _summary(out / "summary.csv") == _summary(single / "summary.csv")
+    _no_leftovers(out)
+    ome_zarr = pytest.importorskip("ome_zarr.reader")
+    from ome_zarr.io import parse_url
+
+    nodes = list(ome_zarr.Reader(parse_url(str(out / "big.ome.zarr")))())
+    label_nodes = [n for n in nodes if any(type(s).__name__ == "Label" for s in n.specs)]
+    assert len(label_nodes) == 1
+    np.testing.assert_array_equal(np.asarray(label_nodes[0].data[0]), expected.labels)
+
+
+def test_nucleus_larger_than_the_block_margin_is_reported(client, tmp_path):
+    cfg = RunConfig(threads=1, block=96, margin=8)
+    src = tmp_path / "clump.png"
+    Image.fromarray(corner_image(192, [(96, 96)], radius=16, seed=2)).save(src)
+    with open_image(src) as im:
+        expected = Predictor(None, cfg).predict(im)
+    assert expected.cut_clumps >= 1
+    report = run_on_cluster(client, [src], tmp_path / "out", config=cfg, options=SPLIT)
+    assert not report.failed
+    assert report.cut_clumps == ((src, expected.cut_clumps),)
+    assert any("exceed the block margin" in w for w in report.warnings)
+    np.testing.assert_array_equal(np.asarray(open_labels(array_path(tmp_path / "out" / "clump.ome.zarr"))),
+                                  expected.labels)
+
+
+def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(client, folder, tmp_path):
+    import cluster_testkit
+
+    single = tmp_path / "single"
+    run([folder], single, predictor=Predictor(None, CONFIG))
+    marker = tmp_path / "killed"
+    client.register_plugin(cluster_testkit.KillOnce("nseg-file-", str(marker)))
+    try:
+        out = tmp_path / "dist"
+        report = run_on_cluster(client, [folder], out, config=CONFIG)
+    finally:
+        client.unregister_worker_plugin(cluster_testkit.KillOnce.name)
+    assert marker.exists(), "no worker was killed: the test did not test anything"
+    assert not report.failed, report.failed
+    rows = _summary(out / "summary.csv")
+    assert [r["input"] for r in rows] == [str(p) for p in sorted(folder.iterdir())]
+    assert rows == _summary(single / "summary.csv")
+    assert _same_products(single, out) == []
+    assert sorted(json.loads((out / MANIFEST_NAME).read_text())["files"]) == sorted(str(p) for p in folder.iterdir())
+    _no_leftovers(out)
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_killed_block_fails_its_image_and_a_rerun_redoes_only_the_missing_blocks(client, tmp_path):
+    import cluster_testkit
+
+    img = corner_image(256, [(96, 96), (192, 192)], radius=7, seed=4)
+    src = tmp_path / "big.png"
+    Image.fromarray(img).save(src)
+    with open_image(src) as im:
+        expected = Predictor(None, BLOCKS).predict(im)
+    out = tmp_path / "dist"
+    marker = tmp_path / "killed"
+    sched = client.cluster.scheduler
+    allowed, sched.allowed_failures = sched.allowed_failures, 0  # a death fails the task at once
+    client.register_plugin(cluster_testkit.KillOnce("nseg-block-", str(marker)))
+    try:
+        first = run_on_cluster(client, [src], out, config=BLOCKS, options=SPLIT)
+    finally:
+        client.unregister_worker_plugin(cluster_testkit.KillOnce.name)
+        sched.allowed_failures = allowed
+    assert marker.exists()
+    assert len(first.failed) == 1 and "big.png" in first.failed[0].error
+    assert 1 <= first.blocks_computed < 9
+    assert not (out / "big.ome.zarr").exists()
+    client.wait_for_workers(2, timeout=60)
+    second = run_on_cluster(client, [src], out, config=BLOCKS, options=SPLIT)
+    assert not second.failed
+    assert second.blocks_reused == first.blocks_computed
+    assert second.blocks_computed == 9 - first.blocks_computed
+    np.testing.assert_array_equal(np.asarray(open_labels(array_path(out / "big.ome.zarr"))), expected.labels)
+    _no_leftovers(out)
+
+
+def test_resume_recomputes_only_unfinished_files(client, folder, tmp_path):
+    out = tmp_path / "dist"
+    files = sorted(folder.iterdir())
+    first = run_on_cluster(client, files[:2], out, config=CONFIG)
+    assert not first.failed and first.reused == ()
+
+    def stamp(p: Path) -> tuple[int, int]:
+        st = (out / f"{p.stem}.labels.tif").stat()
+        return st.st_ino, st.st_mtime_ns
+
+    before = {p: stamp(p) for p in files[:2]}
+    (out / f"{files[1].stem}.csv").unlink()  # recorded as done, but a product is gone: done again
+    second = run_on_cluster(client, [folder], out, config=CONFIG)
+    assert not second.failed
+    assert second.reused == (files[0],)
+    assert stamp(files[0]) == before[files[0]]
+    assert stamp(files[1]) != before[files[1]]
+    assert [r.input for r in second.results] == files
+    assert all((out / f"{p.stem}.csv").exists() for p in files)
+    third = run_on_cluster(client, [folder], out, config=CONFIG)
+    assert third.reused == tuple(files)
+    # Other settings: the record does not apply, every file is done again.
+    fourth = run_on_cluster(client, [folder], out, config=RunConfig(threads=1, products="labels,csv"))
+    assert fourth.reused == ()
+    assert len(_summary(out / "summary.csv")) == len(files)
+    assert os.path.exists(out / MANIFEST_NAME)

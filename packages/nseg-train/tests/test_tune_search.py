@@ -1,0 +1,33 @@
+"""The post-processing searches of `nseg-train tune`, on synthetic score functions."""
+
+import numpy as np
+
+from nseg_train.tune import coordinate_search, overrides, unet_ablation
+
+
+def test_coordinate_search_climbs_to_the_grid_optimum_of_a_separable_score():
+    target = {"a": 3, "b": 0.2}
+    score = lambda p: -abs(p["a"] - target["a"]) - 10 * abs(p["b"] - target["b"])  # noqa: E731
+    best, s = coordinate_search(score, {"a": 1, "b": 0.5}, {"a": (1, 2, 3, 4), "b": (0.1, 0.2, 0.5)})
+    assert best == target and s == 0
+
+
+def test_ablation_finds_per_modality_parameters_and_keeps_small_modalities_global():
+    # Fluorescence scores best at seed_threshold 0.5, histology at 0.7 with h-maxima 0.2;
+    # brightfield (2 images) prefers 0.3 but is too small to tune on its own.
+    modalities = ["fluorescence"] * 6 + ["histology"] * 5 + ["brightfield"] * 2
+    want = {"fluorescence": (0.5, 0.0), "histology": (0.7, 0.2), "brightfield": (0.3, 0.0)}
+
+    def score_images(p, idx):
+        return [1 - abs(p["seed_threshold"] - want[modalities[i]][0]) - abs(p["seed_h"] - want[modalities[i]][1])
+                for i in idx]
+
+    grid = {"seed_threshold": (0.3, 0.5, 0.7), "seed_h": (0.0, 0.2), "min_size": (8,)}
+    start = {"seed_threshold": 0.5, "seed_h": 0.0, "min_size": 8}
+    a = unet_ablation(score_images, len(modalities), modalities, start, grid=grid)
+    assert a.combined_params["histology"] == {"seed_threshold": 0.7, "seed_h": 0.2, "min_size": 8}
+    assert a.combined_params["brightfield"] == start and a.combined_params["fluorescence"] == start
+    assert a.modality_params["histology"]["seed_h"] == 0.0  # h-maxima excluded from that row
+    assert a.combined > a.by_modality > a.global_thresholds
+    assert np.isclose(a.combined, np.mean([1] * 6 + [1] * 5 + [0.8] * 2))
+    assert overrides(start, a.combined_params) == {"histology": {"seed_threshold": 0.7, "seed_h": 0.2}}
