@@ -88,9 +88,24 @@ def write_inputs(folder: Path, images: list[np.ndarray], fmt: str) -> list[Path]
 
 
 def case_images(case: str) -> list[np.ndarray]:
-    """'4096': one synthetic image of that side; '8x1024': eight different ones."""
+    """'4096': one synthetic image of that side; '8x1024': eight different ones; 'dir:PATH': the
+    PNG images of a folder (real data, e.g. a split's images), in name order."""
+    if case.startswith("dir:"):
+        from PIL import Image
+
+        files = sorted(Path(case[4:]).glob("*.png"))
+        if not files:
+            raise SystemExit(f"{case[4:]}: no PNG images")
+        return [np.asarray(Image.open(f).convert("RGB")) for f in files]
     count, _, side = case.rpartition("x")
     return [synthetic_image(int(side), seed=k) for k in range(int(count or 1))]
+
+
+def case_label(case: str, images: list[np.ndarray]) -> str:
+    if case.startswith("dir:"):
+        return f"{len(images)} images of {Path(case[4:]).name}"
+    count, _, side = case.rpartition("x")
+    return f"{count or 1} x {side}²"
 
 
 class StarDist:
@@ -110,7 +125,7 @@ class StarDist:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", default="1024,4096,8192,8x1024",
-                    help="image sides, or NxSIDE for N different images in one command")
+                    help="image sides, NxSIDE for N different images in one command, or dir:PATH for a folder of PNGs")
     ap.add_argument("--model", help="bundle (default: the bundled default model)")
     ap.add_argument("--stardist-model", help="a trained StarDist2D model folder: compare with StarDist")
     ap.add_argument("--stardist-python", help="the Python of StarDist's own environment")
@@ -134,13 +149,13 @@ def main() -> int:
         print(f"start-up: nseg {start:.1f} s" + (f", StarDist {sd_start:.1f} s" if stardist else ""), flush=True)
         for case in args.cases.split(","):
             images = case_images(case)
-            mpx = sum(i.size for i in images) / 1e6
+            mpx = sum(i.shape[0] * i.shape[1] for i in images) / 1e6
             model = mpx / model_seconds(predictor, images)
             for fmt in ("png", "tif"):
                 files = write_inputs(tmp / f"in-{case}-{fmt}", images, fmt)
                 out = tmp / f"out-{case}-{fmt}"
                 seconds = timed(nseg_command(files, out, args.model), f"nseg-infer run on {case} {fmt}")
-                r = {"case": case, "fmt": fmt, "mpx": mpx, "model_mpx_s": model, "seconds": seconds,
+                r = {"case": case_label(case, images), "fmt": fmt, "mpx": mpx, "model_mpx_s": model, "seconds": seconds,
                      "mpx_s": rate(mpx, seconds, start),
                      "products_mb": sum(f.stat().st_size for f in out.iterdir()) / 2**20}
                 if stardist is not None and fmt == "png":  # StarDist's script reads through Pillow
@@ -161,8 +176,7 @@ def report(rows: list[dict], args: argparse.Namespace, start: float, sd_start: f
             "whole / model | products (MB) |" + (" StarDist end to end Mpx/s | nseg / StarDist |" if sd else ""))
     lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if sd else "")]
     for r in rows:
-        count, _, side = r["case"].rpartition("x")
-        line = (f"| {count or 1} x {side}² | {r['mpx']:.1f} | {r['fmt'].upper()} | {r['model_mpx_s']:.2f} | "
+        line = (f"| {r['case']} | {r['mpx']:.1f} | {r['fmt'].upper()} | {r['model_mpx_s']:.2f} | "
                 f"{r['seconds']:.1f} | {fmt_rate(r['mpx_s'])} | {ratio(r['mpx_s'], r['model_mpx_s'])} | "
                 f"{r['products_mb']:.1f} |")
         if sd:

@@ -31,3 +31,16 @@ def test_ablation_finds_per_modality_parameters_and_keeps_small_modalities_globa
     assert a.combined > a.by_modality > a.global_thresholds
     assert np.isclose(a.combined, np.mean([1] * 6 + [1] * 5 + [0.8] * 2))
     assert overrides(start, a.combined_params) == {"histology": {"seed_threshold": 0.7, "seed_h": 0.2}}
+
+
+def test_ablation_breaks_each_row_down_by_modality():
+    modalities = ["fluorescence"] * 5 + ["histology"] * 5
+
+    def score_images(p, idx):
+        return [p["seed_threshold"] if modalities[i] == "histology" else 1 - p["seed_threshold"] for i in idx]
+
+    grid = {"seed_threshold": (0.3, 0.7), "seed_h": (0.0,)}
+    a = unet_ablation(score_images, 10, modalities, {"seed_threshold": 0.3, "seed_h": 0.0}, grid=grid)
+    assert a.per_modality["global_thresholds"] == {"fluorescence": 0.7, "histology": 0.3}
+    assert a.per_modality["combined"] == {"fluorescence": 0.7, "histology": 0.7}
+    assert np.isclose(a.combined, 0.7) and np.isclose(a.global_thresholds, 0.5)

@@ -83,6 +83,8 @@ class Ablation:
     modality_params: dict[str, dict]
     combined_params: dict[str, dict]
     modality_counts: dict[str, int]
+    # Each row's mean DSB per modality: {"h_maxima": {"histology": ...}, ...}
+    per_modality: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
 def unet_ablation(score_images, n: int, modalities: list[str], start: dict, *,
@@ -113,8 +115,18 @@ def unet_ablation(score_images, n: int, modalities: list[str], start: dict, *,
     mod_params, mod_score = per_modality(no_h)
     comb_params, comb_score = per_modality(grid)
     counts = {m: modalities.count(m) for m in sorted(set(modalities))}
+
+    def breakdown(params_of) -> dict[str, float]:
+        out = {}
+        for m in counts:
+            idx = [i for i, x in enumerate(modalities) if x == m]
+            out[m] = float(np.mean(score_images(params_of(m), idx)))
+        return out
+
+    per_mod = {"global_thresholds": breakdown(lambda m: start), "h_maxima": breakdown(lambda m: h_params),
+               "by_modality": breakdown(lambda m: mod_params[m]), "combined": breakdown(lambda m: comb_params[m])}
     return Ablation(mean_all(start), h_score, mod_score, comb_score, dict(start), h_params, mod_params,
-                    comb_params, counts)
+                    comb_params, counts, per_mod)
 
 
 def overrides(base: dict, per_modality: dict[str, dict]) -> dict[str, dict]:
