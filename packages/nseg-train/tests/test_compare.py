@@ -89,3 +89,10 @@ def test_run_names_and_init_chain(tmp_path):
     assert init_epochs({"init": {"path": str(second)}}) == 10 + 32
     assert init_epochs({"init": {"epochs": 7, "path": "gone.pt"}}) == 7
     assert init_epochs({"init": None}) == 0
+    # A file replaced by its own descendant (the shipped default after a fine-tune of it): the
+    # recorded count wins, and without one a path seen twice ends the chain.
+    loop = tmp_path / "loop.pt"
+    torch.save({"format": FORMAT, "epoch": 4, "init": {"path": str(loop), "epochs": 40}}, loop)
+    assert init_epochs({"init": {"path": str(loop), "epochs": 45}}) == 45
+    torch.save({"format": FORMAT, "epoch": 4, "init": {"path": str(loop)}}, loop)
+    assert init_epochs({"init": {"path": str(loop)}}) == 5

@@ -55,12 +55,16 @@ def load_model(path: Path) -> tuple[torch.nn.Module, TrainConfig, dict[str, Any]
     return model, cfg, ckpt
 
 
-def init_epochs(ckpt: dict) -> int:
-    """Epochs behind the weights a run started from (`--init`): the chain of starting checkpoints
-    followed back while their files exist, else the count recorded when the run began."""
+def init_epochs(ckpt: dict, _seen: frozenset[str] = frozenset()) -> int:
+    """Epochs behind the weights a run started from (`--init`): the count recorded when the run
+    began; for checkpoints without one, the chain of starting checkpoints followed back while
+    their files exist. A file may since have been replaced by its own descendant (the shipped
+    default is), so the recorded count wins and a path seen twice ends the chain."""
     init = ckpt.get("init") or {}
-    path = Path(init["path"]) if init.get("path") else None
-    if path is not None and path.is_file():
-        prev = load_checkpoint(path)
-        return int(prev.get("epoch", -1)) + 1 + init_epochs(prev)
-    return int(init.get("epochs", 0))
+    if "epochs" in init:
+        return int(init["epochs"])
+    path = Path(init["path"]).resolve() if init.get("path") else None
+    if path is None or not path.is_file() or str(path) in _seen:
+        return 0
+    prev = load_checkpoint(path)
+    return int(prev.get("epoch", -1)) + 1 + init_epochs(prev, _seen | {str(path)})
