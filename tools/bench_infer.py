@@ -214,6 +214,15 @@ def write_section(body: str) -> None:
     write_section_named(SECTION, body)
 
 
+def publish(section: str, body: str, *, write: bool) -> int:
+    """A benchmark's last step: print its report and, unless told not to, write it into its
+    section of docs/benchmarks.md. Returns the exit status (0)."""
+    print(body)
+    if write:
+        write_section_named(section, body)
+    return 0
+
+
 def write_section_named(section: str, body: str) -> None:
     """Replace (or append) one `## ` section of docs/benchmarks.md, atomically."""
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"

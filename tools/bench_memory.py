@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-from bench_infer import machine, synthetic_image, write_section_named  # noqa: E402
+from bench_infer import machine, publish, synthetic_image  # noqa: E402
 
 SECTION = "## Memory"
 GIB = 2**30
@@ -93,10 +93,7 @@ def main() -> int:
             "resident set (Python, libraries, ONNX Runtime, the input and the label image included; above "
             "8192 x 8192 the labels are a disk-backed memmap whose touched pages count). Mpx/s has the "
             f"start-up of a 64 x 64 run ({start['seconds']:.1f} s) subtracted.\n\n" + table(rows))
-    print(body)
-    if not args.no_write:
-        write_section_named(SECTION, body)
-    return 0
+    return publish(SECTION, body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-from bench_infer import machine, write_section_named  # noqa: E402
+from bench_infer import machine, publish  # noqa: E402
 
 SECTION = "## UNet and Mask R-CNN side by side"
 SAMPLE = ROOT / "examples" / "sample" / "stage1_train"
@@ -148,10 +148,7 @@ def main() -> int:
             "the other columns split the same work in process: the backend's model calls, the rest of "
             "`Predictor.predict` (normalisation, tiling, merging, watershed or mask pasting) and writing the products.\n\n"
             + "\n".join(lines))
-    print(body)
-    if not args.no_write:
-        write_section_named(SECTION, body)
-    return 0
+    return publish(SECTION, body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-from bench_infer import machine, synthetic_image, write_section_named  # noqa: E402
+from bench_infer import machine, publish, synthetic_image  # noqa: E402
 from bench_models import sample_images  # noqa: E402
 
 SECTION = "## Products"
@@ -118,10 +118,7 @@ def main() -> int:
             "the default set (`labels,csv,overlay,geojson`, what `nseg-infer run` writes; the CSV and the GeoJSON "
             f"share their measurement work), best of {args.repeat}. Seconds, and seconds per megapixel in "
             "brackets.\n\n" + table(rows))
-    print(body)
-    if not args.no_write:
-        write_section_named(SECTION, body)
-    return 0
+    return publish(SECTION, body, write=not args.no_write)
 
 
 if __name__ == "__main__":

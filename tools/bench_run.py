@@ -27,7 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-from bench_infer import machine, synthetic_image, write_section_named  # noqa: E402
+from bench_infer import machine, publish, synthetic_image  # noqa: E402
 
 SECTION = "## End to end (nseg-infer run)"
 STARDIST_SCRIPT = ROOT.parent / "shared" / "peers" / "stardist" / "segment_folder.py"
@@ -164,10 +164,7 @@ def main() -> int:
                 print(case, fmt, {k: round(v, 2) for k, v in r.items() if isinstance(v, float)}, flush=True)
                 rows.append(r)
     body = report(rows, args, start, sd_start)
-    print(body)
-    if not args.no_write:
-        write_section_named(SECTION, body)
-    return 0
+    return publish(SECTION, body, write=not args.no_write)
 
 
 def report(rows: list[dict], args: argparse.Namespace, start: float, sd_start: float | None) -> str:

@@ -19,26 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from nseg_data.atomic import write_text_atomic
 from nseg_data.split import load_splits
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from bench_run import StarDist, nseg_command, timed  # noqa: E402
+
 BIN = Path(sys.executable).parent
 METRICS = ("dsb", "f1_50", "f1_75", "aji", "pq", "dice")
-
-
-def timed(cmd: list[str]) -> float:
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd[:3])} ... failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - t0
 
 
 def score(pred: Path, data: Path, splits: Path, split: str, cache: Path | None, out_json: Path) -> dict:
@@ -46,7 +39,7 @@ def score(pred: Path, data: Path, splits: Path, split: str, cache: Path | None, 
            "--json", str(out_json)]
     if cache:
         cmd += ["--cache", str(cache)]
-    timed(cmd)
+    timed(cmd, f"nseg-data score {pred}")
     return json.loads(out_json.read_text())
 
 
@@ -78,12 +71,8 @@ def main() -> None:
         images.mkdir()
         for i in ids:
             shutil.copyfile(a.data / i / "images" / f"{i}.png", images / f"{i}.png")
-        cmd = [str(BIN / "nseg-infer"), "run", str(images), "--out", str(nseg_out), "--products", "labels", "--device", "cpu"]
-        if a.model:
-            cmd += ["--model", a.model]
-        t_nseg = timed(cmd)
-        t_sd = timed([str(a.stardist_python), str(a.peer_dir / "segment_folder.py"), str(images), str(sd_out),
-                      str(a.stardist_model)])
+        t_nseg = timed([*nseg_command([images], nseg_out, a.model), "--products", "labels"], "nseg-infer run")
+        t_sd = StarDist(str(a.stardist_python), str(a.stardist_model), a.peer_dir / "segment_folder.py").seconds(images, sd_out)
         nseg = score(nseg_out, a.data, a.splits, a.split, a.cache, a.out / "nseg.score.json")
         sd = score(sd_out, a.data, a.splits, a.split, a.cache, a.out / "stardist.score.json")
     result = {"split": a.split, "images": len(ids), "nseg_model": a.model or "default",

@@ -4,8 +4,8 @@
 Cellpose estimates each image's nucleus size and rescales it to its training size. This probe does
 the same with nseg's own model: a first pass at the image's scale gives the median equivalent
 diameter d of the nuclei found; if D / d (D: the bundle's `scale.nucleus_diameter_px`) lies outside
-[1 / band, band], the image is resampled by D / d (`scale.RescaledSource`, as `--diameter` does),
-segmented again, and its labels brought back (`scale.labels_to_input`). Both results are scored
+[1 / band, band], the image is segmented again as `--diameter d` segments it
+(`prepare.segment_source`: resampled by D / d, labels brought back at the image's size). Both results are scored
 against the ground truth, per modality, for bands 1.25 and 1.5. Val only: the locked split is
 never used for a choice.
 
@@ -24,8 +24,8 @@ from nseg_data.dataset import open_dataset
 from nseg_data.metrics import dsb_score
 from nseg_data.split import load_splits
 from nseg_infer.imageio import ArraySource
+from nseg_infer.prepare import InputOptions, segment_source
 from nseg_infer.run import Predictor
-from nseg_infer.scale import RescaledSource, labels_to_input
 
 BANDS = (1.25, 1.5)
 
@@ -61,10 +61,8 @@ def main() -> None:
                 row[f"band {band}"] = row["native"]
                 continue
             if rescaled is None:
-                h, w = s.image.shape[:2]
-                lab = pr.predict(RescaledSource(ArraySource(s.image), (max(1, round(h * f)), max(1, round(w * f))))).labels
-                rescaled = np.zeros((h, w), np.uint32)
-                labels_to_input(lab, rescaled)
+                with segment_source(pr, ArraySource(s.image), InputOptions(diameter=d)) as seg:
+                    rescaled = np.array(seg.labels)
             row[f"band {band}"] = dsb_score(s.labels, rescaled)
         rows.append(row)
         print(f"[{k}/{len(res.samples)}] {s.id[:12]} {row['modality']} d={d:.1f} native {row['native']:.3f}", flush=True)

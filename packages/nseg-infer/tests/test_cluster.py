@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 from infer_testkit import synthetic_blobs
+from nseg_data.atomic import TEMP_RE
 from PIL import Image
 from scipy import ndimage as ndi
 from typer.testing import CliRunner
@@ -25,7 +26,6 @@ from nseg_infer.cluster_manifest import MANIFEST_NAME
 from nseg_infer.imageio import open_image
 from nseg_infer.omezarr import array_path, open_labels
 from nseg_infer.run import Predictor, RunConfig, run
-from nseg_infer.watch import TEMP_RE
 
 distributed = pytest.importorskip("distributed", reason="needs the dask extra: pip install 'nseg-infer[dask]'")
 pytest.importorskip("zarr", reason="needs the dask extra: pip install 'nseg-infer[dask]'")

@@ -7,11 +7,10 @@ import shutil
 import imagecodecs
 import pytest
 from infer_testkit import synthetic_blobs
-from nseg_data.atomic import atomic_path
+from nseg_data.atomic import TEMP_RE, atomic_path, clean_temp_files
 
 from nseg_infer.ledger import MAX_ATTEMPTS, Ledger
 from nseg_infer.settle import FolderScanner
-from nseg_infer.watch import TEMP_RE, clean_temp_files
 
 
 @pytest.fixture

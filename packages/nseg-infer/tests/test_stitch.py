@@ -52,10 +52,10 @@ def test_naive_per_tile_labelling_fails_the_same_check(one_pass, unet_bundle, mo
     field = p.backend.run(np.zeros((1, 3, 32, 32), np.float32))  # warm session; real field below
     assert field["probs"].shape == (1, 2, 32, 32)
     from nseg_infer.imageio import ArraySource
-    from nseg_infer.run import image_norm_stats, read_tile
+    from nseg_infer.run import image_stats, read_tile
 
     src = ArraySource(mosaic)
-    lo, hi = image_norm_stats(src, p.bundle.preprocessing.normalization)
+    lo, hi, _ = image_stats(src, p.bundle.preprocessing.normalization)
     grid = tile_grid(*mosaic.shape[:2], 128, 24, 16)
     naive = np.zeros(mosaic.shape[:2], np.uint32)
     params = WatershedParams.from_dict(dict(p.bundle.postprocessing))
@@ -74,10 +74,10 @@ def test_blockwise_instances_equal_one_pass(one_pass, unet_bundle, mosaic):
     p = untiled(unet_bundle, mosaic)
     side = p.tile
     from nseg_infer.imageio import ArraySource
-    from nseg_infer.run import image_norm_stats, read_tile
+    from nseg_infer.run import image_stats, read_tile
 
     src = ArraySource(mosaic)
-    lo, hi = image_norm_stats(src, p.bundle.preprocessing.normalization)
+    lo, hi, _ = image_stats(src, p.bundle.preprocessing.normalization)
     t = tile_grid(*mosaic.shape[:2], side, 24, 16).tiles[0]
     x = read_tile(src, t, lo, hi)[None].transpose(0, 3, 1, 2)
     probs = p.backend.run(np.ascontiguousarray(x))["probs"][0][:, 24:24 + mosaic.shape[0], 24:24 + mosaic.shape[1]]

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import tifffile
 from infer_testkit import synthetic_blobs
+from nseg_data.atomic import TEMP_RE
 
 from nseg_infer.ledger import LEDGER_NAME, Ledger
 from nseg_infer.run import Predictor
-from nseg_infer.watch import LOG_NAME, TEMP_RE
+from nseg_infer.watch import LOG_NAME
 
 FAST = ["--settle", "0.3", "--fail-after", "0.6", "--poll", "0.2"]
 DONE_RE = re.compile(r" (done|failed) (\S+) ")

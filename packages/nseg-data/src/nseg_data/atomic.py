@@ -4,15 +4,25 @@ Readers (a user, a folder watcher, a resumed run) see the old file or the new on
 one. `tempfile.mkstemp` creates files readable by their owner only; renamed into place they would
 hide results from the other accounts of a shared acquisition workstation, so a published file gets
 the mode a plain `open(..., "w")` would give: 0o666 minus the process umask.
+
+A process killed mid-write leaves its hidden temp file behind; `clean_temp_files` removes those
+of a folder (the watch and cluster runs call it when they start), and `exclusive_lock` makes one
+process the only writer of an output folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+# Temp names of the runtime's writers: `atomic_path` (".NAME.XXXXXXXX.tmp.EXT") and the large-image
+# label canvas (".nseg-canvas.XXXXXXXX.tmp"); mkstemp's random part is 8 of [a-z0-9_].
+TEMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]*)?$")
 
 
 def _read_umask() -> int:
@@ -65,3 +75,33 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def clean_temp_files(out_dir: Path) -> list[Path]:
+    """Remove the temp files a killed writer left under `out_dir` (hidden folders skipped): never
+    visible as outputs, being hidden names, but they would pile up."""
+    removed = []
+    for root, dirs, files in os.walk(out_dir):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if TEMP_RE.match(name):
+                p = Path(root) / name
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, busy: Exception) -> Iterator[None]:
+    """Hold an advisory lock on `path` (created if missing) for the `with` block; raise `busy` at
+    once if another process holds it. The lock goes with the process, so a killed one frees it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise busy from e
+        yield
+    finally:
+        os.close(fd)

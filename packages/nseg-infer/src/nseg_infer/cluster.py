@@ -26,10 +26,12 @@ import random
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from nseg_data.atomic import clean_temp_files, exclusive_lock
 
 from nseg_infer.blocks_dask import (
     WORK_DIR,
@@ -132,22 +134,6 @@ def _plane_pixels(path: Path) -> int | None:
     return None
 
 
-@contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """One cluster run per output folder: the manifest has one writer."""
-    import fcntl
-
-    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            raise ClusterError(f"{out}: another cluster run is writing here") from e
-        yield
-    finally:
-        os.close(fd)
-
-
 def run_on_cluster(client: Client, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                    bundle: str | os.PathLike | None = None, config: RunConfig | None = None,
                    options: ClusterOptions = ClusterOptions(),
@@ -170,9 +156,8 @@ def run_on_cluster(client: Client, inputs: Sequence[str | os.PathLike], out_dir:
     files, missing = expand_inputs(inputs)
     if on_start is not None:
         on_start(len(files))
-    with _locked(out):
-        from nseg_infer.watch import clean_temp_files
-
+    # One cluster run per output folder: the manifest has one writer.
+    with exclusive_lock(out / LOCK_NAME, ClusterError(f"{out}: another cluster run is writing here")):
         clean_temp_files(out)  # leftovers of tasks killed in an earlier run
         if (out / WORK_DIR).is_dir():
             clean_temp_files(out / WORK_DIR)

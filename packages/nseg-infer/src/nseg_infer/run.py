@@ -166,9 +166,12 @@ def image_sample(src: ImageSource, *, max_pixels: int = NORM_SAMPLE_PX) -> np.nd
     return np.concatenate(rows, axis=0)
 
 
-def image_norm_stats(src: ImageSource, norm: Normalization, *, max_pixels: int = NORM_SAMPLE_PX) -> tuple[float, float]:
-    """`preprocess.norm_stats` over the whole image (see `image_sample`)."""
-    return norm_stats(image_sample(src, max_pixels=max_pixels), norm, max_pixels=max_pixels)
+def image_stats(src: ImageSource, norm: Normalization, *, modality: bool = False) -> tuple[float, float, str | None]:
+    """(low, high) of `preprocess.norm_stats` over the whole image (see `image_sample`) and, when
+    asked, the image's modality (`sample_modality`), both from one read of the sample."""
+    sample = image_sample(src)
+    lo, hi = norm_stats(sample, norm, max_pixels=NORM_SAMPLE_PX)
+    return lo, hi, sample_modality(sample, lo, hi) if modality else None
 
 
 def sample_modality(sample: np.ndarray, lo: float, hi: float) -> str:
@@ -334,9 +337,7 @@ class Predictor:
 
     def _input(self, src: ImageSource) -> _Input:
         pre = self.bundle.preprocessing
-        sample = image_sample(src)
-        lo, hi = norm_stats(sample, pre.normalization, max_pixels=NORM_SAMPLE_PX)
-        modality = sample_modality(sample, lo, hi) if self.bundle.kind == "unet" and self.by_modality else None
+        lo, hi, modality = image_stats(src, pre.normalization, modality=bool(self.by_modality))
         if pre.resize is None:
             return _Input(src, (lo, hi), (lo, hi), False, modality)
         # Normalised, then resized, as training prepares its images (a whole-image read).
@@ -349,10 +350,7 @@ class Predictor:
     def modality(self, image: ImageSource | np.ndarray) -> str:
         """The modality the runtime infers for `image` (fluorescence, brightfield or histology),
         which picks a bundle's `by_modality` post-processing."""
-        src = _as_source(image)
-        sample = image_sample(src)
-        return sample_modality(sample, *norm_stats(sample, self.bundle.preprocessing.normalization,
-                                                   max_pixels=NORM_SAMPLE_PX))
+        return image_stats(_as_source(image), self.bundle.preprocessing.normalization, modality=True)[2]
 
     def _predict(self, src: ImageSource, inp: _Input, labels: np.ndarray | None) -> Prediction:
         canvas = np.zeros(src.shape, np.uint32) if labels is None else labels

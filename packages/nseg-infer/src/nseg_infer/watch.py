@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
 import logging
 import os
 import queue
-import re
 import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from nseg_data.atomic import clean_temp_files, exclusive_lock
 
 from nseg_infer.bundle import sha256_file
 from nseg_infer.inputs import FileResult
@@ -43,9 +43,6 @@ log = logging.getLogger("nseg_infer.watch")
 
 LOG_NAME = "watch.log"
 LOCK_NAME = ".nseg-watch.lock"
-# Temp names of the runtime's writers: nseg_data.atomic.atomic_path (".NAME.XXXXXXXX.tmp.EXT") and the
-# large-image label canvas (".nseg-canvas.XXXXXXXX.tmp"); mkstemp's random part is 8 of [a-z0-9_].
-TEMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]*)?$")
 
 
 class WatchError(RuntimeError):
@@ -80,21 +77,6 @@ class Job:
 
 
 _END = object()
-
-
-def clean_temp_files(out_dir: Path) -> list[Path]:
-    """Remove the runtime's temp files left by a killed process (never visible as outputs: they
-    are hidden names, but they would pile up)."""
-    removed = []
-    for root, dirs, files in os.walk(out_dir):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if TEMP_RE.match(name):
-                p = Path(root) / name
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-                    removed.append(p)
-    return removed
 
 
 def fsync_files(paths: Sequence[Path]) -> None:
@@ -138,15 +120,6 @@ class Watcher:
 
     # -- setup -----------------------------------------------------------------------------------
 
-    def _lock(self) -> int:
-        fd = os.open(self.out_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            os.close(fd)
-            raise WatchError(f"{self.out_dir}: another `nseg-infer watch` is writing here") from e
-        return fd
-
     def _log_file(self) -> logging.Handler:
         h = logging.FileHandler(self.out_dir / LOG_NAME, encoding="utf-8")
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -168,7 +141,9 @@ class Watcher:
 
     def run(self) -> int:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        lock = self._lock()
+        lock = contextlib.ExitStack()
+        lock.enter_context(exclusive_lock(self.out_dir / LOCK_NAME,
+                                          WatchError(f"{self.out_dir}: another `nseg-infer watch` is writing here")))
         handler = self._log_file()
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         observer = None
@@ -211,7 +186,7 @@ class Watcher:
                 signal.signal(s, h)
             log.removeHandler(handler)
             handler.close()
-            os.close(lock)
+            lock.close()
 
     def _make_scanner(self, ledger: Ledger) -> FolderScanner:
         c = self.config
