@@ -1,7 +1,14 @@
-"""Checkpoint format (see docs/architecture.md) and loading a model back from it."""
+"""Checkpoint format (see docs/architecture.md) and loading a model back from it.
+
+Checkpoints travel between labs (`--init`, `tune`, `evaluate`, `compare`, export), and a pickle can
+name any Python callable to run while it loads. So every checkpoint is read with
+`torch.load(weights_only=True)`: tensors and plain data (dict, list, tuple, str, numbers) only,
+plus the classes in `SAFE_GLOBALS`. Anything else is refused, naming the file and what it asked for.
+"""
 
 from __future__ import annotations
 
+import pickle
 import platform
 from pathlib import Path
 from typing import Any
@@ -19,10 +26,12 @@ def versions() -> dict[str, str]:
     import monai
     import torchvision
 
+    # Plain strings: torch.__version__ is a TorchVersion object, which a weights-only load would
+    # have to allow-list.
     return {
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "monai": monai.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "monai": str(monai.__version__),
         "python": platform.python_version(),
     }
 
@@ -33,17 +42,57 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
         torch.save(obj, tmp)
 
 
+# Checkpoints written before `versions()` stored plain strings hold torch.__version__ as a
+# TorchVersion (a str subclass with comparison methods, nothing that runs on load): the shipped
+# defaults do. Nothing else is allowed.
+SAFE_GLOBALS = (torch.torch_version.TorchVersion,)
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint whose pickle asks for code beyond tensors and plain data."""
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: checkpoint does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        names = _unsafe_globals(path)
+        if names or "GLOBAL" in str(exc) or "global" in str(exc):
+            raise UnsafeCheckpointError(
+                f"{path}: refused: its pickle asks for {names or 'objects other than tensors and plain data'}, "
+                "which an nseg checkpoint never holds; loading it could run code from the file (checkpoints "
+                "are loaded weights-only: tensors and plain data)") from exc
+        raise ValueError(f"{path}: not a readable checkpoint ({_reason(exc)})") from exc
     except Exception as exc:
         raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: not an nseg checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else None!r})")
     return ckpt
+
+
+def _unsafe_globals(path: Path) -> str:
+    """The callables/classes the pickle names beyond the allowed ones; only scans, runs nothing."""
+    try:
+        allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+        names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(path) if n not in allowed]
+    except Exception:  # not a zip checkpoint (legacy format or junk): the unpickler's message stands
+        names = []
+    return ", ".join(names)
+
+
+def _reason(exc: Exception) -> str:
+    # torch's message is a page of advice about weights_only=False, which is exactly what must
+    # not be done with a file from elsewhere; keep the unpickler's own line.
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if "WeightsUnpickler error" in ln:
+            rest = ln.split("WeightsUnpickler error:", 1)[1].strip()
+            return rest or (lines[i + 1] if i + 1 < len(lines) else ln)
+    return lines[0] if lines else type(exc).__name__
 
 
 def load_model(path: Path) -> tuple[torch.nn.Module, TrainConfig, dict[str, Any]]:
