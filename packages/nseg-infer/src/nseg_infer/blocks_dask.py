@@ -131,7 +131,7 @@ def plan_large_image(planner: Predictor, path: Path, out_dir: Path) -> LargeImag
         return f"a {planner.bundle.kind} bundle segments a large image as one task"
     if planner.bundle.preprocessing.resize is not None:
         return "the bundle resizes whole images"
-    with open_image(path, region_threshold_px=c.region_px) as raw:
+    with open_image(path, region_threshold_px=c.region_px, max_pixels=c.max_pixels) as raw:
         inp = model_input(planner, raw, c.input_options)
         if not inp.rescale.identity:
             return "the image is rescaled for the model (--diameter / pixel size)"
@@ -165,7 +165,8 @@ class BlockDone:
 
 @contextlib.contextmanager
 def _model_source(predictor: Predictor, path: Path) -> Iterator:
-    with open_image(path, region_threshold_px=predictor.config.region_px) as raw:
+    with open_image(path, region_threshold_px=predictor.config.region_px,
+                    max_pixels=predictor.config.max_pixels) as raw:
         yield raw, model_input(predictor, raw, predictor.config.input_options)
 
 

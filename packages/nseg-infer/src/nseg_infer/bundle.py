@@ -120,7 +120,8 @@ class Bundle:
             raise ValueError("a bundle needs at least one input and one output")
 
     def engine_paths(self) -> list[tuple[EngineSpec, Path]]:
-        return [(e, self.path / e.file) for e in self.engines if (self.path / e.file).is_file()]
+        # Checked again here: an engine may be built into the folder after the bundle was loaded.
+        return [(e, p) for e in self.engines if (p := bundle_file(self.path, e.file, "engines[].file")).is_file()]
 
 
 def default_bundle_path() -> Path:
@@ -147,6 +148,30 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def bundle_file(bundle_dir: Path, name: Any, key: str) -> Path:
+    """The path of a file `metadata.json` names, refused unless it lies inside the bundle folder.
+
+    A bundle comes from elsewhere; a name like `../../.ssh/id_rsa`, `/etc/passwd` or a symlink
+    pointing out of the folder would make the runtime read (and hash, or load as a model) a file
+    its author never shipped. Only plain relative names inside the folder are accepted."""
+    meta_file = bundle_dir / "metadata.json"
+    if not isinstance(name, str) or not name.strip():
+        raise BundleError(meta_file, f"'{key}' must be a non-empty file name, got {name!r}")
+    rel = Path(name)
+    if rel.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise BundleError(meta_file, f"'{key}' {name!r} is an absolute path; a bundle names its files "
+                                     "relative to its folder")
+    if ".." in rel.parts or ".." in name.replace("\\", "/").split("/"):
+        raise BundleError(meta_file, f"'{key}' {name!r} leaves the bundle folder ('..')")
+    path = bundle_dir / rel
+    root = bundle_dir.resolve()
+    if path.exists() or path.is_symlink():
+        real = path.resolve()
+        if not real.is_relative_to(root):
+            raise BundleError(meta_file, f"'{key}' {name!r} is a link to {real}, outside the bundle folder")
+    return path
+
+
 def _tensor(meta_file: Path, key: str, d: Any) -> TensorSpec:
     if not isinstance(d, Mapping) or "name" not in d:
         raise BundleError(meta_file, f"each entry of '{key}' must be an object with a 'name'")
@@ -169,7 +194,7 @@ def parse_metadata(meta: Any, bundle_dir: Path, *, verify_sha256: bool = True) -
     for key in ("preprocessing", "tiling", "postprocessing"):
         if not isinstance(meta[key], Mapping):
             raise BundleError(meta_file, f"'{key}' must be an object")
-    model_path = bundle_dir / str(meta["model_file"])
+    model_path = bundle_file(bundle_dir, meta["model_file"], "model_file")
     if not model_path.is_file():
         raise BundleError(model_path, f"model file named in {meta_file} does not exist")
     if verify_sha256:
@@ -191,6 +216,8 @@ def parse_metadata(meta: Any, bundle_dir: Path, *, verify_sha256: bool = True) -
         engines = tuple(EngineSpec(file=str(e["file"]), precision=str(e.get("precision", "")),
                                    tensorrt=str(e.get("tensorrt", "")), gpu=str(e.get("gpu", "")))
                         for e in meta.get("engines", []) or [])
+        for e in engines:
+            bundle_file(bundle_dir, e.file, "engines[].file")
         sc = meta.get("scale") or {}
         if not isinstance(sc, Mapping):
             raise ValueError("'scale' must be an object")
@@ -222,6 +249,10 @@ def load_bundle(path: str | Path | None = None, *, verify_sha256: bool = True) -
         # A packaged bundle's name, unless a folder of that name is right here.
         if str(path) in PACKAGED and not p.exists():
             p = packaged_bundle_path(str(path))
+    from nseg_infer.bioimageio_package import is_package, load_package  # it builds on this module
+
+    if is_package(p):  # a bioimage.io package made by `nseg-export bioimageio` (zip or folder)
+        return load_package(p, verify_sha256=verify_sha256)
     if p.is_file() and p.name == "metadata.json":
         p = p.parent
     meta_file = p / "metadata.json"

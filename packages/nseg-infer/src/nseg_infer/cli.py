@@ -29,6 +29,9 @@ _DIAMETER = typer.Option(None, "--diameter", metavar="PX",
 _PRODUCTS = typer.Option("labels,csv,overlay,geojson", "--products",
                          help="Comma-separated, from: labels, csv, overlay, geojson, geojson.gz, rois.")
 _FLIPS = typer.Option(False, "--flips", help="UNet test-time flips: the mean of 4 flipped passes (about 4x slower).")
+_MAX_PIXELS = typer.Option(1 << 32, "--max-pixels", metavar="N", min=1,
+                           help="Refuse an image whose header claims more pixels than this, before decoding it "
+                                "(default 65536 x 65536).")
 
 
 @app.command()
@@ -46,6 +49,7 @@ def run(
     diameter: float | None = _DIAMETER,
     products: str = _PRODUCTS,
     flips: bool = _FLIPS,
+    max_pixels: int = _MAX_PIXELS,
     cluster: str | None = typer.Option(
         None, "--cluster", metavar="local:N|tcp://HOST:PORT",
         help="Run on dask.distributed: N local worker processes, or an existing scheduler (needs the dask extra)."),
@@ -66,7 +70,7 @@ def run(
     try:
         config = RunConfig(tile=tile, overlap=overlap, batch=batch, device=device, channel=channel,
                            channels=channels, pixel_size=pixel_size, diameter=diameter, products=products,
-                           flips=flips)
+                           flips=flips, max_pixels=max_pixels)
         if cluster is not None:  # the workers load the model; nseg_infer.cluster does the rest
             from nseg_infer.cluster import ClusterOptions
             from nseg_infer.cluster_cli import cli_run
@@ -133,6 +137,7 @@ def watch(
     diameter: float | None = _DIAMETER,
     products: str = _PRODUCTS,
     flips: bool = _FLIPS,
+    max_pixels: int = _MAX_PIXELS,
 ) -> None:
     """Segment every image that lands in IN_DIR, exactly once, surviving crashes and restarts."""
     from nseg_data.errors import DataError
@@ -145,7 +150,8 @@ def watch(
         config = WatchConfig(in_dir, out, pattern=pattern, recursive=recursive, poll=poll, settle=settle,
                              fail_after=fail_after, once=once, retry_failed=retry_failed, events=events)
         run_config = RunConfig(batch=batch, device=device, channel=channel, channels=channels,
-                               pixel_size=pixel_size, diameter=diameter, products=products, flips=flips)
+                               pixel_size=pixel_size, diameter=diameter, products=products, flips=flips,
+                               max_pixels=max_pixels)
         watcher = Watcher(Predictor(model, run_config), config)
         code = watcher.run()
     except (DataError, BackendError, WatchError, ValueError) as e:

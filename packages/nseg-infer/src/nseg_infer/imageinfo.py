@@ -99,6 +99,34 @@ def _rational(tag) -> float | None:
     return float(num) / float(den) if den and num else None
 
 
+OME_NAMESPACE = "http://www.openmicroscopy.org/Schemas/OME/"
+
+
+def check_ome(path: Path, tf) -> None:
+    """Refuse a TIFF whose description announces OME-XML that is malformed. OME-XML says which
+    planes are channels, z and time; when it does not parse, readers silently fall back to a
+    plain stack, and the wrong plane would be segmented as if it were the nuclear channel. A DTD
+    or entity declaration is refused too: OME-XML never has one, and entity expansion is how an
+    XML file of a few bytes asks for gigabytes."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        desc = tf.pages.first.description if len(tf.pages) else ""
+    except Exception:
+        return  # no first page to describe: _tiff_planes reports the file
+    if not desc or "<OME" not in desc[:4096] or OME_NAMESPACE not in desc[:4096]:
+        return
+    if "<!DOCTYPE" in desc or "<!ENTITY" in desc:
+        raise DataError(path, "malformed OME-XML: it declares a DTD or entities, which OME-XML never has; refused")
+    try:
+        root = ET.fromstring(desc)
+    except ET.ParseError as e:
+        raise DataError(path, f"malformed OME-XML in the TIFF description ({e}): its channels, planes and pixel "
+                              "size cannot be known; re-export the file") from e
+    if not root.tag.endswith("}OME") or not any(el.tag.endswith("}Pixels") for el in root.iter()):
+        raise DataError(path, "malformed OME-XML: no OME root with Image/Pixels; re-export the file")
+
+
 def _ome_pixels(tf) -> dict:
     import tifffile
 

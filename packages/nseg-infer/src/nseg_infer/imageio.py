@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from nseg_data.errors import DataError
 
-from nseg_infer.imageinfo import ImageInfo, choose_planes, ome_channel_names, tiff_pixel_size
+from nseg_infer.imageinfo import ImageInfo, check_ome, choose_planes, ome_channel_names, tiff_pixel_size
 from nseg_infer.tiling import Window
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,14 @@ VENDOR = (".czi", ".nd2")  # read through bioio: `pip install 'nseg-infer[format
 SUPPORTED = PNG + JPEG + TIFF + VENDOR
 # Above this many pixels a TIFF is read window by window instead of into memory.
 REGION_THRESHOLD_PX = 8192 * 8192
+# An image whose header claims more pixels than this is refused before anything is allocated
+# (`--max-pixels`, `RunConfig.max_pixels`): a 65,536 x 65,536 scan passes, a few bytes claiming
+# 10^6 x 10^6 do not.
+MAX_PIXELS = 1 << 32
+# A TIFF split into more segments (tiles or strips) than this is refused: real scanners write
+# 256-1024 px tiles (a 131,072^2 slide has 65,536 of 512 px), while a forged header with 1 x 1
+# tiles would make every read loop over billions of segments.
+MAX_SEGMENTS = 1 << 22
 
 
 def image_suffix(path: Path) -> str:
@@ -110,6 +118,56 @@ def _check_file(path: Path) -> None:
         raise DataError(path, f"unsupported format '{path.suffix}' (supported: {', '.join(SUPPORTED)})")
 
 
+def check_pixels(path: Path, height: int, width: int, max_pixels: int, what: str = "header") -> None:
+    """Refuse an image of absurd size (or a non-positive one) before any pixel buffer exists."""
+    if height < 1 or width < 1:
+        raise DataError(path, f"{what} claims an image of {height} x {width} pixels (corrupt file)")
+    if height * width > max_pixels:
+        raise DataError(path, f"{what} claims {height} x {width} = {height * width:,} pixels, above the limit of "
+                              f"{max_pixels:,} (--max-pixels); refused before decoding")
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the IHDR chunk: the first 24 bytes of every PNG."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        raise DataError(path, "not a PNG file (no PNG signature and IHDR header)")
+    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+
+
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); C4, C8, CC are not frames.
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the first start-of-frame segment, walking the marker segments."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            raise DataError(path, "not a JPEG file (no start-of-image marker)")
+        while True:
+            b = f.read(1)
+            while b == b"\xff":  # fill bytes before a marker
+                b = f.read(1)
+            if not b:
+                raise DataError(path, "JPEG has no frame header (truncated or corrupt file)")
+            marker = b[0]
+            if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+                continue
+            seg = f.read(2)
+            if len(seg) < 2:
+                raise DataError(path, "JPEG header is cut short (truncated or corrupt file)")
+            length = int.from_bytes(seg, "big")
+            if marker in _SOF:
+                body = f.read(5)
+                if len(body) < 5:
+                    raise DataError(path, "JPEG frame header is cut short (truncated or corrupt file)")
+                return int.from_bytes(body[1:3], "big"), int.from_bytes(body[3:5], "big")
+            if length < 2:
+                raise DataError(path, f"JPEG segment 0x{marker:02X} has an invalid length {length}")
+            f.seek(length - 2, 1)
+
+
 def _decode_small(path: Path) -> np.ndarray:
     import imagecodecs
 
@@ -147,8 +205,17 @@ class TiffRegionSource(ImageSource):
             self._seg_h, self._seg_w = int(key.tilelength), int(key.tilewidth)
         else:
             self._seg_h, self._seg_w = int(min(key.rowsperstrip or self.height, self.height)), self.width
+        if self._seg_h < 1 or self._seg_w < 1:
+            raise DataError(path, f"TIFF segments of {self._seg_h} x {self._seg_w} pixels (corrupt header)")
         self._rows = -(-self.height // self._seg_h)
         self._cols = -(-self.width // self._seg_w)
+        n = self._rows * self._cols * (self.channels if self._planar else 1)
+        if n > MAX_SEGMENTS:
+            raise DataError(path, f"TIFF claims {n:,} tiles or strips of {self._seg_h} x {self._seg_w} px for a "
+                                  f"{self.height} x {self.width} image, above the limit of {MAX_SEGMENTS:,}; refused")
+        if len(page.dataoffsets) < n or len(page.databytecounts) < n:
+            raise DataError(path, f"TIFF lists {len(page.dataoffsets)} tiles or strips where its size needs {n} "
+                                  "(corrupt header)")
 
     def _segment_ids(self, window: Window) -> Iterator[int]:
         per_plane = self._rows * self._cols
@@ -270,19 +337,22 @@ def _plane_array(page) -> np.ndarray:
     return np.moveaxis(arr, 0, -1) if _keyframe(page).axes == "SYX" else arr
 
 
-def open_tiff(path: Path, region_threshold_px: int) -> ImageSource:
+def open_tiff(path: Path, region_threshold_px: int, max_pixels: int = MAX_PIXELS) -> ImageSource:
     import tifffile
 
     try:
-        tf = tifffile.TiffFile(path)
+        tf = tifffile.TiffFile(path)  # reads the headers (IFDs) only, no pixel data
     except Exception as e:
         raise DataError(path, f"not a readable TIFF (truncated or corrupt file): {e}") from e
     try:
+        check_ome(path, tf)
         pages, info = _tiff_planes(path, tf)
+        key = _keyframe(pages[0])
+        h, w = key.shape[key.axes.index("Y")], key.shape[key.axes.index("X")]
+        check_pixels(path, int(h), int(w), max_pixels, "TIFF header")
         for note in info.notes:
             log.info("%s: %s", path, note)
-        key = _keyframe(pages[0])
-        if key.shape[key.axes.index("Y")] * key.shape[key.axes.index("X")] > region_threshold_px:
+        if h * w > region_threshold_px:
             planes = [TiffRegionSource(path, tf, p, info) for p in pages]
             return planes[0] if len(planes) == 1 else StackedSource(planes, info)
         arrays = [_plane_array(p) for p in pages]
@@ -297,22 +367,25 @@ def open_tiff(path: Path, region_threshold_px: int) -> ImageSource:
         raise DataError(path, f"cannot read TIFF (truncated or corrupt file): {e}") from e
 
 
-def open_image(path: str | Path, *, region_threshold_px: int = REGION_THRESHOLD_PX) -> ImageSource:
-    """Open any supported image; large TIFFs come back as region readers, the rest in memory."""
+def open_image(path: str | Path, *, region_threshold_px: int = REGION_THRESHOLD_PX,
+               max_pixels: int = MAX_PIXELS) -> ImageSource:
+    """Open any supported image; large TIFFs come back as region readers, the rest in memory.
+    An image whose header claims more than `max_pixels` pixels is refused before decoding."""
     p = Path(path)
     _check_file(p)
     suffix = image_suffix(p)
     if suffix in TIFF:
-        return open_tiff(p, region_threshold_px)
+        return open_tiff(p, region_threshold_px, max_pixels)
     if suffix in VENDOR:
         from nseg_infer.vendor import open_vendor
 
-        return open_vendor(p, region_threshold_px)
+        return open_vendor(p, region_threshold_px, max_pixels)
+    check_pixels(p, *(png_size(p) if suffix in PNG else jpeg_size(p)), max_pixels)
     return ArraySource(_decode_small(p), p)
 
 
 def read_image(path: str | Path) -> np.ndarray:
     """Whole image, HxWxC in its own dtype (small images and tests)."""
-    with open_image(path, region_threshold_px=1 << 62) as src:
+    with open_image(path, region_threshold_px=1 << 62, max_pixels=1 << 62) as src:
         return src.read_all()
 

@@ -35,7 +35,7 @@ from nseg_data.modality import infer_modality
 from nseg_infer.backends import DEVICES, Backend, FlipAverage, create_backend
 from nseg_infer.bundle import Bundle, load_bundle
 from nseg_infer.channels import ChannelChoice
-from nseg_infer.imageio import REGION_THRESHOLD_PX, ArraySource, ImageSource, open_image
+from nseg_infer.imageio import MAX_PIXELS, REGION_THRESHOLD_PX, ArraySource, ImageSource, open_image
 from nseg_infer.inputs import FileResult, expand_inputs, stem
 from nseg_infer.instances import InstanceParams, WatershedParams, check_by_modality, instance_params
 from nseg_infer.outputs import (
@@ -55,6 +55,10 @@ from nseg_infer.tiling import Block, Tile, TileGrid, Window, block_grid, tile_gr
 
 log = logging.getLogger(__name__)
 
+# More model tiles than this for one image is a configuration mistake (a 65,536^2 scan in 512 px
+# tiles makes 75,000), refused before millions of tile records are built.
+MAX_TILES = 1 << 22
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -68,6 +72,7 @@ class RunConfig:
     margin: int = 128               # block margin: nuclei clumps up to this size are seamless
     large_px: int = 8192 * 8192     # above: labels on disk (memmap) and a tiled BigTIFF
     region_px: int = REGION_THRESHOLD_PX  # above: TIFFs are read window by window
+    max_pixels: int = MAX_PIXELS    # above: an input is refused from its header, before decoding
     overview_side: int = 4096       # overlay longest side for large images
     threads: int | None = None
     queue_depth: int = 3
@@ -94,6 +99,8 @@ class RunConfig:
             raise ValueError("block must be >= 64, margin >= 0 and queue_depth >= 1")
         if self.large_px < 1 or self.region_px < 1 or self.overview_side < 64:
             raise ValueError("large_px and region_px must be >= 1 and overview_side >= 64")
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
 
     @property
     def input_options(self) -> InputOptions:
@@ -406,6 +413,12 @@ class Predictor:
         return out
 
     def _grid(self, h: int, w: int) -> TileGrid:
+        # An absurd grid (a tiny tile on a huge image) is refused before its tile list is built.
+        core = max(self.tile - 2 * self.halo, 1)
+        n = -(-h // core) * -(-w // core)
+        if n > MAX_TILES:
+            raise ValueError(f"{h} x {w} image in tiles of {self.tile} px (halo {self.halo}) makes {n:,} tiles, above "
+                             f"the limit of {MAX_TILES:,}; use a larger --tile or a smaller --overlap")
         return tile_grid(h, w, self.tile, self.halo, self.bundle.preprocessing.size_divisor)
 
     def _run_model(self, batches: Iterable[tuple[list[Tile], np.ndarray]], sink: Callable) -> None:
@@ -576,7 +589,7 @@ class Predictor:
         t0 = time.perf_counter()
         try:
             out.mkdir(parents=True, exist_ok=True)
-            raw: ImageSource | Exception = open_image(p, region_threshold_px=self.config.region_px)
+            raw: ImageSource | Exception = open_image(p, region_threshold_px=self.config.region_px, max_pixels=self.config.max_pixels)
         except Exception as e:
             # Deliberately broad, here and in the other stages: decoders and runtimes raise their
             # own types for corrupt input, and one bad file must never stop a batch.
@@ -620,7 +633,7 @@ class Predictor:
             for path, out in jobs:
                 p, shape = Path(path), (0, 0)
                 try:
-                    raw = stack.enter_context(open_image(p, region_threshold_px=self.config.region_px))
+                    raw = stack.enter_context(open_image(p, region_threshold_px=self.config.region_px, max_pixels=self.config.max_pixels))
                     shape = raw.shape
                     opened.append((p, Path(out), shape, model_input(self, raw, self.config.input_options)))
                 except Exception as e:  # reported in this file's result, as process_file does

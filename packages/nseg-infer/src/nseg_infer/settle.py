@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nseg_infer.imageio import REGION_THRESHOLD_PX, SUPPORTED, open_image
+from nseg_infer.imageio import MAX_PIXELS, REGION_THRESHOLD_PX, SUPPORTED, open_image
 from nseg_infer.outputs import PRODUCT_SUFFIXES
 
 Stat = tuple[int, int]  # (size, mtime_ns)
@@ -40,10 +40,11 @@ class _Obs:
     error: str | None = None
 
 
-def check_decodes(path: Path, region_px: int = REGION_THRESHOLD_PX) -> tuple[tuple[int, int] | None, str | None]:
+def check_decodes(path: Path, region_px: int = REGION_THRESHOLD_PX,
+                  max_pixels: int = MAX_PIXELS) -> tuple[tuple[int, int] | None, str | None]:
     """(height, width) if the image is complete, else (None, why)."""
     try:
-        with open_image(path, region_threshold_px=region_px) as src:
+        with open_image(path, region_threshold_px=region_px, max_pixels=max_pixels) as src:
             src.check_complete()
             return src.shape, None
     except Exception as e:
@@ -55,7 +56,7 @@ class FolderScanner:
 
     def __init__(self, in_dir: str | Path, *, pattern: str | None = None, recursive: bool = False,
                  exclude: Iterable[str | Path] = (), settle: float = 1.5, fail_after: float = 30.0,
-                 region_px: int = REGION_THRESHOLD_PX) -> None:
+                 region_px: int = REGION_THRESHOLD_PX, max_pixels: int = MAX_PIXELS) -> None:
         self.root = Path(in_dir).resolve()
         self.pattern = pattern
         self.recursive = recursive
@@ -63,6 +64,7 @@ class FolderScanner:
         self.settle = settle
         self.fail_after = max(fail_after, settle)
         self.region_px = region_px
+        self.max_pixels = max_pixels
         self.settling: dict[Path, _Obs] = {}
         # Versions already handed on (in the ledger); skipped without any I/O beyond the stat.
         self.known: dict[Path, Stat] = {}
@@ -125,7 +127,7 @@ class FolderScanner:
             age = now - obs.since
             if age < self.settle:
                 continue
-            shape, error = check_decodes(p, self.region_px)
+            shape, error = check_decodes(p, self.region_px, self.max_pixels)
             if error is not None and age < self.fail_after:
                 obs.error = error
                 continue

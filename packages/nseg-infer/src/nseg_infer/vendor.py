@@ -15,7 +15,7 @@ import numpy as np
 from nseg_data.errors import DataError
 
 from nseg_infer.imageinfo import ImageInfo, choose_planes
-from nseg_infer.imageio import ArraySource, ImageSource
+from nseg_infer.imageio import ArraySource, ImageSource, check_pixels
 from nseg_infer.tiling import Window
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def _bioimage(path: Path):
                               f"{EXTRA}): {str(e).splitlines()[0][:300]}") from e
 
 
-def open_vendor(path: Path, region_threshold_px: int) -> ImageSource:
+def open_vendor(path: Path, region_threshold_px: int, max_pixels: int | None = None) -> ImageSource:
     """The first scene, first time point, every channel; a z stack is refused (`choose_planes`).
     Planes up to `region_threshold_px` are loaded whole, larger ones read by window."""
     img = _bioimage(path)
@@ -79,6 +79,9 @@ def open_vendor(path: Path, region_threshold_px: int) -> ImageSource:
         dims = img.dims
         order = str(dims.order)
         sizes = tuple(int(getattr(dims, a)) for a in order)
+        if max_pixels is not None:  # from the file's metadata, before any plane is read
+            d = dict(zip(order, sizes, strict=True))
+            check_pixels(path, d.get("Y", 0), d.get("X", 0), max_pixels, f"{path.suffix[1:].upper()} metadata")
         use, notes = choose_planes(path, order, sizes)
         if len(img.scenes) > 1:
             notes += (f"{len(img.scenes)} scenes: using the first ({img.scenes[0]})",)

@@ -192,7 +192,8 @@ class Watcher:
         c = self.config
         scanner = FolderScanner(self.in_dir, pattern=c.pattern, recursive=c.recursive,
                                 exclude=[self.out_dir], settle=c.settle, fail_after=c.fail_after,
-                                region_px=self.predictor.config.region_px)
+                                region_px=self.predictor.config.region_px,
+                                max_pixels=self.predictor.config.max_pixels)
         for row in ledger.current():
             if row.state in ("done", "failed"):
                 scanner.mark_known(Path(row.path), (row.size, row.mtime_ns))
@@ -290,7 +291,7 @@ class Watcher:
                 continue
             if (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
                 continue  # changed since: the scanner records the new version after it settles
-            shape, error = check_decodes(p, self.predictor.config.region_px)
+            shape, error = check_decodes(p, self.predictor.config.region_px, self.predictor.config.max_pixels)
             scanner.mark_known(p, (row.size, row.mtime_ns))
             scanner.settling.pop(p, None)
             self.enqueued.add(row.id)
