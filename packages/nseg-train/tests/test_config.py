@@ -40,6 +40,7 @@ def test_unknown_key_is_an_error(tmp_path: Path):
         ({"model": {"targets": "fg"}}, "watershed"),
         ({"optim": {"lr": -1}}, "positive"),
         ({"augment": {"invert_p": 2}}, "probability"),
+        ({"model": {"deep_supervision": 4}}, "deep_supervision"),
     ],
 )
 def test_invalid_values_rejected(patch, msg):
@@ -55,3 +56,12 @@ def test_missing_preset_lists_presets():
 def test_round_trip_through_dict():
     cfg = load_config("unet")
     assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_deep_supervision_round_trips_and_stays_out_of_plain_configs():
+    plain = load_config("unet")
+    # Checkpoints written before the option existed still match a plain config (--init, --resume).
+    assert "deep_supervision" not in plain.to_dict()["model"]
+    deep = config_from_dict({**plain.to_dict(), "model": {**plain.to_dict()["model"], "deep_supervision": 2}})
+    assert deep.to_dict()["model"]["deep_supervision"] == 2
+    assert config_from_dict(deep.to_dict()) == deep

@@ -72,3 +72,27 @@ def test_hed_jitter_is_identity_at_zero_and_changes_only_stained_images():
     only_hed = AugmentConfig(flips=False, rot90=False, hed=0.2)
     np.testing.assert_array_equal(photometric(np.random.default_rng(2), grey, only_hed), grey)
     assert np.abs(photometric(np.random.default_rng(2), stained, only_hed) - stained).mean() > 0.01
+
+
+def test_crop_resize_matches_a_pixel_area_aligned_zoom():
+    """The torch resize replaces scipy's grid-mode zoom: same alignment, same values inside."""
+    from scipy import ndimage as ndi
+
+    from nseg_train.augment import _resize_pair
+
+    rng = np.random.default_rng(3)
+    img = ndi.gaussian_filter(rng.random((80, 80, 3)).astype(np.float32), (2, 2, 0))
+    lab = two_touching_discs(80, 80)
+    tgt = make_targets(lab, "fg_dist")
+    for size in (48, 128):  # down and up
+        f = size / 80
+        ref_img = ndi.zoom(img, (f, f, 1), order=1, grid_mode=True, mode="grid-constant")
+        ref_dist = ndi.zoom(tgt[1], f, order=1, grid_mode=True, mode="grid-constant")
+        ri, rt = _resize_pair(img, tgt.copy(), size)
+        assert ri.shape == (size, size, 3) and rt.shape == (2, size, size)
+        inner = slice(2, size - 2)  # scipy pads with zeros outside, torch repeats the edge
+        np.testing.assert_allclose(ri[inner, inner], ref_img[inner, inner], atol=0.02)
+        np.testing.assert_allclose(rt[1, inner, inner], ref_dist[inner, inner], atol=0.05)
+        assert set(np.unique(rt[0])) <= {0.0, 1.0}
+        ref_fg = ndi.zoom(tgt[0], f, order=1, grid_mode=True, mode="grid-constant") > 0.5
+        assert (rt[0].astype(bool) == ref_fg).mean() > 0.99

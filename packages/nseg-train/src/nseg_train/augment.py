@@ -8,6 +8,8 @@ variation in H&E.
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from nseg_train.config import AugmentConfig
@@ -29,11 +31,23 @@ def random_crop(
     img = image[y : y + win, x : x + win]
     tgt = target[:, y : y + win, x : x + win]
     if win != size:
-        f = size / win
-        img = ndi.zoom(img, (f, f, 1), order=1, grid_mode=True, mode="grid-constant")[:size, :size]
-        tgt = ndi.zoom(tgt, (1, f, f), order=1, grid_mode=True, mode="grid-constant")[:, :size, :size]
-        tgt[0] = tgt[0] > 0.5  # foreground stays binary
+        img, tgt = _resize_pair(img, tgt, size)
     return np.ascontiguousarray(img), np.ascontiguousarray(tgt)
+
+
+def _resize_pair(img: np.ndarray, tgt: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear resize of the image and its targets in one call (pixel-area aligned, like
+    scipy's grid_mode zoom). torch's interpolate is 5-25x faster than ndi.zoom here, and the
+    resize was the largest part of a sample's augmentation on a 2-core machine."""
+    c = img.shape[2]
+    stack = np.concatenate([img.transpose(2, 0, 1), tgt.astype(np.float32, copy=False)])
+    with torch.no_grad():
+        out = F.interpolate(torch.from_numpy(np.ascontiguousarray(stack))[None], size=(size, size),
+                            mode="bilinear", align_corners=False)[0].numpy()
+    img = out[:c].transpose(1, 2, 0)
+    tgt = out[c:]
+    tgt[0] = tgt[0] > 0.5  # foreground stays binary
+    return img, tgt
 
 
 def geometric(rng: np.random.Generator, img: np.ndarray, tgt: np.ndarray, cfg: AugmentConfig):

@@ -77,10 +77,16 @@ class ModelConfig:
     num_res_units: int = 2
     norm: str = "batch"
     dropout: float = 0.0
+    # Auxiliary output heads on this many decoder levels below the output (deep supervision,
+    # nnU-Net style). Training only: the heads are not part of the exported graph.
+    deep_supervision: int = 0
 
     def __post_init__(self) -> None:
         if len(self.strides) != len(self.channels) - 1:
             raise ConfigError("model.strides must have one entry fewer than model.channels")
+        if not 0 <= self.deep_supervision <= len(self.strides) - 1:
+            raise ConfigError(f"model.deep_supervision must be in [0, {len(self.strides) - 1}] "
+                              f"(decoder levels below the output), got {self.deep_supervision}")
 
     @property
     def out_channels(self) -> int:
@@ -281,6 +287,10 @@ class TrainConfig:
         # UNet configs (and their checkpoints and resume checks) stay exactly as before the section existed.
         if self.model.kind != "maskrcnn":
             del d["maskrcnn"]
+        # Likewise a model without auxiliary heads describes itself as before the option existed,
+        # so `--init` and `--resume` still match checkpoints written without it.
+        if not self.model.deep_supervision:
+            del d["model"]["deep_supervision"]
         return d
 
     def replace(self, **sections: Any) -> TrainConfig:

@@ -32,3 +32,14 @@ def unet_loss(kind: str, logits: torch.Tensor, target: torch.Tensor) -> tuple[to
         loss = bce + dice + 2.0 * dist
         return loss, {"bce": float(bce.detach()), "dice": float(dice.detach()), "dist": float(dist.detach())}
     raise ValueError(f"unknown loss {kind!r}")
+
+
+def deep_supervision_loss(kind: str, logits: torch.Tensor, aux: list[torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """The output's loss plus each auxiliary output's, weighted 1/2, 1/4, ... from the finest
+    level (nnU-Net's halving), all against the full-resolution targets."""
+    loss, parts = unet_loss(kind, logits, target)
+    for i, a in enumerate(aux, start=1):
+        aux_loss, _ = unet_loss(kind, a, target)
+        loss = loss + 0.5**i * aux_loss
+        parts[f"aux{i}"] = float(aux_loss.detach())
+    return loss, parts

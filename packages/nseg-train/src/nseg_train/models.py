@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import UNet
 
 from nseg_train.config import ModelConfig, TrainConfig
@@ -32,8 +33,47 @@ def build_unet(
     )
 
 
+class DeepSupervisedUNet(torch.nn.Module):
+    """A MONAI UNet with 1x1 output heads on its inner decoder levels.
+
+    In training mode the forward returns (output, [auxiliary outputs, finest first]), each
+    auxiliary output upsampled to the input size; in eval mode only the output, so export, the
+    runtime's torch backend and validation see a plain UNet. The auxiliary outputs are read from
+    forward hooks on MONAI's decoder ("up") layers, which leaves the UNet itself untouched.
+    """
+
+    def __init__(self, *, unet: torch.nn.Module, channels: tuple[int, ...], levels: int, out_channels: int) -> None:
+        super().__init__()
+        self.unet = unet
+        ups = []
+        block = unet.model  # Sequential(down, SkipConnection(inner block), up) per level
+        for _ in range(levels):
+            block = block[1].submodule
+            ups.append(block[2])
+        # The up layer of level i (i = 1 just below the output) returns channels[i - 1] features.
+        self.heads = torch.nn.ModuleList(torch.nn.Conv2d(channels[i], out_channels, 1) for i in range(levels))
+        self._features: list[torch.Tensor | None] = [None] * levels
+        for i, up in enumerate(ups):
+            up.register_forward_hook(self._keep(i))
+
+    def _keep(self, i: int):
+        def hook(_module, _inputs, output):
+            if self.training:
+                self._features[i] = output
+        return hook
+
+    def forward(self, x: torch.Tensor):
+        out = self.unet(x)
+        if not self.training:
+            return out
+        aux = [F.interpolate(head(f), size=out.shape[-2:], mode="bilinear", align_corners=False)
+               for head, f in zip(self.heads, self._features, strict=True)]
+        self._features = [None] * len(self.heads)
+        return out, aux
+
+
 def unet_from_config(cfg: ModelConfig) -> torch.nn.Module:
-    return build_unet(
+    unet = build_unet(
         out_channels=cfg.out_channels,
         channels=cfg.channels,
         strides=cfg.strides,
@@ -41,6 +81,9 @@ def unet_from_config(cfg: ModelConfig) -> torch.nn.Module:
         norm=cfg.norm,
         dropout=cfg.dropout,
     )
+    if not cfg.deep_supervision:
+        return unet
+    return DeepSupervisedUNet(unet=unet, channels=cfg.channels, levels=cfg.deep_supervision, out_channels=cfg.out_channels)
 
 
 # Kind -> builder from the model section alone (a plain dict, no registry class). Mask R-CNN is built

@@ -17,7 +17,7 @@ from nseg_train.config import TrainConfig
 from nseg_train.datasets import CropDataset, prepare
 from nseg_train.deploy import runtime_predictor
 from nseg_train.detection_data import DetectionDataset, collate_detection, prepare_detection
-from nseg_train.losses import unet_loss
+from nseg_train.losses import deep_supervision_loss, unet_loss
 from nseg_train.maskrcnn import load_backbone_weights, maskrcnn_from_config
 from nseg_train.models import MODEL_BUILDERS
 
@@ -57,7 +57,10 @@ class UNetTask:
     def loss(self, model, batch, device):
         x, y = batch
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        return unet_loss(self.cfg.optim.loss, model(x), y)
+        out = model(x)
+        if isinstance(out, tuple):  # deep supervision: the output, then auxiliary outputs finest first
+            return deep_supervision_loss(self.cfg.optim.loss, out[0], out[1], y)
+        return unet_loss(self.cfg.optim.loss, out, y)
 
     def predict(self, model, sample, cfg, device):
         return runtime_labels(model, sample, cfg, device)
