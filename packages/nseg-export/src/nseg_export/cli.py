@@ -109,5 +109,45 @@ def trt_cmd(
         raise typer.Exit(1)
 
 
+@app.command("bioimageio")
+def bioimageio_cmd(
+    bundle: str = typer.Argument(..., help="UNet bundle folder, or a packaged bundle name (default)"),
+    out: Path = typer.Option(..., "--out", "-o", help="MODEL.zip (a zip package) or a folder (unpacked)"),
+    image: list[Path] = typer.Option(None, "--image", help="real image for the test tensor and cover (up to two; "
+                                     "default: the repository's DSB sample)"),
+    name: str = typer.Option(None, help="package name (default: from the bundle)"),
+    description: str = typer.Option(None, help="one-paragraph summary (default: nseg's)"),
+    author: list[str] = typer.Option(None, "--author", help="author name (repeatable; default: the nseg authors)"),
+    version: str = typer.Option("0.1.0", help="the package's version"),
+    test: bool = typer.Option(False, "--test", help="also run bioimageio.core's test_model on it (needs the extra)"),
+) -> None:
+    """Write a bioimage.io model package (spec 0.5) of a UNet BUNDLE: ONNX weights, tensor
+    descriptions, scale_range normalisation, test tensors, cover, documentation."""
+    from nseg_data.errors import DataError
+
+    from nseg_export.bioimageio_export import (
+        BioimageioExportError,
+        PackageOptions,
+        build_package,
+        run_test_model,
+    )
+
+    try:
+        opts = PackageOptions(name=name, description=description, images=tuple(image or ()), version=version,
+                              **({"authors": tuple(author)} if author else {}))
+        res = build_package(bundle, out, opts)
+    except (BioimageioExportError, DataError, ValueError, OSError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {res.path} ({', '.join(res.files)})\n{res.validation}")
+    if test:
+        try:
+            passed, report = run_test_model(res.path)
+        except BioimageioExportError as e:
+            _fail(str(e), 2)
+        typer.echo(report)
+        if not passed:
+            _fail(f"bioimageio.core test_model failed on {res.path}")
+
+
 def main() -> None:  # pragma: no cover
     app()

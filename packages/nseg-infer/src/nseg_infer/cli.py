@@ -38,7 +38,8 @@ _MAX_PIXELS = typer.Option(1 << 32, "--max-pixels", metavar="N", min=1,
 def run(
     inputs: list[str] = typer.Argument(..., help="Image files, folders and glob patterns."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    model: Path | None = typer.Option(None, "--model", "-m", help="Bundle folder, or a packaged bundle: default (UNet) or maskrcnn."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Bundle folder, a bioimage.io package made by nseg-export (MODEL.zip or its folder), "
+                                                                    "or a packaged bundle: default (UNet) or maskrcnn."),
     tile: int | None = typer.Option(None, help="Tile side in pixels (default: from the bundle)."),
     overlap: int | None = typer.Option(None, help="Halo in pixels on each side of a tile (default: bundle)."),
     batch: int | None = typer.Option(None, help="Tiles per model call (default: bundle)."),
@@ -125,7 +126,8 @@ def watch(
     poll: float = typer.Option(2.0, help="Seconds between folder scans (network shares deliver no events)."),
     settle: float = typer.Option(1.5, help="Seconds a file's size and mtime must stay unchanged before it is read."),
     fail_after: float = typer.Option(30.0, help="Seconds a stable file that does not decode waits before it fails."),
-    model: Path | None = typer.Option(None, "--model", "-m", help="Bundle folder, or a packaged bundle: default (UNet) or maskrcnn."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Bundle folder, a bioimage.io package made by nseg-export (MODEL.zip or its folder), "
+                                                                    "or a packaged bundle: default (UNet) or maskrcnn."),
     batch: int | None = typer.Option(None, help="Images (small ones) or tiles per model call (default: bundle)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | trt"),
     once: bool = typer.Option(False, "--once", help="Process what is there (once settled), then exit."),
