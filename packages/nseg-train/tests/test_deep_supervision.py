@@ -37,3 +37,19 @@ def test_auxiliary_heads_get_gradients_and_add_to_the_loss():
 
 def test_plain_config_builds_the_plain_unet():
     assert not isinstance(small(0), DeepSupervisedUNet)
+
+
+def test_a_deep_copy_keeps_its_own_auxiliary_outputs():
+    import copy
+
+    model = small(2).train()
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.add_(0.1)
+    x = torch.rand(1, 3, 32, 32)
+    _, aux = model(x)
+    _, aux_twin = twin(x)
+    _, aux_again = model(x)
+    torch.testing.assert_close(aux[0], aux_again[0])
+    assert not torch.allclose(aux[0], aux_twin[0])

@@ -113,10 +113,16 @@ class OptimConfig:
     loss: Literal["dice", "bce_dice_dist"] = "bce_dice_dist"
     amp: bool = True
     grad_clip: float | None = None  # max global L2 norm of the gradients; None: no clipping
+    # Exponential moving average of the weights (and BatchNorm statistics), updated every step
+    # with this decay; 0 disables it. With it on, validation, best.pt and exports use the
+    # averaged weights, and the log also scores the raw ones (val_dsb_raw).
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("optim.lr, optim.epochs and optim.batch_size must be positive")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"optim.ema must be in [0, 1) (0: no weight averaging), got {self.ema}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError("optim.grad_clip must be positive (or null: no clipping)")
 
@@ -287,10 +293,12 @@ class TrainConfig:
         # UNet configs (and their checkpoints and resume checks) stay exactly as before the section existed.
         if self.model.kind != "maskrcnn":
             del d["maskrcnn"]
-        # Likewise a model without auxiliary heads describes itself as before the option existed,
+        # Likewise a model without auxiliary heads, or a run without weight averaging, describes itself as before the option existed,
         # so `--init` and `--resume` still match checkpoints written without it.
         if not self.model.deep_supervision:
             del d["model"]["deep_supervision"]
+        if not self.optim.ema:
+            del d["optim"]["ema"]
         return d
 
     def replace(self, **sections: Any) -> TrainConfig:

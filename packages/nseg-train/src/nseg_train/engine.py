@@ -148,7 +148,8 @@ def load_split_samples(opts: RunOptions, names: tuple[str, ...], limits: dict[st
     return splits, out
 
 
-LOG_FIELDS = ["epoch", "step", "lr", "train_loss", "seconds", "val_dsb", "val_f1_50", "val_f1_75", "val_aji", "val_pq", "val_dice"]
+LOG_FIELDS = ["epoch", "step", "lr", "train_loss", "seconds", "val_dsb", "val_f1_50", "val_f1_75", "val_aji", "val_pq", "val_dice",
+              "val_dsb_raw"]
 
 
 def _read_log(path: Path) -> list[dict]:
@@ -244,6 +245,11 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
     init = _load_init(init_path, cfg, splits) if init_path is not None else None
     if init is not None:
         model.load_state_dict(init["model"])
+    ema = None
+    if cfg.optim.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema), use_buffers=True)
     if opts.resume:
         if not last_path.exists():
             raise TrainError(f"{last_path}: --resume given but there is no checkpoint to resume from")
@@ -255,7 +261,11 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
         saved["optim"] = {**saved["optim"], "epochs": now["optim"]["epochs"]}
         if json.dumps(saved, sort_keys=True, default=list) != json.dumps(now, sort_keys=True, default=list):
             raise TrainError(f"{last_path}: config differs from the checkpoint's; resume needs the same config")
-        model.load_state_dict(ckpt["model"])
+        # With weight averaging, "model" holds the averaged weights and "train_model" the raw ones.
+        model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
+        if ema is not None:
+            ema.module.load_state_dict(ckpt["model"])
+            ema.n_averaged.fill_(ckpt["ema_n_averaged"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
@@ -310,6 +320,8 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             losses.append(float(loss.detach()))
             if writer is not None and step % 10 == 0:
@@ -321,7 +333,11 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
         barrier(info)
         if info.is_main:
             if validate:
-                result, _ = evaluate_samples(model, data["val"], cfg, device, predict=task.predict)
+                if ema is not None:
+                    raw, _ = evaluate_samples(model, data["val"], cfg, device, predict=task.predict)
+                    row["val_dsb_raw"] = raw.overall["dsb"]
+                scored = ema.module if ema is not None else model
+                result, _ = evaluate_samples(scored, data["val"], cfg, device, predict=task.predict)
                 ov = result.overall
                 row.update({f"val_{k}": ov[k] for k in ("dsb", "f1_50", "f1_75", "aji", "pq", "dice")})
                 if writer is not None:
@@ -339,7 +355,8 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
                 "format": FORMAT,
                 "kind": cfg.model.kind,
                 "config": json.loads(json.dumps(cfg.to_dict())),
-                "model": model.state_dict(),
+                "model": (ema.module if ema is not None else model).state_dict(),
+                **({"train_model": model.state_dict(), "ema_n_averaged": int(ema.n_averaged)} if ema is not None else {}),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if amp else None,

@@ -33,6 +33,12 @@ def build_unet(
     )
 
 
+def _keep_output(module: torch.nn.Module, _inputs, output: torch.Tensor) -> None:
+    # Stored on the decoder layer itself, so a deep copy of the network (weight averaging) keeps
+    # its own outputs rather than writing into the original's.
+    module.__dict__["_aux_output"] = output if module.training else None
+
+
 class DeepSupervisedUNet(torch.nn.Module):
     """A MONAI UNet with 1x1 output heads on its inner decoder levels.
 
@@ -50,25 +56,18 @@ class DeepSupervisedUNet(torch.nn.Module):
         for _ in range(levels):
             block = block[1].submodule
             ups.append(block[2])
+            block[2].register_forward_hook(_keep_output)
         # The up layer of level i (i = 1 just below the output) returns channels[i - 1] features.
         self.heads = torch.nn.ModuleList(torch.nn.Conv2d(channels[i], out_channels, 1) for i in range(levels))
-        self._features: list[torch.Tensor | None] = [None] * levels
-        for i, up in enumerate(ups):
-            up.register_forward_hook(self._keep(i))
-
-    def _keep(self, i: int):
-        def hook(_module, _inputs, output):
-            if self.training:
-                self._features[i] = output
-        return hook
+        self.__dict__["_ups"] = tuple(ups)  # already registered inside the UNet: not again as children
 
     def forward(self, x: torch.Tensor):
         out = self.unet(x)
         if not self.training:
             return out
+        feats = [up.__dict__.pop("_aux_output") for up in self._ups]
         aux = [F.interpolate(head(f), size=out.shape[-2:], mode="bilinear", align_corners=False)
-               for head, f in zip(self.heads, self._features, strict=True)]
-        self._features = [None] * len(self.heads)
+               for head, f in zip(self.heads, feats, strict=True)]
         return out, aux
 
 
