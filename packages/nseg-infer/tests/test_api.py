@@ -50,3 +50,29 @@ def test_importing_the_package_stays_light():
             "from nseg_infer import segment; assert callable(segment) and 'nseg_infer.api' in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_errors_name_the_apis_keywords_and_the_callers_axes(unet_bundle, tmp_path):
+    from nseg_data.errors import DataError
+
+    img, _ = synthetic_blobs((64, 80), 5, seed=1)
+    stack = np.stack([img, img // 2, img // 3])
+    with pytest.raises(DataError, match=r"3 channels found \(axes CYX \(C=3 Y=64 X=80\)\).*channel=N.*channels=\(R,G,B\)") as e:
+        segment(stack, model=unet_bundle, channel_axis=0)
+    assert "--channel" not in str(e.value)
+    with pytest.raises(DataError, match=r"axes YXC \(Y=64 X=80 C=3\)"):  # channels last, as given
+        segment(np.moveaxis(stack, 0, -1), model=unet_bundle, channel_axis=-1)
+    with pytest.raises(DataError, match=r"channel=3: channel 3 does not exist.*0 to 2 \(axes CYX"):
+        segment(stack, model=unet_bundle, channel_axis=0, channel=3)
+    with pytest.raises(ValueError, match=r"not HxW or HxWx3: .*channel_axis="):
+        segment(np.zeros((64, 80, 6), np.uint8), model=unet_bundle)
+    assert segment(stack, model=unet_bundle, channel_axis=0, channel=0).info.axes == "CYX"
+    # The command line keeps its own words.
+    from typer.testing import CliRunner
+
+    from nseg_infer.cli import app
+
+    path = tmp_path / "stack.ome.tif"
+    tifffile.imwrite(path, stack, ome=True, metadata={"axes": "CYX"})
+    res = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "out"), "--model", str(unet_bundle)])
+    assert res.exit_code != 0 and "choose the nuclear channel with --channel N" in res.output

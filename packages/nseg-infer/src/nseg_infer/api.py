@@ -12,11 +12,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nseg_infer.imageinfo import ImageInfo
 from nseg_infer.imageio import ArraySource, ImageSource, open_image
+
+if TYPE_CHECKING:
+    from nseg_infer.prepare import InputOptions
+    from nseg_infer.run import Predictor
 
 PathLike = str | os.PathLike
 
@@ -60,10 +65,18 @@ def _source(image: PathLike | np.ndarray | ImageSource, name: str | None, channe
         return open_image(image)
     a = np.asarray(image)
     if channel_axis is None:
+        if a.ndim == 3 and a.shape[2] not in (1, 3, 4):
+            raise ValueError(f"an array of shape {a.shape} is not HxW or HxWx3: for separate channels give "
+                             "channel_axis= (e.g. 0 for CYX) and channel= or channels=")
         return ArraySource(a, name or "<array>")
     if a.ndim != 3:
         raise ValueError(f"channel_axis needs a 3-D array (e.g. CYX), got shape {a.shape}")
-    return ArraySource(np.moveaxis(a, channel_axis, -1), name or "<array>", channel_axis="C")
+    if not -3 <= channel_axis < 3:
+        raise ValueError(f"channel_axis {channel_axis} is not an axis of a 3-D array (0, 1 or 2)")
+    # Errors describe the array as the caller laid it out (CYX for channel_axis=0), not as moved.
+    axes = "YX"[: channel_axis % 3] + "C" + "YX"[channel_axis % 3:]
+    info = ImageInfo(axes, tuple(int(n) for n in a.shape), "C")
+    return ArraySource(np.moveaxis(a, channel_axis, -1), name or "<array>", info)
 
 
 def segment(image: PathLike | np.ndarray, *, model: PathLike | None = None, channel: int | None = None,
@@ -76,13 +89,23 @@ def segment(image: PathLike | np.ndarray, *, model: PathLike | None = None, chan
     as `--channel`, `--channels`, `--pixel-size` and `--diameter`; `model` is a bundle folder
     (default: the packaged model). `name` fills the table's `image` column (default: the file's
     name, or "<array>")."""
-    from nseg_infer.channels import ChannelChoice
+    from nseg_infer.channels import PYTHON, ChannelChoice
+    from nseg_infer.prepare import InputOptions
+
+    opts = InputOptions(ChannelChoice.parse(channel, channels, wording=PYTHON), pixel_size, diameter)
+    return segment_with(_predictor(str(model) if model is not None else None, device), image, opts,
+                        channel_axis=channel_axis, name=name)
+
+
+def segment_with(predictor: Predictor, image: PathLike | np.ndarray | ImageSource, opts: InputOptions, *,
+                 channel_axis: int | None = None, name: str | None = None) -> Segmentation:
+    """`segment` with a Predictor the caller made (its own backend, e.g. one that reports
+    progress) and `prepare.InputOptions` (whose `choice.wording` names the caller's options in
+    errors)."""
     from nseg_infer.inputs import stem
     from nseg_infer.outputs import MeasureOptions, measure_all
-    from nseg_infer.prepare import InputOptions, segment_source
+    from nseg_infer.prepare import segment_source
 
-    predictor = _predictor(str(model) if model is not None else None, device)
-    opts = InputOptions(ChannelChoice.parse(channel, channels), pixel_size, diameter)
     src = _source(image, name, channel_axis)
     label = name or (stem(Path(image)) if isinstance(image, str | os.PathLike) else "<array>")
     with src, segment_source(predictor, src, opts) as seg:

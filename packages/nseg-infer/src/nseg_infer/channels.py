@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from nseg_data.errors import DataError
@@ -26,15 +26,36 @@ log = logging.getLogger(__name__)
 
 NUCLEAR_STAINS = re.compile(r"dapi|hoechst|draq5|draq7|sytox|nucblue|nuclear|nuclei|nucleus|h2b|propidium",
                             re.IGNORECASE)
-HOW = "choose the nuclear channel with --channel N (0-based) or map up to three channels with --channels R,G,B"
+
+
+@dataclass(frozen=True)
+class Wording:
+    """How errors name the two choices, in the words of the interface the user is in: the command
+    line's flags, the Python API's keywords, or the napari widget's fields. "{}" is the value."""
+
+    channel: str
+    channels: str
+    where: str = ""
+
+    @property
+    def how(self) -> str:
+        return (f"choose the nuclear channel with {self.channel.format('N')} (0-based) or map up to three "
+                f"channels with {self.channels.format('R,G,B')}{self.where}")
+
+
+CLI = Wording("--channel {}", "--channels {}")
+PYTHON = Wording("channel={}", "channels=({})")
+NAPARI = Wording("'channel' {}", "'channels' {}", " in the Segment nuclei widget")
 
 
 @dataclass(frozen=True)
 class ChannelChoice:
-    """`channel`: one 0-based channel, repeated as gray; `channels`: up to three, onto R, G, B."""
+    """`channel`: one 0-based channel, repeated as gray; `channels`: up to three, onto R, G, B.
+    `wording`: how errors name these choices (default: the command line's flags)."""
 
     channel: int | None = None
     channels: tuple[int, ...] | None = None
+    wording: Wording = field(default=CLI, compare=False)
 
     def __post_init__(self) -> None:
         if self.channel is not None and self.channels is not None:
@@ -48,14 +69,15 @@ class ChannelChoice:
                 raise ValueError(f"channels must be >= 0 (0-based), got {self.channels}")
 
     @classmethod
-    def parse(cls, channel: int | None = None, channels: str | Sequence[int] | None = None) -> ChannelChoice:
+    def parse(cls, channel: int | None = None, channels: str | Sequence[int] | None = None, *,
+              wording: Wording = CLI) -> ChannelChoice:
         """From the command line's `--channel 2` / `--channels 0,2,1` (or a sequence of ints)."""
         if isinstance(channels, str):
             try:
                 channels = tuple(int(c) for c in channels.split(",") if c.strip())
             except ValueError as e:
                 raise ValueError(f"channels must be comma-separated 0-based integers like 0,2,1, got {channels!r}") from e
-        return cls(channel, tuple(int(c) for c in channels) if channels is not None else None)
+        return cls(channel, tuple(int(c) for c in channels) if channels is not None else None, wording)
 
     @property
     def is_default(self) -> bool:
@@ -85,7 +107,7 @@ class ChannelView(ImageSource):
 def _check_range(src: ImageSource, picked: tuple[int, ...], option: str) -> None:
     bad = [c for c in picked if c >= src.channels]
     if bad:
-        raise DataError(src.path, f"{option} {','.join(map(str, picked))}: channel {bad[0]} does not exist; "
+        raise DataError(src.path, f"{option.format(','.join(map(str, picked)))}: channel {bad[0]} does not exist; "
                                   f"the image has {src.channels} channel(s), 0 to {src.channels - 1} "
                                   f"({src.info.describe()})")
 
@@ -93,11 +115,12 @@ def _check_range(src: ImageSource, picked: tuple[int, ...], option: str) -> None
 def model_view(src: ImageSource, choice: ChannelChoice = ChannelChoice()) -> ImageSource:
     """`src` as the model should see it, or a DataError naming the file, what it holds and how to
     choose. Plain gray and colour images with no choice come back unchanged."""
+    words = choice.wording
     if choice.channel is not None:
-        _check_range(src, (choice.channel,), "--channel")
+        _check_range(src, (choice.channel,), words.channel)
         return ChannelView(src, (choice.channel,))
     if choice.channels is not None:
-        _check_range(src, choice.channels, "--channels")
+        _check_range(src, choice.channels, words.channels)
         return ChannelView(src, choice.channels)
     if src.channels == 1:
         return src
@@ -108,7 +131,8 @@ def model_view(src: ImageSource, choice: ChannelChoice = ChannelChoice()) -> Ima
                      src.info.channel_names[named[0]], src.info.describe())
             return ChannelView(src, (named[0],))
         raise DataError(src.path, f"{src.channels} channels found ({src.info.describe()}) and none is "
-                                  f"clearly the nuclear stain: {HOW}")
+                                  f"clearly the nuclear stain: {words.how}")
     if src.channels > 4:
-        raise DataError(src.path, f"{src.channels} colour samples per pixel ({src.info.describe()}): {HOW}")
+        raise DataError(src.path, f"{src.channels} colour samples per pixel ({src.info.describe()}): {words.how}")
     return src
+

@@ -1,39 +1,53 @@
 """napari plugin (npe2 manifest: `napari.yaml` beside this file; `pip install 'nseg-infer[napari]'`).
 
 A reader for nseg's outputs (`NAME.labels.tif` as a labels layer, with `NAME.geojson` beside it
-as a shapes layer of outlines; or a `.geojson`/`.geojson.gz` alone), and a command that
-segments an image layer with the packaged model or a chosen bundle, through `nseg_infer.segment`
-(ONNX Runtime, no torch). napari is imported only by napari itself: the functions here build
-plain layer-data tuples, so they run (and are tested) without a display.
+as a shapes layer of outlines; or a `.geojson`/`.geojson.gz` alone), and a dock widget that
+segments an image layer with the packaged model, a chosen bundle or a bioimage.io package made by
+nseg-export, through `nseg_infer.api.segment_with` (ONNX Runtime, no torch) in a worker thread.
+
+Where nseg's layers sit (one rule): **an nseg layer takes the world transform (scale and
+translate) of the image layer it belongs to**, so labels and outlines coincide with the image
+whichever reader opened it: napari's own reader shows an OME-TIFF in pixels (scale 1), bioio-based
+readers in µm. The widget copies the transform of the layer it segmented; the reader copies it
+from the open image layer of the same name (`NAME`, `NAME.ome`, ...) and size, and uses pixels
+(scale 1, napari's default) when none is open. The pixel size itself is never a layer scale: it
+is in the layer's `metadata["pixel_size_um"]` and in the µm columns of the measurements.
+
+The functions that build layer data (`read_outputs`, `segment_layer`) import neither napari nor
+Qt and are tested headless; the widget (`segment_widget`) is built by napari, which has both.
 """
 
-# No `from __future__ import annotations`: magicgui builds the widget from these annotations and
-# resolves the napari ones by importing napari, which it cannot do for postponed `Path | None`.
+# No `from __future__ import annotations`: napari resolves the widget factory's `viewer`
+# annotation at run time, and postponed strings of `X | None` would break that.
+import csv
 import gzip
 import json
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # napari is napari's to import: annotations for magicgui's widget only
+if TYPE_CHECKING:  # napari is napari's to import
     import napari
 
 LayerData = tuple[Any, dict, str]
 OUTLINE = "yellow"
+OUTPUT_SUFFIXES = (".labels.tif", ".geojson.gz", ".geojson")
 
 
 def _name(path: Path) -> str:
     n = path.name
-    for ext in (".labels.tif", ".geojson.gz", ".geojson"):
+    for ext in OUTPUT_SUFFIXES:
         if n.endswith(ext):
             return n[: -len(ext)]
     return path.stem
 
 
 def _is_ours(path: Path) -> bool:
-    return path.name.endswith((".labels.tif", ".geojson", ".geojson.gz"))
+    return path.name.endswith(OUTPUT_SUFFIXES)
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
@@ -51,22 +65,64 @@ def read_outputs(path: str | list[str]) -> list[LayerData]:
     return layers
 
 
-def _read_one(path: Path) -> list[LayerData]:
+# -- where layers sit ---------------------------------------------------------------------------
+
+def _image_stem(layer_name: str) -> str:
+    """A layer name as napari's readers make it from a file name, without image extensions."""
+    n = layer_name
+    for ext in (".ome.tiff", ".ome.tif", ".ome", ".tiff", ".tif", ".png", ".jpg", ".jpeg", ".czi", ".nd2", ".svs"):
+        if n.lower().endswith(ext):
+            return n[: -len(ext)]
+    return n
+
+
+def _yx_shape(layer) -> tuple[int, ...]:
+    shape = tuple(np.shape(layer.data))
+    return shape[-3:-1] if getattr(layer, "rgb", False) else shape[-2:]
+
+
+def layer_transform(name: str, shape: tuple[int, int], layers) -> dict[str, tuple[float, ...]]:
+    """`scale` and `translate` (y, x) of the image layer among `layers` that `name`'s outputs
+    belong to: same name (as a reader names the image file) and same y, x size; failing a name
+    match, the only image layer of that size. Empty when none: napari's default, pixels."""
+    images = [ly for ly in layers if type(ly).__name__ == "Image" and _yx_shape(ly) == tuple(shape)]
+    named = [ly for ly in images if _image_stem(ly.name) == name or ly.name == name]
+    pick = named[0] if named else (images[0] if len(images) == 1 else None)
+    if pick is None:
+        return {}
+    return {"scale": tuple(float(s) for s in pick.scale[-2:]),
+            "translate": tuple(float(t) for t in pick.translate[-2:])}
+
+
+def _open_layers() -> list:
+    """The current viewer's layers when napari is running (never imports napari)."""
+    napari = sys.modules.get("napari")
+    viewer = napari.current_viewer() if napari is not None and hasattr(napari, "current_viewer") else None
+    return list(viewer.layers) if viewer is not None else []
+
+
+# -- reader -------------------------------------------------------------------------------------
+
+def _read_one(path: Path, layers: list | None = None) -> list[LayerData]:
     name = _name(path)
     if path.name.endswith(".labels.tif"):
-        labels, scale = _read_labels(path)
-        layers = [(labels, {"name": f"{name} nuclei", "scale": scale}, "labels")]
+        labels, px = _read_labels(path)
+        where = layer_transform(name, labels.shape[-2:], _open_layers() if layers is None else layers)
+        meta: dict[str, Any] = {"pixel_size_um": px, "source": str(path)}
+        table = path.with_name(f"{name}.csv")
+        if table.is_file():
+            meta["measurements"] = _read_csv(table)
+        out = [(labels, {"name": f"{name} nuclei", "metadata": meta, **where}, "labels")]
         for gj in (path.with_name(f"{name}.geojson"), path.with_name(f"{name}.geojson.gz")):
             if gj.is_file():
-                layers.append(_shapes(gj, name, scale))
+                out.append(_shapes(gj, name, where, px))
                 break
-        return layers
-    return [_shapes(path, name, (1.0, 1.0))]
+        return out
+    return [_shapes(path, name, {}, None)]
 
 
-def _read_labels(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
-    """Level 0 of the label OME-TIFF and its pixel size (µm) as the layer scale, so the labels
-    line up with a calibrated image opened beside them."""
+def _read_labels(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Level 0 of the label OME-TIFF and its pixel size (y, x) in µm, or None."""
     import tifffile
 
     from nseg_infer.imageinfo import tiff_pixel_size
@@ -74,10 +130,25 @@ def _read_labels(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
     with tifffile.TiffFile(path) as tf:
         labels = tf.series[0].levels[0].asarray()
         px = tiff_pixel_size(tf, tf.pages[0])
-    return labels, px if px is not None else (1.0, 1.0)
+    return labels, px
 
 
-def _shapes(path: Path, name: str, scale: tuple[float, float]) -> LayerData:
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _number(v: str) -> Any:
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+
+def _shapes(path: Path, name: str, where: dict, px: tuple[float, float] | None) -> LayerData:
     """Outlines as napari polygons ((y, x) vertices; the ring's pixel-edge coordinates shifted by
     half a pixel to napari's pixel-centre convention), the label as a feature."""
     opener = gzip.open if path.name.endswith(".gz") else open
@@ -89,27 +160,204 @@ def _shapes(path: Path, name: str, scale: tuple[float, float]) -> LayerData:
         polys.append(ring[:, ::-1] - 0.5)
         labels.append(int(feat.get("properties", {}).get("label", len(labels) + 1)))
     meta = {"name": f"{name} outlines", "shape_type": "polygon", "edge_color": OUTLINE, "face_color": "transparent",
-            "edge_width": 1, "features": {"label": labels}, "scale": scale}
+            "edge_width": 1, "features": {"label": labels}, "metadata": {"pixel_size_um": px}, **where}
     return polys, meta, "shapes"
 
 
-def segment_layer(image: "napari.layers.Image", model: Path | None = None, channel: int = -1,
-                  diameter: float = 0.0, pixel_size: float = 0.0) -> "napari.types.LayerDataTuple":
+# -- segmentation -------------------------------------------------------------------------------
+
+def parse_pixel_size(text: str | float | None) -> float | None:
+    """The widget's pixel size (µm), exactly as typed: '' or 0 is "not given". A text field,
+    not a spin box, because a spin box rounds to its decimals (0.325 -> 0.33, 0.004 -> 0)."""
+    if text is None:
+        return None
+    s = str(text).strip().replace("µm", "").replace("um", "").strip()
+    if not s:
+        return None
+    try:
+        v = float(s)
+    except ValueError:
+        raise ValueError(f"pixel size {text!r} is not a number of µm (e.g. 0.325)") from None
+    if v < 0 or not np.isfinite(v):
+        raise ValueError(f"pixel size must be a positive number of µm, got {text!r}")
+    return v or None
+
+
+def layer_pixel_size(layer) -> float | None:
+    """µm per pixel of an image layer whose scale a reader set in physical units (napari's
+    `units`), e.g. bioio's readers; None for a layer in pixels (napari's own reader)."""
+    factors = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3}
+    units = [str(u) for u in (getattr(layer, "units", None) or ())][-2:]
+    if len(units) != 2 or units[0] != units[1] or units[0] not in factors:
+        return None
+    sy, sx = (float(s) * factors[units[0]] for s in layer.scale[-2:])
+    return float(np.sqrt(sy * sx)) if sy > 0 and sx > 0 else None
+
+
+class TileCounter:
+    """A backend wrapper that reports the tiles each model call ran, so a widget can show
+    progress: `on_tiles(n)` is called from the thread that runs the model."""
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+        self.name = getattr(backend, "name", type(backend).__name__)
+        self.on_tiles: Callable[[int], None] | None = None
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        out = self.backend.run(batch)
+        if self.on_tiles is not None:
+            self.on_tiles(int(batch.shape[0]))
+        return out
+
+
+_PREDICTORS: dict[str, Any] = {}
+_PREDICTORS_LOCK = threading.Lock()
+
+
+def counted_predictor(model: str | Path | None):
+    """One Predictor per model for the widget, its backend wrapped in a TileCounter."""
+    from nseg_infer.backends import create_backend
+    from nseg_infer.bundle import load_bundle
+    from nseg_infer.run import Predictor, RunConfig
+
+    key = str(model or "default")
+    with _PREDICTORS_LOCK:
+        if key not in _PREDICTORS:
+            bundle = load_bundle(model or None)
+            _PREDICTORS[key] = Predictor(bundle, RunConfig(), backend=TileCounter(create_backend(bundle, "auto")))
+        return _PREDICTORS[key]
+
+
+def expected_tiles(predictor, shape: tuple[int, int], diameter: float | None, pixel_size: float | None) -> int:
+    """Model tiles of an image of `shape` (after rescaling to the model's scale), for a progress bar."""
+    from nseg_infer.scale import rescale_for
+    from nseg_infer.tiling import tile_grid
+
+    b = predictor.bundle
+    if b.preprocessing.resize:
+        h = w = b.preprocessing.resize
+    else:
+        px = (pixel_size, pixel_size) if pixel_size else None
+        h, w = rescale_for(Path("<layer>"), b.scale, diameter=diameter, pixel_size_um=px).model_shape(*shape)
+    if b.kind == "maskrcnn":
+        t = predictor.tile - 2 * predictor.halo
+        return max(1, -(-h // t) * -(-w // t))
+    return len(tile_grid(h, w, predictor.tile, predictor.halo, b.preprocessing.size_divisor).tiles)
+
+
+def segment_layer(image: "napari.layers.Image", model: str | Path | None = None, channel: int = -1,
+                  channels: str = "", diameter: float = 0.0, pixel_size: str | float = "",
+                  *, predictor=None) -> "napari.types.LayerDataTuple":
     """Segment an image layer: 2-D gray or RGB, or channels along the first axis with `channel`
-    (0-based; -1: none). `diameter` (px) and `pixel_size` (µm) as on the command line (0: not
-    given). Returns a labels layer with the measurements in its metadata."""
-    from nseg_infer.api import segment
+    (0-based; -1: none) or `channels` ("0,2,1" onto R, G, B). `diameter` (px; 0: not given);
+    `pixel_size` (µm, kept exactly; '' or 0: the layer's own if its reader set µm, else none).
+    Returns a labels layer with the image layer's scale and translate, the measurements and
+    pixel size in its metadata."""
+    from nseg_infer.api import segment_with
+    from nseg_infer.channels import NAPARI, ChannelChoice
+    from nseg_infer.prepare import InputOptions
 
     data = np.asarray(image.data)
     rgb = bool(getattr(image, "rgb", False))
-    if data.ndim > 3 or (data.ndim == 3 and not rgb and channel < 0):
-        raise ValueError(f"layer {image.name!r} has shape {data.shape}: nseg segments 2-D images; select a "
-                         "2-D or RGB layer, or give the channel (0-based, first axis) of a channel stack")
-    result = segment(data, model=model or None, channel=channel if channel >= 0 else None,
-                     channel_axis=0 if data.ndim == 3 and not rgb else None,
-                     diameter=diameter or None, pixel_size=pixel_size or None, name=image.name)
-    scale = tuple(getattr(image, "scale", (1.0, 1.0)))[-2:]
-    translate = tuple(getattr(image, "translate", (0.0, 0.0)))[-2:]
-    meta = {"name": f"{image.name} nuclei", "scale": scale, "translate": translate,
-            "metadata": {"measurements": result.measurements, "pixel_size_um": result.pixel_size_um}}
+    has_choice = channel >= 0 or bool(str(channels).strip())
+    if data.ndim > 3 or (data.ndim == 3 and not rgb and not has_choice):
+        raise ValueError(f"layer {image.name!r} has shape {data.shape} (axes {'CYX' if data.ndim == 3 else '...YX'}): "
+                         "nseg segments 2-D images; select a 2-D or RGB layer, or, for channels along the first "
+                         f"axis, {NAPARI.how}")
+    px = parse_pixel_size(pixel_size) or layer_pixel_size(image)
+    choice = ChannelChoice.parse(channel if channel >= 0 else None, str(channels).strip() or None, wording=NAPARI)
+    opts = InputOptions(choice, px, diameter or None)
+    result = segment_with(predictor or counted_predictor(model), data, opts,
+                          channel_axis=0 if data.ndim == 3 and not rgb else None, name=image.name)
+    meta = {"name": f"{image.name} nuclei", "scale": tuple(float(s) for s in image.scale[-2:]),
+            "translate": tuple(float(t) for t in image.translate[-2:]),
+            "metadata": {"measurements": result.measurements, "pixel_size_um": result.pixel_size_um,
+                         "rescale_factor": result.rescale_factor}}
     return result.labels, meta, "labels"
+
+
+def segment_widget(viewer: "napari.viewer.Viewer"):
+    """The dock widget: choose an image layer and options, press Segment; the segmentation runs
+    in a worker thread (the viewer stays responsive) with a tile progress bar, and its labels
+    layer is added when done. Errors are shown in the widget and as a napari notification."""
+    from magicgui.widgets import (
+        ComboBox,
+        Container,
+        FloatSpinBox,
+        Label,
+        LineEdit,
+        ProgressBar,
+        PushButton,
+        SpinBox,
+    )
+    from napari.layers import Image
+    from napari.qt.threading import create_worker
+    from napari.utils.notifications import show_error
+    from superqt.utils import ensure_main_thread
+
+    image = ComboBox(label="image", choices=lambda _w: [(ly.name, ly) for ly in viewer.layers if isinstance(ly, Image)])
+    model = LineEdit(label="model", value="default",
+                     tooltip="default, maskrcnn, a bundle folder, or a bioimage.io package (MODEL.zip) from nseg-export")
+    channel = SpinBox(label="channel", value=-1, min=-1, max=255, tooltip="nuclear channel, 0-based (-1: none)")
+    channels = LineEdit(label="channels", value="", tooltip="up to three channels onto R,G,B, e.g. 0,2,1")
+    diameter = FloatSpinBox(label="diameter (px)", value=0.0, min=0.0, max=10000.0, step=0.5,
+                            tooltip="typical nucleus diameter in pixels (0: not given)")
+    pixel_size = LineEdit(label="pixel size (µm)", value="",
+                          tooltip="µm per pixel, kept exactly (empty: from the layer, if its reader set µm)")
+    run = PushButton(text="Segment")
+    progress = ProgressBar(label="progress", value=0, min=0, max=1, visible=False)
+    status = Label(label="", value="")
+    box = Container(widgets=[image, model, channel, channels, diameter, pixel_size, run, progress, status])
+    box.native.setObjectName("nseg-segment-widget")
+    viewer.layers.events.inserted.connect(lambda _e: image.reset_choices())
+    viewer.layers.events.removed.connect(lambda _e: image.reset_choices())
+    box.worker = None  # the running worker, for callers (and tests) that wait on it
+
+    @ensure_main_thread
+    def tiles_done(n: int) -> None:
+        progress.value = min(progress.max, progress.value + n)
+
+    def finished(result) -> None:
+        data, meta, kind = result
+        viewer._add_layer_from_data(data, meta, kind)
+        n = int(data.max()) if data.size else 0
+        status.value = f"{n} nuclei in {meta['name']!r}"
+        progress.value = progress.max
+        run.enabled = True
+        box.worker = None
+
+    def failed(exc: Exception) -> None:
+        status.value = f"error: {exc}"
+        progress.visible = False
+        run.enabled = True
+        box.worker = None
+        show_error(f"nseg: {exc}")
+
+    def start() -> None:
+        layer = image.value
+        if layer is None:
+            status.value = "open an image first"
+            return
+        try:
+            predictor = counted_predictor(model.value.strip() or None)
+            px = parse_pixel_size(pixel_size.value) or layer_pixel_size(layer)
+            data_shape = np.shape(layer.data)
+            yx = data_shape[-3:-1] if layer.rgb else data_shape[-2:]
+            progress.max = expected_tiles(predictor, yx, diameter.value or None, px)
+        except (ValueError, OSError) as e:
+            failed(e)
+            return
+        predictor.backend.on_tiles = tiles_done
+        progress.value = 0
+        progress.visible = True
+        run.enabled = False
+        status.value = f"segmenting {layer.name!r} ({progress.max} tiles)..."
+        worker = create_worker(segment_layer, layer, None, channel.value, channels.value, diameter.value,
+                               pixel_size.value, predictor=predictor, _start_thread=False)
+        worker.returned.connect(finished)
+        worker.errored.connect(failed)
+        box.worker = worker
+        worker.start()
+
+    run.changed.connect(start)
+    return box
