@@ -100,8 +100,15 @@ def run(
                             + (f"{r.n_nuclei} nuclei" if r.ok else "FAILED"))
         bar.update(1)
 
+    summary_error = None
     try:
         results = run_inputs(inputs, out, predictor=predictor, progress=progress, on_start=lambda n: bar.reset(total=n))
+    except OSError as e:  # summary.csv not written; the images' own results come with the error
+        if getattr(e, "results", None) is None:
+            bar.close()
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(1) from e
+        results, summary_error = e.results, e
     finally:
         bar.close()
     failed = [r for r in results if not r.ok]
@@ -109,12 +116,20 @@ def run(
     typer.echo(f"{len(done)} of {len(results)} images segmented, {sum(r.n_nuclei for r in done)} nuclei, "
                f"{mpx:.1f} Mpx in {seconds:.1f} s ({mpx / seconds if seconds else 0:.2f} Mpx/s); "
                f"results in {out}")
+    if summary_error is not None:
+        typer.secho(f"error: {summary_error}", fg="red", err=True)
     if failed:
         typer.secho(f"{len(failed)} failed:", fg="red", err=True)
         for r in failed:
             typer.secho(f"  {r.error}", fg="red", err=True)
+        unwritten = [r for r in failed if r.output_errno is not None]
+        if unwritten:
+            typer.secho(f"{len(unwritten)} of them failed because their outputs could not be written (full disk, "
+                        f"read-only or missing output folder); nothing partial is left under a product's name: run again once "
+                        f"{out} is writable", fg="red", err=True)
         raise typer.Exit(1)
-
+    if summary_error is not None:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -166,13 +181,24 @@ def watch(
 def status(
     out_dir: Path = typer.Argument(..., help="A `watch` output folder."),
     failures: int = typer.Option(10, help="How many of the latest failures to list."),
+    compact: bool = typer.Option(False, "--compact", help="Shrink the ledger: delete the history of changed "
+                                 "files (and with --older-than, old records of inputs no longer there)."),
+    older_than: float | None = typer.Option(None, "--older-than", metavar="DAYS", min=0,
+                                            help="With --compact: also delete records of inputs finished more "
+                                                 "than DAYS ago whose file is gone from the watched folder."),
 ) -> None:
     """Counts by state, the latest failures with their errors, and throughput over the last hour."""
-    from nseg_infer.watch import status_report
+    import sqlite3
+
+    from nseg_infer.watch import compact_ledger, status_report
 
     try:
+        if compact:
+            typer.echo(compact_ledger(out_dir, older_than_days=older_than))
+        elif older_than is not None:
+            raise typer.BadParameter("--older-than goes with --compact")
         typer.echo(status_report(out_dir, failures=failures))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, sqlite3.Error) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from e
 

@@ -157,7 +157,8 @@ def run_on_cluster(client: Client, inputs: Sequence[str | os.PathLike], out_dir:
     if on_start is not None:
         on_start(len(files))
     # One cluster run per output folder: the manifest has one writer.
-    with exclusive_lock(out / LOCK_NAME, ClusterError(f"{out}: another cluster run is writing here")):
+    with exclusive_lock(out / LOCK_NAME,
+                        lambda holder: ClusterError(f"{out}: another cluster run is writing here ({holder})")):
         clean_temp_files(out)  # leftovers of tasks killed in an earlier run
         if (out / WORK_DIR).is_dir():
             clean_temp_files(out / WORK_DIR)

@@ -23,6 +23,9 @@ class FileResult:
     height: int = 0
     width: int = 0
     backend: str = ""
+    # The OS errno when an output could not be written (full disk, read-only or vanished folder):
+    # the input may be fine, and the folder watch retries it once the folder is writable again.
+    output_errno: int | None = None
 
     @property
     def ok(self) -> bool:

@@ -22,6 +22,17 @@ the row done. A crash between the two leaves the row `running`; on restart it go
 `pending` and is processed again, which rewrites identical outputs through the same temp-and-
 rename path, so readers only ever see complete files and the ledger counts the file done once.
 A row interrupted `MAX_ATTEMPTS` times (an input that crashes the process itself) is failed.
+
+Output faults: a row whose outputs could not be written (full disk, read-only folder) is failed
+with the OS's reason and `output_fault = 1`; the input itself may be fine, so `requeue` puts it
+back to pending when the watcher finds the folder writable again, and `recover` at start-up
+does the same. The ledger lives on the output disk too, so any commit may fail with "database or
+disk is full": `transaction` then rolls back, the row keeps its previous state (`running` rows go
+back to pending on recovery), and the caller retries later.
+
+Size: one row per input version, about 0.3 kB (path, hash, outputs). `compact` deletes the
+history (superseded versions) and, optionally, finished rows older than a given age whose input
+file no longer exists: their outputs stay, only the record goes (`nseg-infer status --compact`).
 """
 
 from __future__ import annotations
@@ -58,6 +69,7 @@ CREATE TABLE IF NOT EXISTS files (
     created   REAL    NOT NULL,
     started   REAL,
     finished  REAL,
+    output_fault INTEGER NOT NULL DEFAULT 0,
     UNIQUE (path, size, mtime_ns, sha256)
 );
 CREATE INDEX IF NOT EXISTS files_current ON files (path) WHERE current = 1;
@@ -86,11 +98,13 @@ class Row:
     created: float
     started: float | None
     finished: float | None
+    output_fault: bool = False
 
     @classmethod
     def from_sql(cls, r: sqlite3.Row) -> Row:
         d = dict(r)
         d["current"] = bool(d["current"])
+        d["output_fault"] = bool(d.get("output_fault", 0))
         d["outputs"] = tuple(json.loads(d["outputs"])) if d["outputs"] else ()
         return cls(**d)
 
@@ -141,6 +155,10 @@ class Ledger:
             with self.transaction() as db:
                 for statement in _statements(SCHEMA):
                     db.execute(statement)
+                # Ledgers from before output faults were told apart gain the column.
+                cols = {r[1] for r in db.execute("PRAGMA table_info(files)")}
+                if "output_fault" not in cols:
+                    db.execute("ALTER TABLE files ADD COLUMN output_fault INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self.db.close()
@@ -156,10 +174,14 @@ class Ledger:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # Also when COMMIT itself failed (a full disk): SQLite may or may not have rolled back
+            # already, and a transaction left open would make every later BEGIN fail.
+            if self.db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -256,14 +278,18 @@ class Ledger:
                            "WHERE id = ? AND state = 'running'", (i,))
 
     def finish(self, row_id: int, *, error: str | None, n_nuclei: int = 0, height: int = 0, width: int = 0,
-               seconds: float = 0.0, backend: str = "", outputs: Sequence[str | Path] = ()) -> None:
+               seconds: float = 0.0, backend: str = "", outputs: Sequence[str | Path] = (),
+               output_fault: bool = False) -> None:
+        """running -> done, or failed with `error`; `output_fault`: the outputs could not be
+        written (the row is retried once they can be)."""
         state = "done" if error is None else "failed"
         with self.transaction() as db:
             c = db.execute(
                 "UPDATE files SET state = ?, error = ?, n_nuclei = ?, height = ?, width = ?, seconds = ?, "
-                "backend = ?, outputs = ?, finished = ? WHERE id = ? AND state = 'running'",
+                "backend = ?, outputs = ?, finished = ?, output_fault = ? WHERE id = ? AND state = 'running'",
                 (state, error, n_nuclei, height, width, seconds, backend,
-                 json.dumps([str(p) for p in outputs]), time.time(), row_id))
+                 json.dumps([str(p) for p in outputs]), time.time(), int(error is not None and output_fault),
+                 row_id))
             if c.rowcount != 1:
                 raise RuntimeError(f"ledger row {row_id} was not running; refusing to mark it {state}")
 
@@ -272,6 +298,72 @@ class Ledger:
         with self.transaction() as db:
             db.execute("UPDATE files SET state = 'failed', error = ?, finished = ? "
                        "WHERE id = ? AND state IN ('pending', 'running')", (error, time.time(), row_id))
+
+    def requeue(self, ids: Iterable[int]) -> int:
+        """Rows held back by an output fault (running, or failed with `output_fault`) -> pending,
+        without counting the attempt: the input did nothing wrong. Returns how many."""
+        n = 0
+        with self.transaction() as db:
+            for i in ids:
+                n += db.execute(
+                    "UPDATE files SET state = 'pending', error = NULL, output_fault = 0, started = NULL, "
+                    "finished = NULL, attempts = MAX(attempts - 1, 0) WHERE id = ? AND current = 1 AND "
+                    "(state = 'running' OR (state = 'failed' AND output_fault = 1))", (i,)).rowcount
+        return n
+
+    def touch(self) -> None:
+        """A real write and commit (the watcher's probe that the ledger's disk takes writes)."""
+        with self.transaction() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS probe (at REAL)")
+            db.execute("DELETE FROM probe")
+            db.execute("INSERT INTO probe VALUES (?)", (time.time(),))
+
+    def output_faults(self) -> list[int]:
+        return [r[0] for r in self.db.execute("SELECT id FROM files WHERE current = 1 AND state = 'failed' "
+                                              "AND output_fault = 1 ORDER BY id")]
+
+    def mark_outputs_lost(self, reason: str) -> int:
+        """Done rows whose outputs are gone (the output folder was deleted) -> failed with
+        `reason`, so the ledger never claims results that do not exist; `--retry-failed` redoes
+        them. Returns how many."""
+        lost = [r.id for r in self.current() if r.state == "done" and any(not Path(o).exists() for o in r.outputs)]
+        with self.transaction() as db:
+            for i in lost:
+                db.execute("UPDATE files SET state = 'failed', error = ?, finished = ? WHERE id = ?",
+                           (reason, time.time(), i))
+        return len(lost)
+
+    def copy_to(self, path: str | Path) -> None:
+        """Write this ledger, as this connection sees it, to a new file `path` (SQLite's backup:
+        consistent even while the original file has been deleted from under us)."""
+        dst = sqlite3.connect(str(path))
+        try:
+            self.db.backup(dst)
+        finally:
+            dst.close()
+
+    def compact(self, *, older_than: float | None = None, now: float | None = None) -> tuple[int, int]:
+        """Delete the history of changed files (superseded versions) and, with `older_than`
+        seconds, finished current rows older than that whose input file no longer exists, then
+        VACUUM. Returns (rows deleted, bytes freed). Outputs on disk are never touched."""
+        now = time.time() if now is None else now
+        before = self._size()
+        with self.transaction() as db:
+            n = db.execute("DELETE FROM files WHERE current = 0").rowcount
+            if older_than is not None:
+                cut = now - older_than
+                gone = [r["id"] for r in db.execute(
+                    "SELECT id, path FROM files WHERE current = 1 AND state IN ('done', 'failed') AND finished < ?",
+                    (cut,)) if not Path(r["path"]).exists()]
+                for i in gone:
+                    db.execute("DELETE FROM files WHERE id = ?", (i,))
+                n += len(gone)
+        self.db.execute("VACUUM")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return n, max(before - self._size(), 0)
+
+    def _size(self) -> int:
+        return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
 
     def recover(self) -> tuple[int, int]:
         """After a crash: running rows go back to pending, or to failed once they have been

@@ -21,6 +21,7 @@ one's products are written.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import tempfile
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from nseg_data.atomic import WriteFailed
 from nseg_data.modality import infer_modality
 
 from nseg_infer.backends import DEVICES, Backend, FlipAverage, create_backend
@@ -283,7 +285,19 @@ class Predictor:
         if h * w <= self.config.large_px:
             yield np.zeros((h, w), np.uint32)
             return
-        fd, name = tempfile.mkstemp(prefix=".nseg-canvas.", suffix=".tmp", dir=work_dir)
+        try:
+            fd, name = tempfile.mkstemp(prefix=".nseg-canvas.", suffix=".tmp", dir=work_dir)
+        except OSError as e:
+            raise WriteFailed(Path(work_dir or tempfile.gettempdir()) / ".nseg-canvas", e) from e
+        try:
+            # Reserve the space now: a memmap that hits a full disk later dies of SIGBUS instead
+            # of raising. File systems without fallocate (some network shares) skip this.
+            os.posix_fallocate(fd, 0, h * w * 4)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                os.close(fd)
+                Path(name).unlink(missing_ok=True)
+                raise WriteFailed(name, e) from e
         os.close(fd)
         try:
             yield np.memmap(name, dtype=np.uint32, mode="w+", shape=(h, w))
@@ -588,7 +602,10 @@ class Predictor:
         """Stage 1: the output folder made and the file opened (small files are decoded here)."""
         t0 = time.perf_counter()
         try:
-            out.mkdir(parents=True, exist_ok=True)
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise WriteFailed(out, e) from e
             raw: ImageSource | Exception = open_image(p, region_threshold_px=self.config.region_px, max_pixels=self.config.max_pixels)
         except Exception as e:
             # Deliberately broad, here and in the other stages: decoders and runtimes raise their
@@ -655,7 +672,10 @@ class Predictor:
                 else:
                     pred = next(preds)
                     try:
-                        out.mkdir(parents=True, exist_ok=True)
+                        try:
+                            out.mkdir(parents=True, exist_ok=True)
+                        except OSError as e:
+                            raise WriteFailed(out, e) from e
                         with segmented(self, inp, pred, work_dir=out) as seg:
                             outputs, n = self._write(p, out, seg, h, w)
                         yield FileResult(p, outputs, n, shared + time.perf_counter() - t1, None, h, w, self.backend_name)
@@ -671,10 +691,16 @@ class Predictor:
         return paths.all(), n
 
     def _failure(self, p: Path, e: Exception, seconds: float, h: int, w: int) -> FileResult:
-        msg = str(e) if str(p) in str(e) else f"{p}: {type(e).__name__}: {e}"
+        if str(p) in str(e):
+            msg = str(e)
+        elif isinstance(e, WriteFailed):
+            msg = f"{p}: {e}"  # the input, then the output not written and the OS's reason
+        else:
+            msg = f"{p}: {type(e).__name__}: {e}"
         log.error("%s", msg)
         log.debug("traceback for %s", p, exc_info=e)
-        return FileResult(p, (), 0, seconds, msg, h, w, self.backend_name)
+        return FileResult(p, (), 0, seconds, msg, h, w, self.backend_name,
+                          e.errno if isinstance(e, WriteFailed) else None)
 
     def process_many(self, paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
                      progress: Callable[[FileResult], None] | None = None,
@@ -723,5 +749,9 @@ def run(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, pred
     if on_start is not None:
         on_start(len(files))
     results = missing + predictor.process_many(files, out_dir, progress=progress, summary=False)
-    write_summary(Path(out_dir) / "summary.csv", [r.summary_row() for r in results])
+    try:
+        write_summary(Path(out_dir) / "summary.csv", [r.summary_row() for r in results])
+    except WriteFailed as e:
+        e.results = results  # the images' own results, for the caller to report beside it
+        raise
     return results
