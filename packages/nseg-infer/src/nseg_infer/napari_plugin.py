@@ -14,11 +14,11 @@ from the open image layer of the same name (`NAME`, `NAME.ome`, ...) and size, a
 is in the layer's `metadata["pixel_size_um"]` and in the µm columns of the measurements.
 
 The functions that build layer data (`read_outputs`, `segment_layer`) import neither napari nor
-Qt and are tested headless; the widget (`segment_widget`) is built by napari, which has both.
+Qt and are tested headless; the widget (`SegmentWidget`, a magicgui Container made on first use) is built by
+napari, which has both.
 """
 
-# No `from __future__ import annotations`: napari resolves the widget factory's `viewer`
-# annotation at run time, and postponed strings of `X | None` would break that.
+# No `from __future__ import annotations`: napari and magicgui read annotations at run time.
 import csv
 import gzip
 import json
@@ -276,10 +276,17 @@ def segment_layer(image: "napari.layers.Image", model: str | Path | None = None,
     return result.labels, meta, "labels"
 
 
-def segment_widget(viewer: "napari.viewer.Viewer"):
-    """The dock widget: choose an image layer and options, press Segment; the segmentation runs
-    in a worker thread (the viewer stays responsive) with a tile progress bar, and its labels
-    layer is added when done. Errors are shown in the widget and as a napari notification."""
+def __getattr__(name: str):
+    # The widget class subclasses magicgui's Container, so it is made on first use: importing
+    # this module (the reader, headless tests) must not need magicgui or Qt.
+    if name == "SegmentWidget":
+        cls = _segment_widget_class()
+        globals()["SegmentWidget"] = cls
+        return cls
+    raise AttributeError(name)
+
+
+def _segment_widget_class():
     from magicgui.widgets import (
         ComboBox,
         Container,
@@ -290,74 +297,90 @@ def segment_widget(viewer: "napari.viewer.Viewer"):
         PushButton,
         SpinBox,
     )
-    from napari.layers import Image
-    from napari.qt.threading import create_worker
-    from napari.utils.notifications import show_error
-    from superqt.utils import ensure_main_thread
 
-    image = ComboBox(label="image", choices=lambda _w: [(ly.name, ly) for ly in viewer.layers if isinstance(ly, Image)])
-    model = LineEdit(label="model", value="default",
-                     tooltip="default, maskrcnn, a bundle folder, or a bioimage.io package (MODEL.zip) from nseg-export")
-    channel = SpinBox(label="channel", value=-1, min=-1, max=255, tooltip="nuclear channel, 0-based (-1: none)")
-    channels = LineEdit(label="channels", value="", tooltip="up to three channels onto R,G,B, e.g. 0,2,1")
-    diameter = FloatSpinBox(label="diameter (px)", value=0.0, min=0.0, max=10000.0, step=0.5,
-                            tooltip="typical nucleus diameter in pixels (0: not given)")
-    pixel_size = LineEdit(label="pixel size (µm)", value="",
-                          tooltip="µm per pixel, kept exactly (empty: from the layer, if its reader set µm)")
-    run = PushButton(text="Segment")
-    progress = ProgressBar(label="progress", value=0, min=0, max=1, visible=False)
-    status = Label(label="", value="")
-    box = Container(widgets=[image, model, channel, channels, diameter, pixel_size, run, progress, status])
-    box.native.setObjectName("nseg-segment-widget")
-    viewer.layers.events.inserted.connect(lambda _e: image.reset_choices())
-    viewer.layers.events.removed.connect(lambda _e: image.reset_choices())
-    box.worker = None  # the running worker, for callers (and tests) that wait on it
+    class SegmentWidget(Container):
+        """The dock widget: choose an image layer and options, press Segment; the segmentation
+        runs in a worker thread (the viewer stays responsive) with a tile progress bar, and its
+        labels layer is added when done. Errors show in the widget and as a napari notification.
+        `worker` is the running worker (None when idle)."""
 
-    @ensure_main_thread
-    def tiles_done(n: int) -> None:
-        progress.value = min(progress.max, progress.value + n)
+        def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
+            from napari.layers import Image
 
-    def finished(result) -> None:
-        data, meta, kind = result
-        viewer._add_layer_from_data(data, meta, kind)
-        n = int(data.max()) if data.size else 0
-        status.value = f"{n} nuclei in {meta['name']!r}"
-        progress.value = progress.max
-        run.enabled = True
-        box.worker = None
+            self.viewer = viewer = napari_viewer  # napari passes the viewer to a parameter of this name
+            self.image = ComboBox(label="image", choices=lambda _w: [(ly.name, ly) for ly in viewer.layers
+                                                                    if isinstance(ly, Image)])
+            self.model = LineEdit(label="model", value="default", tooltip="default, maskrcnn, a bundle folder, or a "
+                                  "bioimage.io package (MODEL.zip) made by nseg-export")
+            self.channel = SpinBox(label="channel", value=-1, min=-1, max=255, tooltip="nuclear channel, 0-based (-1: none)")
+            self.channels = LineEdit(label="channels", value="", tooltip="up to three channels onto R,G,B, e.g. 0,2,1")
+            self.diameter = FloatSpinBox(label="diameter (px)", value=0.0, min=0.0, max=10000.0, step=0.5,
+                                         tooltip="typical nucleus diameter in pixels (0: not given)")
+            self.pixel_size = LineEdit(label="pixel size (µm)", value="", tooltip="µm per pixel, kept exactly "
+                                       "(empty: from the layer, if its reader set µm)")
+            self.run_button = PushButton(text="Segment")
+            self.progress = ProgressBar(label="progress", value=0, min=0, max=1, visible=False)
+            self.status = Label(label="status", value="")
+            super().__init__(widgets=[self.image, self.model, self.channel, self.channels, self.diameter,
+                                      self.pixel_size, self.run_button, self.progress, self.status])
+            self.worker = None
+            viewer.layers.events.inserted.connect(self._layers_changed)
+            viewer.layers.events.removed.connect(self._layers_changed)
+            self.run_button.changed.connect(self.start)
 
-    def failed(exc: Exception) -> None:
-        status.value = f"error: {exc}"
-        progress.visible = False
-        run.enabled = True
-        box.worker = None
-        show_error(f"nseg: {exc}")
+        def _layers_changed(self, _event=None) -> None:
+            self.image.reset_choices()
 
-    def start() -> None:
-        layer = image.value
-        if layer is None:
-            status.value = "open an image first"
-            return
-        try:
-            predictor = counted_predictor(model.value.strip() or None)
-            px = parse_pixel_size(pixel_size.value) or layer_pixel_size(layer)
-            data_shape = np.shape(layer.data)
-            yx = data_shape[-3:-1] if layer.rgb else data_shape[-2:]
-            progress.max = expected_tiles(predictor, yx, diameter.value or None, px)
-        except (ValueError, OSError) as e:
-            failed(e)
-            return
-        predictor.backend.on_tiles = tiles_done
-        progress.value = 0
-        progress.visible = True
-        run.enabled = False
-        status.value = f"segmenting {layer.name!r} ({progress.max} tiles)..."
-        worker = create_worker(segment_layer, layer, None, channel.value, channels.value, diameter.value,
-                               pixel_size.value, predictor=predictor, _start_thread=False)
-        worker.returned.connect(finished)
-        worker.errored.connect(failed)
-        box.worker = worker
-        worker.start()
+        def start(self) -> None:
+            from napari.qt.threading import create_worker
+            from superqt.utils import ensure_main_thread
 
-    run.changed.connect(start)
-    return box
+            layer = self.image.value
+            if layer is None:
+                self.status.value = "open an image first"
+                return
+            try:
+                predictor = counted_predictor(self.model.value.strip() or None)
+                px = parse_pixel_size(self.pixel_size.value) or layer_pixel_size(layer)
+                shape = np.shape(layer.data)
+                yx = shape[-3:-1] if layer.rgb else shape[-2:]
+                self.progress.max = expected_tiles(predictor, yx, self.diameter.value or None, px)
+            except (ValueError, OSError) as e:
+                self._failed(e)
+                return
+
+            @ensure_main_thread
+            def tiles_done(n: int) -> None:  # called from the worker thread; runs in the GUI's
+                self.progress.value = min(self.progress.max, self.progress.value + n)
+
+            predictor.backend.on_tiles = tiles_done
+            self.progress.value = 0
+            self.progress.visible = True
+            self.run_button.enabled = False
+            self.status.value = f"segmenting {layer.name!r} ({self.progress.max} tiles)..."
+            worker = create_worker(segment_layer, layer, None, self.channel.value, self.channels.value,
+                                   self.diameter.value, self.pixel_size.value, predictor=predictor,
+                                   _start_thread=False)
+            worker.returned.connect(self._finished)
+            worker.errored.connect(self._failed)
+            self.worker = worker
+            worker.start()
+
+        def _finished(self, result) -> None:
+            data, meta, kind = result
+            getattr(self.viewer, f"add_{kind}")(data, **meta)
+            self.status.value = f"{int(data.max()) if data.size else 0} nuclei in {meta['name']!r}"
+            self.progress.value = self.progress.max
+            self.run_button.enabled = True
+            self.worker = None
+
+        def _failed(self, exc: Exception) -> None:
+            from napari.utils.notifications import show_error
+
+            self.status.value = f"error: {exc}"
+            self.progress.visible = False
+            self.run_button.enabled = True
+            self.worker = None
+            show_error(f"nseg: {exc}")
+
+    return SegmentWidget
