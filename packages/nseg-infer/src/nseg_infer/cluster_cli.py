@@ -3,6 +3,8 @@ line's part of `nseg-infer run --cluster`; the run itself is `nseg_infer.cluster
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -21,6 +23,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Seconds a scheduler address gets to answer (connect and handshake) before the run fails naming
+# it. dask's own default (30 s, retried) leaves a user staring at a silent command.
+CONNECT_TIMEOUT = 10.0
+
 
 def parse_cluster(spec: str) -> int | str:
     """`local:N` -> N (a LocalCluster of N single-threaded worker processes); a scheduler address
@@ -36,9 +42,12 @@ def parse_cluster(spec: str) -> int | str:
 
 
 @contextlib.contextmanager
-def connect(spec: str, *, quiet: bool = False) -> Iterator[Client]:
+def connect(spec: str, *, quiet: bool = False, timeout: float | None = None) -> Iterator[Client]:
     """A client for `--cluster SPEC` (see `parse_cluster`), closed (and a local cluster stopped)
-    when the block ends. `quiet`: dask's own start-up and shut-down messages only as warnings."""
+    when the block ends. `quiet`: dask's own start-up and shut-down messages only as warnings.
+    A scheduler that does not answer within `timeout` seconds (default `CONNECT_TIMEOUT`) is a
+    ClusterError naming it."""
+    timeout = CONNECT_TIMEOUT if timeout is None else timeout
     try:
         from distributed import Client, LocalCluster
     except ImportError as e:
@@ -47,11 +56,37 @@ def connect(spec: str, *, quiet: bool = False) -> Iterator[Client]:
         logging.getLogger("distributed").setLevel(logging.WARNING)
     target = parse_cluster(spec)
     if isinstance(target, str):
-        with Client(target) as client:
+        try:
+            ask_scheduler(target, timeout)
+            client = Client(target, timeout=timeout)
+        except (OSError, TimeoutError) as e:  # refused, unreachable, or silent past the timeout
+            reason = str(e).splitlines()[0] if str(e) else f"{type(e).__name__}: no reply"
+            raise ClusterError(f"scheduler {target} did not answer within {timeout:g} s ({reason}); is it "
+                               "running, and is its address reachable from this machine?") from e
+        with client:
             yield client
         return
     with LocalCluster(n_workers=target, threads_per_worker=1, processes=True) as cluster, Client(cluster) as client:
         yield client
+
+
+def ask_scheduler(address: str, timeout: float) -> dict:
+    """The scheduler's identity, or TimeoutError/OSError within `timeout` seconds. dask's Client
+    bounds the TCP connect but can wait forever on a peer that accepts and never replies (a
+    wrong port, a firewall's tarpit), so the whole exchange runs under one deadline first."""
+    async def ask() -> dict:
+        from distributed.comm import connect as comm_connect
+
+        comm = await comm_connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            await comm.close()
+
+    # In a thread of its own, so it also works where an event loop already runs (a notebook).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(asyncio.wait_for(ask(), timeout))).result()
 
 
 def local_threads(spec: str, config: RunConfig) -> RunConfig:
