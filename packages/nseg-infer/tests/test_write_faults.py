@@ -396,3 +396,42 @@ def test_watch_rebuilds_a_deleted_output_folder(unet_bundle, inputs, tmp_path):
     assert cur["b.png"].state == "done"
     check_products(out, ["b.png"])
     assert "was deleted while watching" in text and "Traceback" not in text
+
+
+# -- ledger growth -----------------------------------------------------------------------------------
+
+
+def test_compact_drops_history_and_old_records_of_vanished_inputs(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "kept.png").write_bytes(b"x")
+    with Ledger(tmp_path / LEDGER_NAME) as led:
+        ids = {}
+        for name, sha in [("kept.png", "a"), ("gone.png", "b"), ("changed.png", "c1"), ("changed.png", "c2")]:
+            row = led.observe(str(inp / name), 1, len(ids), sha)
+            led.claim([row.id])
+            led.finish(row.id, error=None)
+            ids[name, sha] = row.id
+        assert led.counts()["superseded"] == 1
+        old = time.time() + 10 * 86400  # "now" ten days on: every record is older than a week
+        n, _ = led.compact(older_than=7 * 86400, now=old)
+        left = {Path(r.path).name for r in led.rows()}
+    # The superseded version and the record of an input no longer there went; the rest stayed.
+    assert n == 3 and left == {"kept.png"}
+
+
+def test_status_compact_on_the_command_line(tmp_path):
+    with Ledger(tmp_path / LEDGER_NAME) as led:
+        for sha in ("v1", "v2"):
+            row = led.observe("/in/a.png", 1, 1 if sha == "v1" else 2, sha)
+            led.claim([row.id])
+            led.finish(row.id, error="/in/a.png: /o/a.csv: not written: No space left on device",
+                       output_fault=sha == "v2")
+    res = CliRunner().invoke(app, ["status", str(tmp_path), "--compact"])
+    assert res.exit_code == 0, res.output
+    assert "1 records deleted" in res.output and "1 inputs: 0 done, 1 failed" in res.output
+    assert "1 of the failed could not write their outputs" in res.output
+    with Ledger(tmp_path / LEDGER_NAME, create=False) as led:
+        assert len(led.rows()) == 1
+    res = CliRunner().invoke(app, ["status", str(tmp_path), "--older-than", "3"])
+    assert res.exit_code != 0
