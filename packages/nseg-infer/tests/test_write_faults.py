@@ -435,3 +435,14 @@ def test_status_compact_on_the_command_line(tmp_path):
         assert len(led.rows()) == 1
     res = CliRunner().invoke(app, ["status", str(tmp_path), "--older-than", "3"])
     assert res.exit_code != 0
+
+
+def test_once_that_cannot_write_its_outputs_exits_1(predictor, inputs, tmp_path, monkeypatch):
+    Injected(monkeypatch).publish_errno = errno.ENOSPC
+    (inputs / "a.png").write_bytes(png(5))
+    out = tmp_path / "out"
+    w = Watcher(predictor, WatchConfig(inputs, out, settle=0.2, fail_after=0.4, poll=0.1, events=False, once=True,
+                                       retry_min=0.05, retry_max=0.1))
+    assert w.run() == 1
+    row = current(out)["a.png"]
+    assert row.state == "failed" and row.output_fault and "No space left on device" in row.error

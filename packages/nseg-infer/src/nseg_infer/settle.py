@@ -68,6 +68,10 @@ class FolderScanner:
         self.settling: dict[Path, _Obs] = {}
         # Versions already handed on (in the ledger); skipped without any I/O beyond the stat.
         self.known: dict[Path, Stat] = {}
+        # One Path object per file name, reused by every scan: a folder of thousands of files is
+        # listed every pass, and building and comparing fresh Paths made a pass cost ~0.1 ms per
+        # file (dict lookups then hit the same object, sorting uses the cached string).
+        self._paths: dict[str, Path] = {}
 
     def matches(self, path: Path) -> bool:
         name = path.name
@@ -96,11 +100,14 @@ class FolderScanner:
                             if self.recursive and not e.name.startswith(".") and p.resolve() not in self.exclude:
                                 stack.append(p)
                             continue
-                        if not e.is_file():
+                        if e.name.startswith(".") or not e.is_file():
                             continue
-                        p = Path(e.path)
-                        if not self.matches(p):
-                            continue
+                        p = self._paths.get(e.path)
+                        if p is None:
+                            p = Path(e.path)
+                            if not self.matches(p):
+                                continue
+                            self._paths[e.path] = p
                         st = e.stat()
                     except OSError:
                         continue
@@ -117,7 +124,9 @@ class FolderScanner:
         for p in list(self.known):
             if p not in found:
                 del self.known[p]
-        for p, st in sorted(found.items()):
+        if len(self._paths) > len(found):
+            self._paths = {str(p): p for p in found}
+        for p, st in sorted(found.items(), key=lambda kv: str(kv[0])):
             if self.known.get(p) == st:
                 continue
             obs = self.settling.get(p)

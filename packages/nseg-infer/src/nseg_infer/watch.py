@@ -270,7 +270,9 @@ class Watcher:
                      f", {len(self.held)} held back (outputs not writable)" if self.held else "")
             if self._scanner_error is not None:
                 raise self._scanner_error
-            return 0
+            # --once that ends with files it could not write has not done its job; a service
+            # stopped while paused has (a restart retries them).
+            return 1 if self.held and self.config.once else 0
         finally:
             if observer is not None:
                 with contextlib.suppress(Exception):
@@ -335,6 +337,7 @@ class Watcher:
         try:
             while not self.stop.is_set():
                 self.wake.clear()
+                started = time.monotonic()
                 jobs: list[Job] = []
                 try:
                     with self._ledger_lock:
@@ -365,9 +368,16 @@ class Watcher:
                 if self.config.once and not scanner.settling and not first:
                     self.jobs.put(_END)
                     return
+                took = time.monotonic() - started
                 deadline = scanner.next_deadline(time.monotonic())
                 timeout = self.config.poll if deadline is None else min(self.config.poll, deadline + 0.01)
                 self.wake.wait(timeout)
+                # Files streaming in wake the scanner with every event, and a pass lists the whole
+                # folder: at least twice a pass's time between passes keeps the scanner to a third
+                # of one core however full the folder gets, leaving the rest to segmenting.
+                rest = started + 3 * took - time.monotonic()
+                if rest > 0:
+                    self.stop.wait(rest)
         except BaseException as e:
             self._scanner_error = e
             self.stop.set()
