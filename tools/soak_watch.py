@@ -263,8 +263,8 @@ def main() -> int:
           and check["products"] == n_all and code1 == 0 and code2 == 0)
     flat = peak[2] - base[2]
     per_k = ledger_end / n_all * 1000
-    bg = ("a niced model training was paused (SIGSTOP) for the soak" if paused else
-          "other jobs of the machine ran meanwhile" if load0 > 1.5 else "the machine was otherwise quiet")
+    others = "other jobs of the machine ran meanwhile" if max(load0, load1) > 1.5 else "the machine was otherwise quiet"
+    bg = f"a niced model training was paused (SIGSTOP) for the soak; {others}" if paused else others
     lines = [
         f"`tools/soak_watch.py` on {time.strftime('%Y-%m-%d')}: a real `nseg-infer watch --device cpu` "
         f"(settle {a.settle:g} s, poll {a.poll:g} s, filesystem events on) fed {a.images:,} images of "
@@ -288,8 +288,9 @@ def main() -> int:
         f"{flat:+.0f} MB over the warm-up value) |",
         f"| RSS at image {end[1]:,} (end of the first watcher) | {end[2]:.0f} MB ({end[2] - base[2]:+.0f} MB) |",
         f"| ledger file | {ledger_at / 1e6:.2f} MB at {a.images:,} images, {ledger_end / 1e6:.2f} MB at "
-        f"{n_all:,}: {per_k / 1e3:.0f} kB per 1,000 images (while running, with its write-ahead log: "
-        f"{wal_at / 1e6:.2f} MB; SQLite folds the log back every 1,000 pages, so it stays under ~4 MB) |",
+        f"{n_all:,}: {per_k / 1e3:.0f} kB per 1,000 images (while running, "
+        f"{wal_at / 1e6:.2f} MB with its write-ahead log, which SQLite folds back into the file every 1,000 "
+        "pages, so the log stays near 4 MB) |",
         f"| open file descriptors | {min(fd_series)} to {max(fd_series)} after the warm-up; {fds1} at image "
         f"{a.images:,}; {fds2} at the end of the second watcher |",
         f"| lost / processed twice | {check['lost']} / {max(check['twice_ledger'], check['twice_log'])} "
