@@ -446,3 +446,23 @@ def test_once_that_cannot_write_its_outputs_exits_1(predictor, inputs, tmp_path,
     assert w.run() == 1
     row = current(out)["a.png"]
     assert row.state == "failed" and row.output_fault and "No space left on device" in row.error
+
+
+def test_ledgers_from_before_output_faults_are_read_and_upgraded(tmp_path):
+    from nseg_infer.ledger import SCHEMA, _statements
+    from nseg_infer.watch import status_report
+
+    old = SCHEMA.replace("    output_fault INTEGER NOT NULL DEFAULT 0,\n", "")
+    assert old != SCHEMA
+    con = sqlite3.connect(tmp_path / LEDGER_NAME)
+    for statement in _statements(old):
+        con.execute(statement)
+    con.execute("INSERT INTO files (path, size, mtime_ns, sha256, state, created) VALUES ('/in/a.png', 1, 1, 'x', "
+                "'done', 1)")
+    con.commit()
+    con.close()
+    assert "1 inputs: 1 done" in status_report(tmp_path)  # read-only: no upgrade needed
+    with Ledger(tmp_path / LEDGER_NAME) as led:  # a watcher's open adds the column
+        assert led.rows()[0].state == "done" and led.output_faults() == []
+        cols = {r[1] for r in led.db.execute("PRAGMA table_info(files)")}
+    assert "output_fault" in cols

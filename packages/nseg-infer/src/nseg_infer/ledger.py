@@ -319,8 +319,12 @@ class Ledger:
             db.execute("INSERT INTO probe VALUES (?)", (time.time(),))
 
     def output_faults(self) -> list[int]:
-        return [r[0] for r in self.db.execute("SELECT id FROM files WHERE current = 1 AND state = 'failed' "
-                                              "AND output_fault = 1 ORDER BY id")]
+        """Current rows failed because their outputs could not be written."""
+        try:
+            return [r[0] for r in self.db.execute("SELECT id FROM files WHERE current = 1 AND state = 'failed' "
+                                                  "AND output_fault = 1 ORDER BY id")]
+        except sqlite3.OperationalError:  # a ledger from before the column, opened read-only (`status`)
+            return []
 
     def mark_outputs_lost(self, reason: str) -> int:
         """Done rows whose outputs are gone (the output folder was deleted) -> failed with
