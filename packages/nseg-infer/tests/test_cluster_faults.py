@@ -150,3 +150,27 @@ def test_a_second_watch_on_the_same_out_names_the_holder(tmp_path):
     finally:
         _release(holder)
     assert holder.pid != os.getpid()
+
+
+def test_a_worker_out_of_memory_mid_block_is_restarted_and_the_block_rerun(tmp_path):
+    """A real out-of-memory death: the block's worker grows past its memory limit and dask's nanny
+    kills it, as it would a block too big for the worker; the block runs again, labels identical."""
+    import cloudpickle
+    import cluster_oom_kit
+
+    cloudpickle.register_pickle_by_value(cluster_oom_kit)
+    img = synthetic_blobs((256, 256), 60, seed=12)[0]
+    src = tmp_path / "big.png"
+    Image.fromarray(img).save(src)
+    with open_image(src) as im:
+        expected = Predictor(None, BLOCKS).predict(im)
+    marker = tmp_path / "oom"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  memory_limit="1GiB") as cluster, distributed.Client(cluster) as cl:
+        cl.register_plugin(cluster_oom_kit.OutOfMemoryOnce("nseg-block-", str(marker)))
+        report = run_on_cluster(cl, [src], tmp_path / "out", config=BLOCKS, options=SPLIT)
+    assert marker.exists(), "no block ran out of memory: the test did not test anything"
+    assert not (tmp_path / "oom.not-killed").exists(), "the worker outgrew its limit but was not killed"
+    assert not report.failed, report.failed
+    np.testing.assert_array_equal(np.asarray(open_labels(array_path(tmp_path / "out" / "big.ome.zarr"))),
+                                  expected.labels)
