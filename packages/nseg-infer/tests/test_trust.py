@@ -225,3 +225,21 @@ def test_batch_goes_on_past_refused_files_and_cli_option(unet_bundle, tmp_path):
 def test_run_config_validates_max_pixels():
     with pytest.raises(ValueError, match="max_pixels"):
         RunConfig(max_pixels=0)
+
+
+def test_watch_records_a_refused_file_and_goes_on(unet_bundle, tmp_path):
+    from nseg_infer.ledger import LEDGER_NAME, Ledger
+    from nseg_infer.watch import WatchConfig, Watcher
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    _png(inp, name="good.png")
+    bomb = _forged_png(inp / "bomb.png", 100_000, 100_000)
+    w = Watcher(Predictor(unet_bundle, RunConfig(device="cpu")),
+                WatchConfig(inp, out, settle=0.1, fail_after=0.2, poll=0.1, events=False, once=True))
+    assert w.run() == 0
+    with Ledger(out / LEDGER_NAME, create=False) as led:
+        rows = {r.path: r for r in led.current()}
+    assert rows[str(inp / "good.png")].state == "done"
+    bad = rows[str(bomb)]
+    assert bad.state == "failed" and str(bomb) in bad.error and "--max-pixels" in bad.error
