@@ -246,7 +246,9 @@ def test_watch_pauses_on_an_output_fault_and_resumes_when_writable(predictor, in
         # Recorded failed with the OS reason while paused; nothing done, nothing half-written.
         wait_for(lambda: any(r.state == "failed" for r in current(out).values()), what="failure recorded")
         seen["failed"] = [r for r in current(out).values() if r.state == "failed"]
-        seen["files"] = sorted(p.name for p in out.iterdir() if p.suffix in (".tif", ".csv", ".png", ".geojson"))
+        # Published products only: a hidden temp file may be in the middle of being written.
+        seen["files"] = sorted(p.name for p in out.iterdir()
+                               if p.suffix in (".tif", ".csv", ".png", ".geojson") and not p.name.startswith("."))
         fault.publish_errno = None
         wait_for(lambda: all_done(out, names), what="all done")
 
@@ -466,3 +468,28 @@ def test_ledgers_from_before_output_faults_are_read_and_upgraded(tmp_path):
         assert led.rows()[0].state == "done" and led.output_faults() == []
         cols = {r[1] for r in led.db.execute("PRAGMA table_info(files)")}
     assert "output_fault" in cols
+
+
+def test_a_file_whose_outputs_keep_failing_while_out_is_writable_is_failed_for_good(predictor, inputs, tmp_path,
+                                                                                     monkeypatch):
+    from nseg_infer.watch import MAX_HOLDS
+
+    real = atomic._publish
+
+    def publish(tmp, target):  # only this file's CSV is refused, every time; probes and others succeed
+        if target.name == "stuck.csv":
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+        real(tmp, target)
+
+    monkeypatch.setattr(atomic, "_publish", publish)
+    out = tmp_path / "out"
+    (inputs / "stuck.png").write_bytes(png(6))
+    (inputs / "fine.png").write_bytes(png(7))
+    w = Watcher(predictor, WatchConfig(inputs, out, settle=0.2, fail_after=0.4, poll=0.1, events=False, once=True,
+                                       retry_min=0.01, retry_max=0.02))
+    assert w.run() == 0
+    cur = current(out)
+    assert cur["fine.png"].state == "done"
+    stuck = cur["stuck.png"]
+    assert stuck.state == "failed" and not stuck.output_fault and f"after {MAX_HOLDS} tries" in stuck.error
+    assert os.strerror(errno.EFBIG) in stuck.error and not w.held

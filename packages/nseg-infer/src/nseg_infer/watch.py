@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -59,6 +60,7 @@ LOG_NAME = "watch.log"
 LOCK_NAME = ".nseg-watch.lock"
 PROBE_NAME = ".nseg-write-probe"
 PROBE_BYTES = 64 * 1024  # a probe of a few pages: a disk with less free space than this is still full
+MAX_HOLDS = 5            # a file that fails on the output side this often while OUT takes probes is failed
 SUMMARY_EVERY = 5.0      # seconds between summary.csv rewrites while files keep coming
 
 
@@ -173,6 +175,7 @@ class Watcher:
         self._retry_at = 0.0
         self._backoff = config.retry_min
         self.pauses = 0
+        self._holds: collections.Counter[int] = collections.Counter()  # output faults per row
         # The ledger's identity on disk, to notice OUT being deleted; the scanner reopens its
         # connection when the generation changes, under the lock.
         self._ledger_id: tuple[int, int] | None = None
@@ -513,6 +516,11 @@ class Watcher:
                                    output_errno=e.errno if isinstance(e, OSError) else None)
                 if r.output_errno is not None:
                     fault = r.error
+                    if self._holds[job.row_id] >= MAX_HOLDS:
+                        # OUT takes probes but this file's outputs still fail (one larger than the
+                        # free space, a name the file system refuses): failed for good, not held.
+                        fault = None
+                        r = dataclasses.replace(r, error=f"{r.error} (still after {MAX_HOLDS} tries)")
                 try:
                     ledger.finish(job.row_id, error=r.error, n_nuclei=r.n_nuclei, height=r.height, width=r.width,
                                   seconds=r.seconds, backend=r.backend, outputs=r.outputs,
@@ -525,6 +533,7 @@ class Watcher:
                     continue
                 self.processed += 1
                 self.enqueued.discard(job.row_id)
+                self._holds.pop(job.row_id, None)
                 name = self._display(job.path)
                 if r.ok:
                     log.info("done %s %d B, %d nuclei, %.2f s", name, job.size, r.n_nuclei, r.seconds)
@@ -539,6 +548,8 @@ class Watcher:
     def _hold(self, jobs: list[Job], reason: str) -> None:
         """Keep `jobs` for a retry once OUT is writable, and pause processing until then."""
         self.held.extend(jobs)
+        for j in jobs:
+            self._holds[j.row_id] += 1
         for j in jobs:
             log.error("not written %s: %s", self._display(j.path), reason)
         if self.paused_since is None:
