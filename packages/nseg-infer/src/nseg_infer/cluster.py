@@ -48,7 +48,7 @@ from nseg_infer.blocks_dask import (
 from nseg_infer.bundle import load_bundle
 from nseg_infer.cluster_manifest import MANIFEST_NAME, Manifest, fingerprint
 from nseg_infer.imageio import JPEG, PNG, TIFF
-from nseg_infer.inputs import FileResult, expand_inputs, stem
+from nseg_infer.inputs import FileResult, expand_inputs, failure_message, stem
 from nseg_infer.omezarr import create_labels
 from nseg_infer.outputs import label_dtype, write_summary
 from nseg_infer.run import Predictor, RunConfig
@@ -326,7 +326,7 @@ class _Run:
                 return []
             job.failed = True
         p = self.files[order]
-        msg = str(e) if str(p) in str(e) else f"{p}: {type(e).__name__}: {e}"
+        msg = failure_message(p, e)
         log.error("%s", msg)
         self._file_done(order, FileResult(p, error=msg))
         return []

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nseg_data.atomic import WriteFailed
+
 from nseg_infer.imageio import SUPPORTED
 from nseg_infer.outputs import PRODUCT_SUFFIXES
 
@@ -41,6 +43,17 @@ class FileResult:
                 "seconds": round(self.seconds, 3), "backend": self.backend,
                 "labels": next((str(o) for o in self.outputs if o.name.endswith(".labels.tif")), ""),
                 "error": self.error or ""}
+
+
+def failure_message(path: Path, e: BaseException) -> str:
+    """What a user reads when `path` failed: always names the file, once. The errors of nseg's own
+    readers already name it; a failed write names the output not written and the OS's reason after
+    the input; anything else gets its exception type, which is often the only clue."""
+    if str(path) in str(e):
+        return str(e)
+    if isinstance(e, WriteFailed):
+        return f"{path}: {e}"
+    return f"{path}: {type(e).__name__}: {e}"
 
 
 def stem(path: Path) -> str:

@@ -38,7 +38,7 @@ from nseg_infer.backends import DEVICES, Backend, FlipAverage, create_backend
 from nseg_infer.bundle import Bundle, load_bundle
 from nseg_infer.channels import ChannelChoice
 from nseg_infer.imageio import MAX_PIXELS, REGION_THRESHOLD_PX, ArraySource, ImageSource, open_image
-from nseg_infer.inputs import FileResult, expand_inputs, stem
+from nseg_infer.inputs import FileResult, expand_inputs, failure_message, stem
 from nseg_infer.instances import InstanceParams, WatershedParams, check_by_modality, instance_params
 from nseg_infer.outputs import (
     DEFAULT_PRODUCTS,
@@ -691,12 +691,7 @@ class Predictor:
         return paths.all(), n
 
     def _failure(self, p: Path, e: Exception, seconds: float, h: int, w: int) -> FileResult:
-        if str(p) in str(e):
-            msg = str(e)
-        elif isinstance(e, WriteFailed):
-            msg = f"{p}: {e}"  # the input, then the output not written and the OS's reason
-        else:
-            msg = f"{p}: {type(e).__name__}: {e}"
+        msg = failure_message(p, e)
         log.error("%s", msg)
         log.debug("traceback for %s", p, exc_info=e)
         return FileResult(p, (), 0, seconds, msg, h, w, self.backend_name,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nseg_infer.imageio import MAX_PIXELS, REGION_THRESHOLD_PX, SUPPORTED, open_image
+from nseg_infer.inputs import failure_message
 from nseg_infer.outputs import PRODUCT_SUFFIXES
 
 Stat = tuple[int, int]  # (size, mtime_ns)
@@ -48,7 +49,7 @@ def check_decodes(path: Path, region_px: int = REGION_THRESHOLD_PX,
             src.check_complete()
             return src.shape, None
     except Exception as e:
-        return None, str(e) if str(path) in str(e) else f"{path}: {type(e).__name__}: {e}"
+        return None, failure_message(path, e)
 
 
 class FolderScanner:
