@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nseg_infer.tiling import blend_weights, block_grid, tile_grid
+from nseg_infer.tiling import Window, blend_weights, block_grid, cut_by_margin, tile_grid
 
 
 @settings(max_examples=150, deadline=None)
@@ -57,3 +57,15 @@ def test_blend_weights_vanish_at_the_edge_and_are_one_in_the_core():
     assert (wt[16:48, 16:48] == 1).all()
     assert np.allclose(wt, wt[::-1, ::-1])
     assert (blend_weights((8, 8), 0) == 1).all()
+
+
+def test_cut_by_margin_only_at_window_edges_inside_the_image():
+    image = (100, 100)
+    inner = Window(10, 60, 20, 70)  # a block's outer window away from every image edge
+    assert not cut_by_margin(Window(5, 10, 5, 10), inner, image)
+    assert cut_by_margin(Window(0, 10, 5, 10), inner, image)      # top
+    assert cut_by_margin(Window(5, 50, 5, 10), inner, image)      # bottom
+    assert cut_by_margin(Window(5, 10, 0, 10), inner, image)      # left
+    assert cut_by_margin(Window(5, 10, 5, 50), inner, image)      # right
+    whole = Window(0, 100, 0, 100)  # the image's own edges cut nothing
+    assert not cut_by_margin(Window(0, 100, 0, 100), whole, image)

@@ -25,7 +25,7 @@ from nseg_infer import geojson, measure, overlay
 from nseg_infer.imageio import ImageSource
 from nseg_infer.labelstiff import write_ome_labels
 from nseg_infer.rois import RoiZipWriter
-from nseg_infer.tiling import Window, block_grid
+from nseg_infer.tiling import Window, block_grid, cut_by_margin
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +146,11 @@ def block_products(labels: np.ndarray, src: ImageSource, outer: Window, core: Wi
     uniq, compact = _compact(lab)
     table = measure.region_table(compact, intensities)
     rows, rings, cut = [], [], 0
-    h, w = src.shape
     for k in table.present.tolist():
         y0, x0, y1, x1 = table.bbox[k].tolist()
         if not core.contains(y0 + outer.y0, x0 + outer.x0):
             continue
-        if (y0 == 0 and outer.y0 > 0) or (x0 == 0 and outer.x0 > 0) or \
-                (y1 == lab.shape[0] and outer.y1 < h) or (x1 == lab.shape[1] and outer.x1 < w):
-            cut += 1
+        cut += cut_by_margin(Window(y0, y1, x0, x1), outer, src.shape)
         row = measure.row(table, k, (outer.y0, outer.x0), image=opts.image)
         label = int(uniq[k + 1])
         row["label"] = label

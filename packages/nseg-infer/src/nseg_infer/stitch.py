@@ -24,7 +24,7 @@ from scipy import ndimage as ndi
 
 from nseg_infer.instances import InstanceParams, WatershedParams, nms
 from nseg_infer.maskpaste import box_mask
-from nseg_infer.tiling import Block, Tile, TileGrid, Window, blend_weights, block_grid
+from nseg_infer.tiling import Block, Tile, TileGrid, Window, blend_weights, block_grid, cut_by_margin
 
 log = logging.getLogger(__name__)
 
@@ -75,23 +75,13 @@ def block_instances(fg: np.ndarray, dist: np.ndarray | None, params: InstancePar
     if n == 0:
         return labels, 0
     o, c = block.outer, block.core
-    objs = ndi.find_objects(clumps)
-    # Touching the outer window where it is not the image edge means the clump may continue
-    # outside, so its labelling is not guaranteed to match the one-pass result.
-    edge = np.zeros(n + 1, bool)
-    if o.y0 > 0:
-        edge[np.unique(clumps[0])] = True
-    if o.y1 < image_shape[0]:
-        edge[np.unique(clumps[-1])] = True
-    if o.x0 > 0:
-        edge[np.unique(clumps[:, 0])] = True
-    if o.x1 < image_shape[1]:
-        edge[np.unique(clumps[:, -1])] = True
     own = np.zeros(n + 1, bool)
-    for i, sl in enumerate(objs, start=1):
+    cut = 0
+    for i, sl in enumerate(ndi.find_objects(clumps), start=1):
         if sl is not None and c.contains(sl[0].start + o.y0, sl[1].start + o.x0):
             own[i] = True
-    cut = int((own & edge).sum())
+            # A clump cut by the margin is not guaranteed the one-pass labelling.
+            cut += cut_by_margin(Window(sl[0].start, sl[0].stop, sl[1].start, sl[1].stop), o, image_shape)
     keep = own[clumps]
     labels = np.where(keep, labels, 0).astype(np.uint32)
     uniq = np.unique(labels)

@@ -127,6 +127,15 @@ class Block:
     outer: Window   # core plus margin, clipped to the image: what instance extraction sees
 
 
+def cut_by_margin(box: Window, outer: Window, image_shape: tuple[int, int]) -> bool:
+    """Whether an object whose bounding box `box` (in `outer`'s coordinates) touches the edge of
+    the window `outer` where that edge is not the image's: it may continue outside the window, so
+    what a block sees of it may differ from a one-pass result."""
+    h, w = image_shape
+    return ((box.y0 == 0 and outer.y0 > 0) or (box.x0 == 0 and outer.x0 > 0)
+            or (box.y1 == outer.y1 - outer.y0 and outer.y1 < h) or (box.x1 == outer.x1 - outer.x0 and outer.x1 < w))
+
+
 def block_grid(height: int, width: int, block: int, margin: int) -> tuple[Block, ...]:
     if block < 1 or margin < 0:
         raise ValueError(f"block must be >= 1 and margin >= 0, got {block}, {margin}")
