@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from nseg_data.atomic import atomic_path, write_bytes_atomic
+from nseg_infer.tiling import tile_grid
 
 from nseg_export.parity import (
     TOLERANCES,
@@ -64,10 +65,6 @@ def _slug(s: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-")
 
 
-def _round_up(n: int, d: int) -> int:
-    return -(-n // d) * d
-
-
 @dataclass(frozen=True)
 class Profile:
     input: str
@@ -89,8 +86,9 @@ def bundle_profile(meta: dict[str, Any]) -> Profile:
         shape = (1, 3, tile, tile)
         return Profile(name, shape, shape, shape)
     div = int(meta["preprocessing"].get("size_divisor", 1))
-    smallest = min(tile, _round_up(1 + 2 * halo, div))
-    return Profile(name, (1, 3, smallest, smallest), (batch, 3, tile, tile), (batch, 3, tile, tile))
+    # The tiling's own smallest tile (a one-pixel image's) and its largest, the full tile.
+    smallest = tile_grid(1, 1, tile, halo, div).tile_shape
+    return Profile(name, (1, 3, *smallest), (batch, 3, tile, tile), (batch, 3, tile, tile))
 
 
 def build_engine(onnx_path: Path, profile: Profile, *, fp16: bool = False, int8: bool = False,

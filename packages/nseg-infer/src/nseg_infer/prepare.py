@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from nseg_data.errors import DataError
 
 from nseg_infer.channels import ChannelChoice, model_view
 from nseg_infer.imageio import ImageSource
@@ -88,6 +89,27 @@ def model_input(predictor: Predictor, raw: ImageSource, opts: InputOptions = Inp
     shape = rescale.model_shape(h, w)
     log.info("%s: rescaled %dx%d -> %dx%d for the model (%s)", raw.path, h, w, *shape, rescale.reason)
     return ModelInput(view, RescaledSource(view, shape), channels, px, rescale)
+
+
+def model_shape(predictor: Predictor, shape: tuple[int, int],
+                opts: InputOptions = InputOptions()) -> tuple[int, int] | None:
+    """The size of the image the model's tiles are cut from, for an input of `shape` read with
+    `opts`, known before the file is opened: rescaled as `model_input` rescales it (`--diameter`,
+    `--pixel-size`), then the bundle's `resize`. None when it depends on what only opening the
+    file tells (its own pixel size against a bundle that records one) or the rescaling is refused
+    (that error is the file's, reported when it is segmented)."""
+    bundle = predictor.bundle
+    if opts.diameter is None and opts.pixel_size_um is None and bundle.scale.pixel_size_um is not None:
+        return None
+    px = None if opts.pixel_size_um is None else (opts.pixel_size_um, opts.pixel_size_um)
+    try:
+        rescale = rescale_for(Path(), bundle.scale, diameter=opts.diameter, pixel_size_um=px)
+    except DataError:
+        return None
+    resize = bundle.preprocessing.resize
+    if resize is not None:  # the whole (rescaled) image is resized to resize x resize
+        return resize, resize
+    return shape if rescale.identity else rescale.model_shape(*shape)
 
 
 @contextlib.contextmanager

@@ -50,6 +50,7 @@ from nseg_infer.bundle import sha256_file
 from nseg_infer.inputs import FileResult
 from nseg_infer.ledger import LEDGER_NAME, Ledger
 from nseg_infer.outputs import write_summary
+from nseg_infer.prepare import model_shape
 from nseg_infer.run import Predictor
 from nseg_infer.settle import FolderScanner, Ready, check_decodes
 from nseg_infer.tiling import tile_grid
@@ -460,8 +461,12 @@ class Watcher:
     def _batch_key(self, job: Job) -> tuple[int, int] | None:
         if not self.dynamic_batch or self.batch < 2 or job.shape is None or job.error is not None:
             return None
+        # Grouped by the tile shape the model sees, after rescaling and the bundle's resize.
         p = self.predictor
-        grid = tile_grid(*job.shape, p.tile, p.halo, p.bundle.preprocessing.size_divisor)
+        shape = model_shape(p, job.shape, p.config.input_options)
+        if shape is None:
+            return None
+        grid = tile_grid(*shape, p.tile, p.halo, p.bundle.preprocessing.size_divisor)
         return grid.tile_shape if len(grid) == 1 else None
 
     def _take_group(self, waiting: collections.deque[Job]) -> list[Job]:
