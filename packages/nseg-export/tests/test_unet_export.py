@@ -168,3 +168,20 @@ def test_compare_arrays_applies_allclose_rule():
     assert not bad.passed and bad.violations == 1
     assert not compare_arrays("c", "o", ref, np.array([1.0, np.nan, 0.0]), rtol=1, atol=1).passed
     assert not compare_arrays("c", "o", ref, ref[:2], rtol=1, atol=1).passed
+
+
+@pytest.mark.parametrize("kind", ["unet", "maskrcnn"])
+def test_the_bundle_carries_the_sections_validation_runs(kind, request):
+    """Export writes nseg_train.deploy's one description of the deployment, which validation's
+    in-memory bundle is built from too."""
+    from nseg_train.checkpoint import load_model
+    from nseg_train.deploy import deployment_sections, in_memory_bundle
+
+    bundle, ckpt = request.getfixturevalue(f"{kind}_bundle"), request.getfixturevalue(f"{kind}_ckpt")
+    meta = json.loads((bundle / "metadata.json").read_text())
+    cfg = load_model(ckpt)[1]
+    want = deployment_sections(cfg)
+    assert {k: meta[k] for k in want} == want
+    b = in_memory_bundle(cfg)
+    assert (b.tiling.tile, b.tiling.halo, b.tiling.batch) == tuple(want["tiling"].values())
+    assert dict(b.postprocessing) == want["postprocessing"]

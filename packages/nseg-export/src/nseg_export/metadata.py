@@ -13,7 +13,6 @@ from typing import Any
 
 from nseg_data.atomic import write_text_atomic
 from nseg_infer.bundle import FORMAT, sha256_file
-from nseg_train import deploy
 
 METADATA = "metadata.json"
 # Keys this exporter always writes; the runtime's reader requires a subset of them.
@@ -56,15 +55,6 @@ def versions(opset: int) -> dict[str, Any]:
 def _jsonable(obj: Any) -> Any:
     # Checkpoint configs and metrics may hold tuples / numpy scalars; JSON must round-trip them.
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-
-
-def preprocessing(cfg: Any, size_divisor: int) -> dict[str, Any]:
-    """The training config's deployment, as nseg-train's validation sees it (one definition)."""
-    return {**deploy.preprocessing_section(cfg), "size_divisor": int(size_divisor)}
-
-
-def unet_postprocessing(cfg: Any) -> dict[str, Any]:
-    return deploy.unet_postprocessing_section(cfg)
 
 
 def training_section(ckpt: dict[str, Any]) -> dict[str, Any]:

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nseg_train import deploy
+
 from nseg_export.metadata import (
     METADATA,
     MetadataError,
     build_metadata,
-    preprocessing,
-    unet_postprocessing,
     write_json_atomic,
 )
 
@@ -270,20 +270,6 @@ def maskrcnn_mask_size(model: Any) -> int:
     return 2 * int(out[0] if isinstance(out, (tuple, list)) else out)
 
 
-def maskrcnn_postprocessing(cfg: Any) -> dict[str, Any]:
-    from nseg_train.deploy import maskrcnn_postprocessing_section
-
-    return maskrcnn_postprocessing_section(cfg)
-
-
-def maskrcnn_tile(cfg: Any) -> int:
-    mcfg = getattr(cfg, "maskrcnn", None)
-    for name in ("tile", "tile_size"):
-        if mcfg is not None and getattr(mcfg, name, None):
-            return int(getattr(mcfg, name))
-    return int(cfg.eval.tile)
-
-
 # ---------------------------------------------------------------- bundle
 
 
@@ -308,37 +294,30 @@ def export_model(
         onnx_path = tmp / MODEL_FILE
         extra: dict[str, Any] = {"precision": "fp32"}
         try:
+            if kind not in ("unet", "maskrcnn"):
+                raise ExportError(f"unknown model kind {kind!r}")
+            # The sections validation ran with (nseg_train.deploy), the export's tile/halo/batch applied.
+            sections = deploy.deployment_sections(cfg, tile=options.tile, halo=options.halo, batch=options.batch)
+            pre, tiling, post = sections["preprocessing"], sections["tiling"], sections["postprocessing"]
+            tile, div = tiling["tile"], pre["size_divisor"]
             if kind == "unet":
-                div = int(cfg.model.size_divisor)
-                pre = preprocessing(cfg, div)
-                tile = int(options.tile or cfg.eval.tile)
-                halo = int(cfg.eval.halo if options.halo is None else options.halo)
                 if tile % div:
                     raise ExportError(f"tile {tile} must be a multiple of the model's size divisor {div}")
                 export_unet_onnx(model, onnx_path, size_divisor=div, opset=options.opset)
                 check_onnx(onnx_path)
                 inputs, outputs = _unet_io(int(cfg.model.out_channels))
-                post = unet_postprocessing(cfg)
-                tiling = {"tile": tile, "halo": halo, "batch": int(options.batch)}
-            elif kind == "maskrcnn":
-                tile = int(options.tile or maskrcnn_tile(cfg))
-                # Mask R-CNN pads to multiples of 32 internally; a fixed tile that is already one keeps
-                # the graph free of padding arithmetic.
-                pre = preprocessing(cfg, 32)
-                if tile % 32:
-                    raise ExportError(f"Mask R-CNN tile {tile} must be a multiple of 32")
-                halo = int(cfg.eval.halo if options.halo is None else options.halo)
+            else:
+                # Mask R-CNN pads to multiples of 32 internally (its size divisor); a fixed tile that
+                # is already one keeps the graph free of padding arithmetic.
+                if tile % div:
+                    raise ExportError(f"Mask R-CNN tile {tile} must be a multiple of {div}")
                 if options.fp16:
                     raise ExportError("--fp16 ONNX variants are UNet-only; build a TensorRT engine with "
                                       "`nseg-export trt --fp16` for Mask R-CNN")
                 export_maskrcnn_onnx(model, onnx_path, tile=tile, opset=options.opset)
                 inputs, outputs = _maskrcnn_io(tile, maskrcnn_mask_size(model))
-                post = maskrcnn_postprocessing(cfg)
-                tiling = {"tile": tile, "halo": halo, "batch": 1}
                 extra["maskrcnn"] = {"graph_score_threshold": float(model.roi_heads.score_thresh),
                                      "detections_per_image": int(model.roi_heads.detections_per_img)}
-            else:
-                raise ExportError(f"unknown model kind {kind!r}")
         except MetadataError as e:
             raise ExportError(str(e)) from e
         if options.simplify:

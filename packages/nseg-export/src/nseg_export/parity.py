@@ -373,13 +373,11 @@ def check_metadata(meta: dict[str, Any], cfg: Any, ckpt: dict[str, Any]) -> list
     and splits (both Predictors of a parity run read the same metadata, so only this catches them)."""
     from nseg_train import deploy
 
-    from nseg_export.metadata import preprocessing
-
     errs = []
     if meta.get("kind") != cfg.model.kind:
         errs.append(f"bundle kind {meta.get('kind')!r} != checkpoint kind {cfg.model.kind!r}")
         return errs
-    want = preprocessing(cfg, 1)
+    want = deploy.preprocessing_section(cfg)
     if meta["preprocessing"].get("normalization") != want["normalization"]:
         errs.append(f"normalisation {meta['preprocessing'].get('normalization')} != checkpoint's {want['normalization']}")
     if meta["preprocessing"].get("resize") != want.get("resize"):

@@ -75,11 +75,24 @@ def postprocessing_section(cfg: TrainConfig) -> dict[str, Any]:
     return unet_postprocessing_section(cfg)
 
 
-def tiling_section(cfg: TrainConfig, *, batch: int = 4) -> dict[str, int]:
+def tiling_section(cfg: TrainConfig, *, tile: int | None = None, halo: int | None = None,
+                   batch: int = 4) -> dict[str, int]:
+    """The tiling the config was evaluated with; an export may choose another tile or halo."""
+    halo = int(cfg.eval.halo if halo is None else halo)
     # The detector graph takes one fixed-size tile at a time.
     if cfg.model.kind == "maskrcnn":
-        return {"tile": int(cfg.maskrcnn.tile), "halo": int(cfg.eval.halo), "batch": 1}
-    return {"tile": int(cfg.eval.tile), "halo": int(cfg.eval.halo), "batch": int(batch)}
+        return {"tile": int(tile or cfg.maskrcnn.tile), "halo": halo, "batch": 1}
+    return {"tile": int(tile or cfg.eval.tile), "halo": halo, "batch": int(batch)}
+
+
+def deployment_sections(cfg: TrainConfig, *, tile: int | None = None, halo: int | None = None,
+                        batch: int = 4) -> dict[str, dict[str, Any]]:
+    """metadata.json's `preprocessing`, `tiling` and `postprocessing` for `cfg`: the one description
+    that nseg-export writes into a bundle and validation runs (`in_memory_bundle`), so the two
+    cannot drift apart."""
+    return {"preprocessing": preprocessing_section(cfg),
+            "tiling": tiling_section(cfg, tile=tile, halo=halo, batch=batch),
+            "postprocessing": postprocessing_section(cfg)}
 
 
 class TorchBackend:
@@ -110,7 +123,8 @@ class TorchBackend:
 
 def in_memory_bundle(cfg: TrainConfig) -> Bundle:
     """A Bundle describing `cfg` without any model file: the torch backend stands in for the graph."""
-    pre = preprocessing_section(cfg)
+    sections = deployment_sections(cfg)
+    pre = sections["preprocessing"]
     nd = pre["normalization"]
     if cfg.model.kind == "maskrcnn":
         t = int(cfg.maskrcnn.tile)
@@ -133,8 +147,8 @@ def in_memory_bundle(cfg: TrainConfig) -> Bundle:
             size_divisor=pre["size_divisor"],
             resize=pre.get("resize"),
         ),
-        tiling=TilingSpec(**tiling_section(cfg)),
-        postprocessing=MappingProxyType(postprocessing_section(cfg)),
+        tiling=TilingSpec(**sections["tiling"]),
+        postprocessing=MappingProxyType(sections["postprocessing"]),
     )
 
 
