@@ -31,8 +31,9 @@ def package(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("NSEG_CACHE_DIR", str(tmp_path / "cache"))
+def _user_cache(tmp_path, monkeypatch):
+    # Packages loaded here unpack into the test's own default cache folder, never the user's.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
 
 
 def _rdf(package: Path) -> dict:

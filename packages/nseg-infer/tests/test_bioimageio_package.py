@@ -45,23 +45,38 @@ def _package(bundle: Path, out: Path, rdf: dict | None = None, *, weights: bytes
 
 
 @pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("NSEG_CACHE_DIR", str(tmp_path / "cache"))
+def _user_cache(tmp_path, monkeypatch):
+    # The default cache folder of a test run is its own, never the user's.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
 
 
 @pytest.mark.parametrize("form", ["model.zip", "unpacked"])
 def test_package_runs_like_its_bundle(unet_bundle, tmp_path, form):
     pkg = _package(unet_bundle, tmp_path / form)
-    b = load_bundle(pkg)
+    b = load_bundle(pkg, cache_dir=tmp_path / "cache")
     assert b.path == pkg and b.kind == "unet" and b.model_path.is_file()
     img, _ = synthetic_blobs((150, 170), 20, seed=3)
-    got = Predictor(pkg).predict(img).labels
+    got = Predictor(b).predict(img).labels
     want = Predictor(unet_bundle).predict(img).labels
     assert got.max() >= 10
     np.testing.assert_array_equal(got, want)
     if form == "model.zip":  # unpacked once into the cache, named by the zip's hash
         assert len(list((tmp_path / "cache" / "bioimageio").iterdir())) == 1
-        assert load_bundle(pkg).model_path == b.model_path
+        assert load_bundle(pkg, cache_dir=tmp_path / "cache").model_path == b.model_path
+
+
+def test_a_zip_is_unpacked_where_told_else_in_the_user_cache_folder(unet_bundle, tmp_path, monkeypatch):
+    """The cache folder is an argument; no environment variable of nseg's moves it."""
+    from nseg_infer.bioimageio_package import default_cache_dir
+
+    pkg = _package(unet_bundle, tmp_path / "model.zip")
+    monkeypatch.setenv("NSEG_CACHE_DIR", str(tmp_path / "ignored"))
+    told = load_bundle(pkg, cache_dir=tmp_path / "told")
+    assert told.model_path.is_relative_to(tmp_path / "told" / "bioimageio")
+    default = Predictor(pkg).bundle  # a path: loaded with the default cache folder
+    assert default_cache_dir() == tmp_path / "user-cache" / "nseg"
+    assert default.model_path.is_relative_to(default_cache_dir() / "bioimageio")
+    assert not (tmp_path / "ignored").exists()
 
 
 def test_bad_packages_are_refused_naming_the_problem(unet_bundle, tmp_path):

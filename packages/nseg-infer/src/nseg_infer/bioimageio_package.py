@@ -6,9 +6,10 @@ tiling, the watershed and its per-modality parameters, the training scale) is in
 `config: {nseg: {bundle: ...}}`, nseg's bundle metadata, so `nseg-infer run --model MODEL.zip`
 gives exactly the labels of the bundle the package was made from.
 
-A zip is unpacked once into a cache folder named by the zip's sha256 (`$NSEG_CACHE_DIR`, else
-`$XDG_CACHE_HOME/nseg`, else `~/.cache/nseg`), because ONNX Runtime and TensorRT load models from
-files. Only the rdf and the weights file are taken out of the zip.
+A zip is unpacked once, because ONNX Runtime and TensorRT load models from files, into a folder
+named by the zip's sha256 under `cache_dir`: an explicit argument of `load_package` (and
+`load_bundle`), by default the user's cache folder (`default_cache_dir`). Only the rdf and the
+weights file are taken out of the zip.
 """
 
 from __future__ import annotations
@@ -43,10 +44,9 @@ def is_package(path: Path) -> bool:
     return path.is_dir() and not (path / "metadata.json").is_file() and _rdf_in_dir(path) is not None
 
 
-def cache_dir() -> Path:
-    env = os.environ.get("NSEG_CACHE_DIR")
-    if env:
-        return Path(env)
+def default_cache_dir() -> Path:
+    """The user's cache folder for nseg: the platform's (the XDG base directory on Linux,
+    `~/.cache` when unset) plus `nseg`."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nseg"
 
 
@@ -104,10 +104,10 @@ def _check_normalisation(rdf_path: Path, rdf: Mapping[str, Any], meta: Mapping[s
                                     "(config.nseg.bundle.preprocessing.normalization)")
 
 
-def _unpack(zip_path: Path) -> Path:
+def _unpack(zip_path: Path, cache_dir: Path) -> Path:
     """The zip's rdf and weights in the cache folder (made once, atomically, by rename)."""
     digest = sha256_file(zip_path)
-    target = cache_dir() / "bioimageio" / digest[:32]
+    target = Path(cache_dir) / "bioimageio" / digest[:32]
     if _rdf_in_dir(target) is not None:
         return target
     try:
@@ -143,13 +143,14 @@ def _unpack(zip_path: Path) -> Path:
     return target
 
 
-def load_package(path: str | Path, *, verify_sha256: bool = True) -> Bundle:
+def load_package(path: str | Path, *, verify_sha256: bool = True, cache_dir: str | Path | None = None) -> Bundle:
     """The bundle inside a bioimage.io package (zip, folder, or its rdf file), or a BundleError
-    naming the package and what is wrong."""
+    naming the package and what is wrong. A zip is unpacked under `cache_dir` (default:
+    `default_cache_dir()`)."""
     p = Path(path)
     if p.is_file() and p.suffix.lower() != ".zip":
         p = p.parent
-    folder = _unpack(p) if p.is_file() else p
+    folder = _unpack(p, Path(cache_dir) if cache_dir is not None else default_cache_dir()) if p.is_file() else p
     rdf_path = _rdf_in_dir(folder)
     if rdf_path is None:
         raise BundleError(p, "not a bioimage.io package: no rdf.yaml (or bioimageio.yaml)")

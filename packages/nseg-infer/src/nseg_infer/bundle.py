@@ -236,9 +236,11 @@ def parse_metadata(meta: Any, bundle_dir: Path, *, verify_sha256: bool = True) -
         raise BundleError(meta_file, f"invalid metadata: {e}") from e
 
 
-def load_bundle(path: str | Path | None = None, *, verify_sha256: bool = True) -> Bundle:
+def load_bundle(path: str | Path | None = None, *, verify_sha256: bool = True,
+                cache_dir: str | Path | None = None) -> Bundle:
     """Load a bundle directory (or its metadata.json); None means the packaged default, and the
-    names in PACKAGED ('default', 'maskrcnn') the bundles shipped in the package."""
+    names in PACKAGED ('default', 'maskrcnn') the bundles shipped in the package. A bioimage.io
+    package's zip is unpacked under `cache_dir` (default: the user's cache folder)."""
     if path is None:
         p = default_bundle_path()
         if not (p / "metadata.json").is_file():
@@ -252,7 +254,7 @@ def load_bundle(path: str | Path | None = None, *, verify_sha256: bool = True) -
     from nseg_infer.bioimageio_package import is_package, load_package  # it builds on this module
 
     if is_package(p):  # a bioimage.io package made by `nseg-export bioimageio` (zip or folder)
-        return load_package(p, verify_sha256=verify_sha256)
+        return load_package(p, verify_sha256=verify_sha256, cache_dir=cache_dir)
     if p.is_file() and p.name == "metadata.json":
         p = p.parent
     meta_file = p / "metadata.json"
