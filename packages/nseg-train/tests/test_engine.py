@@ -185,6 +185,15 @@ def test_init_starts_from_weights_and_refuses_misfits(synth_data, tiny_config, t
     fresh = train(frozen, RunOptions(out_dir=tmp_path / "c", epochs=1, **base))
     assert fresh["weights_sha256"] != first["weights_sha256"]
 
+    # Deep supervision adds training-only heads to the same network: a plain UNet starts it.
+    deep = frozen.replace(model=dataclasses.replace(cfg.model, deep_supervision=1))
+    train(deep, RunOptions(out_dir=tmp_path / "ds", epochs=1, init=src, **base))
+    ds = load_checkpoint(tmp_path / "ds" / "last.pt")
+    assert any(k.startswith("heads.") for k in ds["model"])
+    for k, v in a["model"].items():
+        if "running_" not in k and "num_batches" not in k:  # BatchNorm statistics move even at lr 1e-30
+            torch.testing.assert_close(ds["model"][f"unet.{k}"], v)
+
     wider = cfg.replace(model=dataclasses.replace(cfg.model, channels=(8, 16, 32)))
     with pytest.raises(TrainError, match="same architecture"):
         train(wider, RunOptions(out_dir=tmp_path / "d", epochs=1, init=src, **base))

@@ -35,6 +35,7 @@ from nseg_train.config import TrainConfig
 from nseg_train.distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
 from nseg_train.evaluate import evaluate_samples, markdown_table
 from nseg_train.machine import describe
+from nseg_train.models import load_weights
 from nseg_train.tasks import TASKS
 from nseg_train.viz import plot_curves
 
@@ -172,8 +173,9 @@ def _load_init(path: Path, cfg: TrainConfig, splits) -> dict:
     if not path.is_file():
         raise TrainError(f"{path}: --init checkpoint not found")
     ckpt = load_checkpoint(path)
-    want = json.dumps(cfg.to_dict()["model"], sort_keys=True, default=list)
-    have = json.dumps((ckpt.get("config") or {}).get("model"), sort_keys=True, default=list)
+    # Deep supervision adds training-only heads to the same network, so it may differ.
+    want = json.dumps({**cfg.to_dict()["model"], "deep_supervision": 0}, sort_keys=True, default=list)
+    have = json.dumps({**((ckpt.get("config") or {}).get("model") or {}), "deep_supervision": 0}, sort_keys=True, default=list)
     if ckpt.get("kind") != cfg.model.kind or want != have:
         raise TrainError(f"{path}: its model ({have}) differs from the config's ({want}); --init needs the same architecture")
     # A model that saw this split's locked images in training or validation would make locked scores meaningless.
@@ -244,7 +246,7 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
     history: list[dict] = []
     init = _load_init(init_path, cfg, splits) if init_path is not None else None
     if init is not None:
-        model.load_state_dict(init["model"])
+        load_weights(model, init["model"])
     ema = None
     if cfg.optim.ema:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn

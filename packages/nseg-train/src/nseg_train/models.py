@@ -102,3 +102,16 @@ def build_model_for(cfg: TrainConfig) -> torch.nn.Module:
 
         return maskrcnn_from_config(cfg.maskrcnn)
     return MODEL_BUILDERS[cfg.model.kind](cfg.model)
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a state_dict, also across deep supervision: a plain UNet's weights start a
+    deep-supervised one (its heads keep their fresh initialisation), and a deep-supervised
+    checkpoint gives a plain UNet its network without the training-only heads."""
+    has_heads = any(k.startswith("unet.") for k in state)
+    if isinstance(model, DeepSupervisedUNet) and not has_heads:
+        model.unet.load_state_dict(state)
+    elif not isinstance(model, DeepSupervisedUNet) and has_heads:
+        model.load_state_dict({k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")})
+    else:
+        model.load_state_dict(state)
