@@ -133,6 +133,11 @@ def report(args) -> int:
                      f"| {r['dsb_per_hour_at_end']:+.3f} | {r['predictor_mpx_s']:.2f} |")
     lines += ["", f"Predictor Mpx/s: `Predictor.predict` on a {args.speed_size}² synthetic image, ONNX Runtime, "
               "2 threads, candidates alternating (median of 3 rounds)."]
+    if rows:
+        win = max(rows, key=lambda r: r["best_dsb"])
+        lines += ["", f"Chosen on validation: **{win['candidate']}**, the best validation DSB at equal compute. "
+                  "\"DSB per quiet hour at the end\" is the climb over each candidate's last two validations, "
+                  "inside the tail of its cosine schedule: a lower bound on what a longer schedule would add."]
     write_text_atomic(out / "README.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
