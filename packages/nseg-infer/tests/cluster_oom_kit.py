@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 
+from cluster_testkit import first_start
 from distributed import WorkerPlugin
 
 
@@ -25,14 +26,8 @@ class OutOfMemoryOnce(WorkerPlugin):
         self.give_up = give_up
 
     def transition(self, key, start, finish, **kwargs) -> None:
-        if finish != "executing" or not str(key).startswith(self.prefix):
+        if not first_start(self.prefix, self.marker, key, finish):
             return
-        try:
-            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.write(fd, str(key).encode())
-        os.close(fd)
         hog = []
         end = time.monotonic() + self.give_up
         while time.monotonic() < end:

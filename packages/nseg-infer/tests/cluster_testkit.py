@@ -7,6 +7,20 @@ import os
 from distributed import WorkerPlugin
 
 
+def first_start(prefix: str, marker: str, key, finish: str) -> bool:
+    """True exactly once on the whole cluster: when a task whose key starts with `prefix` first
+    starts executing. `marker`, created atomically with O_EXCL, records it and holds the key."""
+    if finish != "executing" or not str(key).startswith(prefix):
+        return False
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, str(key).encode())
+    os.close(fd)
+    return True
+
+
 class KillOnce(WorkerPlugin):
     """Kills the worker process (os._exit, no clean-up) the first time a task whose key starts with
     `prefix` starts executing anywhere on the cluster; `marker` (created atomically with O_EXCL)
@@ -19,12 +33,5 @@ class KillOnce(WorkerPlugin):
         self.marker = marker
 
     def transition(self, key, start, finish, **kwargs) -> None:
-        if finish != "executing" or not str(key).startswith(self.prefix):
-            return
-        try:
-            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.write(fd, str(key).encode())
-        os.close(fd)
-        os._exit(1)
+        if first_start(self.prefix, self.marker, key, finish):
+            os._exit(1)
