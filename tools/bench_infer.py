@@ -2,7 +2,7 @@
 """Inference speed of nseg-infer: megapixels per second and peak memory, ONNX Runtime vs torch eager.
 
 Every measurement runs in a fresh child process so its peak RSS is its own. Both backends go
-through the very same `nseg_infer.run.Predictor` pipeline (read, normalise, tile, batch, blend,
+through the very same `nseg_infer.engine.predictor.Predictor` pipeline (read, normalise, tile, batch, blend,
 watershed), only the model call differs, so the comparison is of the runtimes, not of two
 pipelines. Results replace the "## Inference speed" section of docs/benchmarks.md.
 
@@ -131,7 +131,7 @@ class TorchBackend:
 
 
 def child(spec: dict) -> dict:
-    from nseg_infer.run import Predictor, RunConfig
+    from nseg_infer.engine.predictor import Predictor, RunConfig
 
     threads = spec["threads"]
     backend = None

@@ -87,10 +87,10 @@ class TimedBackend:
 
 
 def breakdown(model: str, files: list[Path], out: Path) -> dict:
-    from nseg_infer.backends import create_backend
-    from nseg_infer.bundle import load_bundle
-    from nseg_infer.imageio import open_image
-    from nseg_infer.run import Predictor, RunConfig
+    from nseg_infer.engine.backends import create_backend
+    from nseg_infer.engine.bundle import load_bundle
+    from nseg_infer.sources.imageio import open_image
+    from nseg_infer.engine.predictor import Predictor, RunConfig
 
     bundle = load_bundle(model)
     backend = TimedBackend(create_backend(bundle, "cpu"))
@@ -116,7 +116,7 @@ def main() -> int:
     ap.add_argument("--maskrcnn", default=str(ROOT / "packages/nseg-infer/src/nseg_infer/assets/maskrcnn"))
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    from nseg_infer.bundle import default_bundle_path
+    from nseg_infer.engine.bundle import default_bundle_path
 
     models = {"UNet (default)": args.unet or str(default_bundle_path()), "Mask R-CNN": args.maskrcnn}
     rows = []

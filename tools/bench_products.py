@@ -32,7 +32,7 @@ SINGLE = ("labels", "csv", "overlay", "geojson", "rois")
 
 
 def _write(predictor, seg, out: Path, products: tuple[str, ...], h: int, w: int) -> int:
-    from nseg_infer.outputs import MeasureOptions, ProductPaths, write_products
+    from nseg_infer.sinks.outputs import MeasureOptions, ProductPaths, write_products
 
     c = predictor.config
     paths = ProductPaths.for_input("bench", out, products)
@@ -43,9 +43,9 @@ def _write(predictor, seg, out: Path, products: tuple[str, ...], h: int, w: int)
 
 def product_costs(predictor, files: list[Path], out: Path, repeat: int, profile: str | None = None) -> dict:
     """Seconds per product set, summed over `files` (each segmented once, outside the timing)."""
-    from nseg_infer.imageio import open_image
-    from nseg_infer.outputs import DEFAULT_PRODUCTS
-    from nseg_infer.prepare import segment_source
+    from nseg_infer.sources.imageio import open_image
+    from nseg_infer.sinks.outputs import DEFAULT_PRODUCTS
+    from nseg_infer.sources.prepare import segment_source
 
     sets = {name: (name,) for name in SINGLE}
     sets["default"] = DEFAULT_PRODUCTS
@@ -94,7 +94,7 @@ def main() -> int:
     ap.add_argument("--note", default="", help="extra sentence for the report (e.g. machine load)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    from nseg_infer.run import Predictor, RunConfig
+    from nseg_infer.engine.predictor import Predictor, RunConfig
     from PIL import Image
 
     predictor = Predictor(args.model, RunConfig(device="cpu"))

@@ -137,7 +137,7 @@ def main() -> int:
         ap.error("--stardist-model and --stardist-python go together")
     stardist = StarDist(args.stardist_python, args.stardist_model, Path(args.stardist_script)) \
         if args.stardist_model else None
-    from nseg_infer.run import Predictor, RunConfig
+    from nseg_infer.engine.predictor import Predictor, RunConfig
 
     predictor = Predictor(args.model, RunConfig(device="cpu"))
     rows = []

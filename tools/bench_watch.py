@@ -54,7 +54,7 @@ def write_slowly(path: Path, data: bytes, chunks: int = 4, gap: float = 0.05) ->
 
 
 def wait_done(out: Path, name: str, timeout: float = 300.0):
-    from nseg_infer.ledger import LEDGER_NAME, Ledger
+    from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
 
     product = out / f"{Path(name).stem}.overlay.png"
     end = time.monotonic() + timeout
@@ -76,7 +76,7 @@ def bench_mode(model: Path, sides: list[int], reps: int, settle: float, poll: fl
     with tempfile.TemporaryDirectory(prefix="nseg-bench-watch-") as tmp:
         src, out = Path(tmp) / "in", Path(tmp) / "out"
         src.mkdir()
-        cmd = [sys.executable, "-m", "nseg_infer.cli", "watch", str(src), "--out", str(out), "--model", str(model),
+        cmd = [sys.executable, "-m", "nseg_infer.runners.cli", "watch", str(src), "--out", str(out), "--model", str(model),
                "--settle", str(settle), "--poll", str(poll), "--events" if events else "--no-events"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

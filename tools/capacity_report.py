@@ -38,7 +38,7 @@ def read_curve(run: Path, steps_per_epoch: int, quiet_step_s: float) -> list[dic
 
 
 def predictor_speed(bundles: dict[str, Path], side: int, rounds: int = 3) -> dict[str, float]:
-    from nseg_infer.run import Predictor, RunConfig
+    from nseg_infer.engine.predictor import Predictor, RunConfig
 
     config = RunConfig(device="cpu", threads=2)
     predictors = {name: Predictor(str(b), config) for name, b in bundles.items()}

@@ -101,7 +101,7 @@ def main() -> None:
     from napari.settings import get_settings
 
     get_settings().application.gui_notification_level = "none"
-    from nseg_infer.run import Predictor, RunConfig
+    from nseg_infer.engine.predictor import Predictor, RunConfig
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 

@@ -21,7 +21,7 @@ def perturb_weights(bundle: Path, scale: float = 0.05) -> None:
     """Add noise to the largest initializer of model.onnx and re-sign it, so the reader accepts the file
     and only the numbers can give it away."""
     import onnx
-    from nseg_infer.bundle import sha256_file
+    from nseg_infer.engine.bundle import sha256_file
     from onnx import numpy_helper
 
     path = bundle / "model.onnx"

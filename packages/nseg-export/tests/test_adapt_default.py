@@ -11,7 +11,7 @@ import numpy as np
 import tifffile
 from nseg_data.metrics import score_image
 from nseg_data.split import load_splits
-from nseg_infer.cli import app as infer_app
+from nseg_infer.runners.cli import app as infer_app
 from nseg_train import default_checkpoint_path
 from nseg_train.checkpoint import load_checkpoint
 from nseg_train.cli import app as train_app

@@ -42,7 +42,7 @@ def _rdf(package: Path) -> dict:
 
 
 def test_package_describes_the_bundle(package):
-    from nseg_infer.bundle import load_bundle, sha256_file
+    from nseg_infer.engine.bundle import load_bundle, sha256_file
 
     bundle = load_bundle(None)
     rdf = _rdf(package)
@@ -71,8 +71,8 @@ def test_package_describes_the_bundle(package):
     assert f"under {pp['min_size']} pixels" in readme
     assert cover[:8] == b"\x89PNG\r\n\x1a\n"
     # The test tensors: a real image's pixels in, the bundle's own field for them out.
-    from nseg_infer.imageio import read_image
-    from nseg_infer.run import Predictor, RunConfig
+    from nseg_infer.sources.imageio import read_image
+    from nseg_infer.engine.predictor import Predictor, RunConfig
 
     img = read_image(next((FLUO / "images").glob("*.png")))[..., :3]
     assert test_in.shape == (1, 3, 256, 256) and test_out.shape == (1, 2, 256, 256)
@@ -83,7 +83,7 @@ def test_package_describes_the_bundle(package):
 
 
 def test_run_model_zip_gives_the_bundles_labels(package, tmp_path):
-    from nseg_infer.cli import app
+    from nseg_infer.runners.cli import app
 
     img = next((FLUO / "images").glob("*.png"))
     unpacked = tmp_path / "unpacked"
@@ -118,7 +118,7 @@ def test_bioimageio_core_test_model_passes_offline(package, tmp_path):
         z.extractall(bad)
     out = np.load(bad / "test_output.npy")
     np.save(bad / "test_output.npy", out + np.float32(0.1))
-    from nseg_infer.bundle import sha256_file
+    from nseg_infer.engine.bundle import sha256_file
 
     rdf = yaml.safe_load((bad / "rdf.yaml").read_text())
     rdf["outputs"][0]["test_tensor"]["sha256"] = sha256_file(bad / "test_output.npy")
@@ -144,7 +144,7 @@ def _opts(**kw):
 
 def test_metadata_is_plain_json(package):
     # What the runtime reads back must survive YAML untouched (numbers, nested sections).
-    from nseg_infer.bundle import load_bundle
+    from nseg_infer.engine.bundle import load_bundle
 
     meta = _rdf(package)["config"]["nseg"]["bundle"]
     assert json.loads(json.dumps(meta)) == meta

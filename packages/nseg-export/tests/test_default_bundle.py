@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from export_helpers import SAMPLE_DATA
-from nseg_infer.bundle import default_bundle_path
+from nseg_infer.engine.bundle import default_bundle_path
 
 
 def _default_pair() -> tuple[Path, Path] | str:

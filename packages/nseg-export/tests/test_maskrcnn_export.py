@@ -5,7 +5,7 @@ import json
 import numpy as np
 import onnx
 from export_helpers import SAMPLE_DATA, copy_bundle, perturb_weights
-from nseg_infer.bundle import load_bundle, sha256_file
+from nseg_infer.engine.bundle import load_bundle, sha256_file
 from typer.testing import CliRunner
 
 from nseg_export.cli import app
@@ -33,7 +33,7 @@ def test_bundle_is_tensorrt_buildable_and_described(maskrcnn_bundle):
 
 def test_zero_detections_then_a_normal_tile_on_one_session(maskrcnn_ckpt, maskrcnn_bundle):
     import torch
-    from nseg_infer.backends import OrtBackend
+    from nseg_infer.engine.backends import OrtBackend
     from nseg_train.checkpoint import load_model
     from nseg_train.datasets import normalize_for
     from nseg_train.deploy import TorchBackend

@@ -52,7 +52,7 @@ def test_int8_without_calibration_images_is_refused(unet_bundle):
 
 
 def test_profile_covers_the_runtime_tile_shapes(unet_bundle, maskrcnn_bundle):
-    from nseg_infer.tiling import tile_grid
+    from nseg_infer.engine.tiling import tile_grid
 
     from nseg_export.metadata import read_metadata
     from nseg_export.trt import bundle_profile
@@ -72,7 +72,7 @@ def test_profile_covers_the_runtime_tile_shapes(unet_bundle, maskrcnn_bundle):
 @needs_trt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_unet_engine_builds_passes_parity_and_is_registered(unet_bundle, tmp_path, precision):
-    from nseg_infer.bundle import load_bundle
+    from nseg_infer.engine.bundle import load_bundle
 
     bundle = copy_bundle(unet_bundle, tmp_path / "b")
     args = ["trt", str(bundle), "--data", str(SAMPLE_DATA), "--max-images", "2"]

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from export_helpers import SAMPLE_DATA, copy_bundle, perturb_weights, read_report, set_meta
-from nseg_infer.bundle import BundleError, load_bundle, sha256_file
+from nseg_infer.engine.bundle import BundleError, load_bundle, sha256_file
 from typer.testing import CliRunner
 
 from nseg_export.cli import app
@@ -131,7 +131,7 @@ def test_the_seed_setup_exports_and_its_bundle_segments_as_validation_does(tmp_p
     import torch
     from conftest import disc_sample, make_unet_checkpoint
     from nseg_data.sample import Modality, Sample
-    from nseg_infer.run import Predictor, RunConfig
+    from nseg_infer.engine.predictor import Predictor, RunConfig
     from nseg_train.checkpoint import load_model
     from nseg_train.config import load_config
     from nseg_train.tasks import TASKS

@@ -11,8 +11,8 @@ import tifffile
 from infer_testkit import f1_and_counts, synthetic_blobs
 
 from nseg_infer import Segmentation, segment
-from nseg_infer.measure import COLUMNS
-from nseg_infer.run import Predictor
+from nseg_infer.sinks.measure import COLUMNS
+from nseg_infer.engine.predictor import Predictor
 
 
 def test_segment_array_matches_the_predictor(unet_bundle):
@@ -46,8 +46,8 @@ def test_segment_file_and_channel_stack(unet_bundle, tmp_path):
 
 
 def test_importing_the_package_stays_light():
-    code = ("import sys, nseg_infer; assert 'onnxruntime' not in sys.modules and 'nseg_infer.api' not in sys.modules;"
-            "from nseg_infer import segment; assert callable(segment) and 'nseg_infer.api' in sys.modules")
+    code = ("import sys, nseg_infer; assert 'onnxruntime' not in sys.modules and 'nseg_infer.runners.api' not in sys.modules;"
+            "from nseg_infer import segment; assert callable(segment) and 'nseg_infer.runners.api' in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
@@ -70,7 +70,7 @@ def test_errors_name_the_apis_keywords_and_the_callers_axes(unet_bundle, tmp_pat
     # The command line keeps its own words.
     from typer.testing import CliRunner
 
-    from nseg_infer.cli import app
+    from nseg_infer.runners.cli import app
 
     path = tmp_path / "stack.ome.tif"
     tifffile.imwrite(path, stack, ome=True, metadata={"axes": "CYX"})

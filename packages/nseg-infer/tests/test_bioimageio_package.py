@@ -13,8 +13,8 @@ import pytest
 import yaml
 from infer_testkit import synthetic_blobs
 
-from nseg_infer.bundle import BundleError, load_bundle
-from nseg_infer.run import Predictor
+from nseg_infer.engine.bundle import BundleError, load_bundle
+from nseg_infer.engine.predictor import Predictor
 
 
 def _rdf(meta: dict, **over) -> dict:
@@ -67,7 +67,7 @@ def test_package_runs_like_its_bundle(unet_bundle, tmp_path, form):
 
 def test_a_zip_is_unpacked_where_told_else_in_the_user_cache_folder(unet_bundle, tmp_path, monkeypatch):
     """The cache folder is an argument; no environment variable of nseg's moves it."""
-    from nseg_infer.bioimageio_package import default_cache_dir
+    from nseg_infer.engine.bioimageio_package import default_cache_dir
 
     pkg = _package(unet_bundle, tmp_path / "model.zip")
     monkeypatch.setenv("NSEG_CACHE_DIR", str(tmp_path / "ignored"))

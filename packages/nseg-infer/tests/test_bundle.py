@@ -6,8 +6,8 @@ import shutil
 import pytest
 from infer_testkit import write_bundle
 
-from nseg_infer import bundle as bundle_mod
-from nseg_infer.bundle import BundleError, load_bundle
+from nseg_infer.engine import bundle as bundle_mod
+from nseg_infer.engine.bundle import BundleError, load_bundle
 
 
 @pytest.fixture()
@@ -104,7 +104,7 @@ def test_training_scale_is_optional_and_validated(bdir):
 
 
 def test_packaged_bundle_names_resolve_and_unknown_names_fail(tmp_path, monkeypatch):
-    from nseg_infer.bundle import PACKAGED, default_bundle_path, packaged_bundle_path
+    from nseg_infer.engine.bundle import PACKAGED, default_bundle_path, packaged_bundle_path
 
     assert load_bundle("default").path == default_bundle_path()
     assert packaged_bundle_path("maskrcnn").parent == default_bundle_path().parent

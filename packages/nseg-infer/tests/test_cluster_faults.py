@@ -16,14 +16,14 @@ from infer_testkit import synthetic_blobs, write_bundle
 from PIL import Image
 from typer.testing import CliRunner
 
-from nseg_infer.cli import app
-from nseg_infer.cluster import LOCK_NAME, ClusterError, ClusterOptions, run_on_cluster
-from nseg_infer.cluster_cli import connect
-from nseg_infer.imageio import open_image
-from nseg_infer.omezarr import array_path, open_labels
-from nseg_infer.run import Predictor, RunConfig
-from nseg_infer.watch import LOCK_NAME as WATCH_LOCK
-from nseg_infer.watch import WatchConfig, Watcher, WatchError
+from nseg_infer.runners.cli import app
+from nseg_infer.runners.cluster import LOCK_NAME, ClusterError, ClusterOptions, run_on_cluster
+from nseg_infer.runners.cluster_cli import connect
+from nseg_infer.sources.imageio import open_image
+from nseg_infer.sinks.omezarr import array_path, open_labels
+from nseg_infer.engine.predictor import Predictor, RunConfig
+from nseg_infer.runners.watch import LOCK_NAME as WATCH_LOCK
+from nseg_infer.runners.watch import WatchConfig, Watcher, WatchError
 
 distributed = pytest.importorskip("distributed", reason="needs the dask extra: pip install 'nseg-infer[dask]'")
 pytest.importorskip("zarr", reason="needs the dask extra: pip install 'nseg-infer[dask]'")
@@ -65,7 +65,7 @@ def test_a_scheduler_address_that_accepts_but_never_answers_fails_too():
 
 
 def test_cli_names_the_unreachable_scheduler(tmp_path, monkeypatch):
-    import nseg_infer.cluster_cli as cc
+    import nseg_infer.runners.cluster_cli as cc
 
     monkeypatch.setattr(cc, "CONNECT_TIMEOUT", 2.0)
     Image.fromarray(synthetic_blobs((64, 64), 4)[0]).save(tmp_path / "a.png")

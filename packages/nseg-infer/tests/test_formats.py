@@ -11,9 +11,9 @@ import pytest
 import tifffile
 from nseg_data.errors import DataError
 
-from nseg_infer.channels import ChannelChoice, model_view
-from nseg_infer.imageio import StackedSource, TiffRegionSource, open_image, read_image
-from nseg_infer.tiling import Window
+from nseg_infer.sources.channels import ChannelChoice, model_view
+from nseg_infer.sources.imageio import StackedSource, TiffRegionSource, open_image, read_image
+from nseg_infer.engine.tiling import Window
 
 RNG = np.random.default_rng(4)
 
@@ -154,7 +154,7 @@ def test_czi_written_by_zeiss_library_reads_through_bioio(tmp_path):
 
 def test_bioio_path_agrees_with_tifffile_on_ome_tiff(tmp_path):
     pytest.importorskip("bioio_ome_tiff", reason="bioio-ome-tiff (formats extra) is not installed")
-    from nseg_infer.vendor import open_vendor
+    from nseg_infer.sources.vendor import open_vendor
 
     data = _planes(3)
     p = _ome(tmp_path / "same.ome.tif", data, "CYX", px=0.4, names=["a", "DAPI", "c"])

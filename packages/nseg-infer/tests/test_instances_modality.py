@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nseg_infer.instances import WatershedParams, check_by_modality, instance_params, unet_instances
+from nseg_infer.engine.instances import WatershedParams, check_by_modality, instance_params, unet_instances
 
 
 def _two_bump_nucleus() -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +56,7 @@ def test_predictor_post_processes_each_image_by_its_inferred_modality(tmp_path):
 
     from infer_testkit import synthetic_blobs, write_bundle
 
-    from nseg_infer.run import Predictor
+    from nseg_infer.engine.predictor import Predictor
 
     root = write_bundle(tmp_path / "bundle")
     meta = json.loads((root / "metadata.json").read_text())
@@ -82,7 +82,7 @@ def test_predictor_post_processes_each_image_by_its_inferred_modality(tmp_path):
 
 
 def test_flip_average_undoes_each_flip_and_means_the_outputs():
-    from nseg_infer.backends import FlipAverage
+    from nseg_infer.engine.backends import FlipAverage
 
     class Asymmetric:
         """Output = input's first channel plus a ramp along x: a flip that is not undone shows."""
@@ -109,7 +109,7 @@ def test_flip_average_undoes_each_flip_and_means_the_outputs():
 def test_flips_refused_for_a_detector_bundle(tmp_path):
     from infer_testkit import write_bundle
 
-    from nseg_infer.run import Predictor, RunConfig
+    from nseg_infer.engine.predictor import Predictor, RunConfig
 
     with pytest.raises(ValueError, match="test-time flips apply to UNet bundles"):
         Predictor(write_bundle(tmp_path / "m", "maskrcnn"), RunConfig(flips=True), backend=object())

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nseg_infer.instances import nms, paste_masks
+from nseg_infer.engine.instances import nms, paste_masks
 
 
 def test_full_mask_fills_exactly_its_box():

@@ -12,8 +12,8 @@ from nseg_data.dataset import open_dataset
 from nseg_data.metrics import match
 from typer.testing import CliRunner
 
-from nseg_infer.bundle import load_bundle, packaged_bundle_path
-from nseg_infer.cli import app
+from nseg_infer.engine.bundle import load_bundle, packaged_bundle_path
+from nseg_infer.runners.cli import app
 
 BUNDLE = packaged_bundle_path("maskrcnn")
 SAMPLE = REPO / "examples" / "sample" / "stage1_train"

@@ -5,7 +5,7 @@ import pytest
 from skimage.draw import ellipse
 from skimage.measure import regionprops
 
-from nseg_infer.measure import COLUMNS, measure, region_table
+from nseg_infer.sinks.measure import COLUMNS, measure, region_table
 
 
 def _shapes() -> list[np.ndarray]:

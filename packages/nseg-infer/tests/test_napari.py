@@ -31,7 +31,7 @@ def test_manifest_is_valid_and_installed():
 def outputs(unet_bundle, tmp_path_factory):
     import tifffile
 
-    from nseg_infer.run import Predictor, RunConfig
+    from nseg_infer.engine.predictor import Predictor, RunConfig
 
     d = tmp_path_factory.mktemp("napari")
     img, _ = synthetic_blobs((100, 130), 15, seed=4)
@@ -46,7 +46,7 @@ def test_viewer_opens_labels_with_outlines(outputs):
     pytest.importorskip("napari", reason="the napari extra is not installed")
     from napari.components import ViewerModel
 
-    from nseg_infer.napari_plugin import get_reader
+    from nseg_infer.runners.napari_plugin import get_reader
 
     labels_path, _csv, geojson_path = outputs.outputs
     assert get_reader(str(labels_path)) is not None and get_reader("scan.png") is None
@@ -73,7 +73,7 @@ def test_reader_layers_take_the_transform_of_their_image(outputs):
     pytest.importorskip("napari", reason="the napari extra is not installed")
     from napari.layers import Image
 
-    from nseg_infer.napari_plugin import _read_one
+    from nseg_infer.runners.napari_plugin import _read_one
 
     labels_path = outputs.outputs[0]
     img = np.zeros((100, 130), np.uint8)
@@ -97,7 +97,7 @@ def test_segment_layer_keeps_the_pixel_size_exactly(unet_bundle, px):
     pytest.importorskip("napari", reason="the napari extra is not installed")
     from napari.layers import Image
 
-    from nseg_infer.napari_plugin import counted_predictor, segment_layer
+    from nseg_infer.runners.napari_plugin import counted_predictor, segment_layer
 
     img, _ = synthetic_blobs((90, 110), 12, seed=6)
     layer = Image(img, name="dapi", translate=(5, 7))
@@ -116,7 +116,7 @@ def test_layer_pixel_size_from_physical_units():
     pytest.importorskip("napari", reason="the napari extra is not installed")
     from napari.layers import Image
 
-    from nseg_infer.napari_plugin import layer_pixel_size, parse_pixel_size
+    from nseg_infer.runners.napari_plugin import layer_pixel_size, parse_pixel_size
 
     img = np.zeros((8, 8))
     assert layer_pixel_size(Image(img, scale=(0.325, 0.325), units=("micrometer", "micrometer"))) == pytest.approx(0.325)
@@ -131,7 +131,7 @@ def test_progress_counts_every_model_tile(unet_bundle):
     pytest.importorskip("napari", reason="the napari extra is not installed")
     from napari.layers import Image
 
-    from nseg_infer.napari_plugin import counted_predictor, expected_tiles, segment_layer
+    from nseg_infer.runners.napari_plugin import counted_predictor, expected_tiles, segment_layer
 
     img, _ = synthetic_blobs((300, 420), 40, seed=2)  # several 128 px tiles of the test bundle
     predictor = counted_predictor(unet_bundle)
@@ -158,7 +158,7 @@ def test_segment_command_on_an_image_layer(unet_bundle):
     from napari.components import ViewerModel
     from napari.layers import Image
 
-    from nseg_infer.napari_plugin import segment_layer
+    from nseg_infer.runners.napari_plugin import segment_layer
 
     img, _ = synthetic_blobs((90, 110), 12, seed=6)
     v = ViewerModel()

@@ -17,9 +17,9 @@ import tifffile
 from infer_testkit import synthetic_blobs
 from PIL import Image
 
-from nseg_infer.outputs import PRODUCTS
-from nseg_infer.run import Predictor, RunConfig
-from nseg_infer.stages import Worker
+from nseg_infer.sinks.outputs import PRODUCTS
+from nseg_infer.engine.predictor import Predictor, RunConfig
+from nseg_infer.engine.stages import Worker
 
 
 @pytest.fixture(scope="module")

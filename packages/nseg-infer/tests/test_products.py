@@ -14,12 +14,12 @@ import tifffile
 from infer_testkit import synthetic_blobs
 from typer.testing import CliRunner
 
-from nseg_infer import labelstiff
-from nseg_infer.cli import app
-from nseg_infer.imageinfo import tiff_pixel_size
-from nseg_infer.measure import COLUMNS, UM_COLUMNS
-from nseg_infer.outputs import PRODUCTS, parse_products, write_labels
-from nseg_infer.run import Predictor, RunConfig
+from nseg_infer.sinks import labelstiff
+from nseg_infer.runners.cli import app
+from nseg_infer.sources.imageinfo import tiff_pixel_size
+from nseg_infer.sinks.measure import COLUMNS, UM_COLUMNS
+from nseg_infer.sinks.outputs import PRODUCTS, parse_products, write_labels
+from nseg_infer.engine.predictor import Predictor, RunConfig
 
 PX = 0.5
 

@@ -12,13 +12,13 @@ import tifffile
 from infer_testkit import synthetic_blobs
 from typer.testing import CliRunner
 
-from nseg_infer import backends
-from nseg_infer.bundle import load_bundle
-from nseg_infer.cli import app
-from nseg_infer.inputs import expand_inputs
-from nseg_infer.measure import COLUMNS
-from nseg_infer.outputs import SUMMARY_COLUMNS, write_labels
-from nseg_infer.run import Predictor, RunConfig
+from nseg_infer.engine import backends
+from nseg_infer.engine.bundle import load_bundle
+from nseg_infer.runners.cli import app
+from nseg_infer.runners.inputs import expand_inputs
+from nseg_infer.sinks.measure import COLUMNS
+from nseg_infer.sinks.outputs import SUMMARY_COLUMNS, write_labels
+from nseg_infer.engine.predictor import Predictor, RunConfig
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_cli_lists_failures_and_exits_nonzero(unet_bundle, images, tmp_path):
 
 def test_device_choice_is_logged_and_unavailable_gpu_is_an_error(unet_bundle, caplog):
     b = load_bundle(unet_bundle)
-    with caplog.at_level("INFO", logger="nseg_infer.backends"):
+    with caplog.at_level("INFO", logger="nseg_infer.engine.backends"):
         be = backends.create_backend(b, "auto")
     assert be.name == "onnxruntime:CPU" and "backend: onnxruntime:CPU" in caplog.text
     if "CUDAExecutionProvider" not in backends.ort_providers():
@@ -188,7 +188,7 @@ def test_region_read_tiff_end_to_end_matches_in_memory(unet_bundle, tmp_path, mo
 def test_probabilities_are_the_field_predict_segments(unet_bundle, maskrcnn_bundle):
     """`nseg-train tune` searches instance parameters on `probabilities`; that is only sound if
     the instance step on it gives exactly `predict`'s labels."""
-    from nseg_infer.instances import unet_instances
+    from nseg_infer.engine.instances import unet_instances
 
     img, _ = synthetic_blobs((300, 420), 120, seed=7)
     p = Predictor(unet_bundle, RunConfig(tile=128, batch=3))  # several tiles, uneven last batch
@@ -239,8 +239,8 @@ def bundle_variant(src, dst, **sections):
 def test_resize_and_components_reproduce_the_seed_setup(unet_bundle, tmp_path):
     """`preprocessing.resize`: the whole image normalised, resized for the model and its labels
     brought back by nearest neighbour; `components`: connected components of the foreground."""
-    from nseg_infer.preprocess import normalize, resize_image
-    from nseg_infer.scale import labels_to_input
+    from nseg_infer.engine.preprocess import normalize, resize_image
+    from nseg_infer.sources.scale import labels_to_input
 
     post = {"kind": "components", "fg_threshold": 0.5, "min_size": 4}
     p = Predictor(bundle_variant(unet_bundle, tmp_path / "seed", preprocessing={"resize": 96}, postprocessing=post))

@@ -15,11 +15,13 @@ from infer_testkit import synthetic_blobs, write_bundle
 from nseg_data.errors import DataError
 from typer.testing import CliRunner
 
-from nseg_infer import imageio, run
-from nseg_infer.bundle import BundleError, load_bundle
-from nseg_infer.cli import app
-from nseg_infer.imageio import open_image
-from nseg_infer.run import Predictor, RunConfig
+from nseg_infer.sources import imageio
+
+from nseg_infer.engine import predictor as run
+from nseg_infer.engine.bundle import BundleError, load_bundle
+from nseg_infer.runners.cli import app
+from nseg_infer.sources.imageio import open_image
+from nseg_infer.engine.predictor import Predictor, RunConfig
 
 # -- bundles ----------------------------------------------------------------------------------------
 
@@ -228,8 +230,8 @@ def test_run_config_validates_max_pixels():
 
 
 def test_watch_records_a_refused_file_and_goes_on(unet_bundle, tmp_path):
-    from nseg_infer.ledger import LEDGER_NAME, Ledger
-    from nseg_infer.watch import WatchConfig, Watcher
+    from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
+    from nseg_infer.runners.watch import WatchConfig, Watcher
 
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()

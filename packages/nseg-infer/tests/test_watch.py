@@ -19,21 +19,21 @@ import tifffile
 from infer_testkit import synthetic_blobs
 from nseg_data.atomic import TEMP_RE
 
-from nseg_infer.ledger import LEDGER_NAME, Ledger
-from nseg_infer.run import Predictor
-from nseg_infer.watch import LOG_NAME
+from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
+from nseg_infer.engine.predictor import Predictor
+from nseg_infer.runners.watch import LOG_NAME
 
 FAST = ["--settle", "0.3", "--fail-after", "0.6", "--poll", "0.2"]
 DONE_RE = re.compile(r" (done|failed) (\S+) ")
 
 
 def cli(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nseg_infer.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "nseg_infer.runners.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout)
 
 
 def start(*args: str | Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nseg_infer.cli", *map(str, args)], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "nseg_infer.runners.cli", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 

@@ -7,9 +7,9 @@ import json
 import shutil
 from pathlib import Path
 
-from nseg_infer.run import Predictor, RunConfig
-from nseg_infer.tiling import tile_grid
-from nseg_infer.watch import Job, WatchConfig, Watcher
+from nseg_infer.engine.predictor import Predictor, RunConfig
+from nseg_infer.engine.tiling import tile_grid
+from nseg_infer.runners.watch import Job, WatchConfig, Watcher
 
 
 def watcher(bundle: Path, tmp_path: Path, **config) -> Watcher:

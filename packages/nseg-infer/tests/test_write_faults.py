@@ -27,11 +27,11 @@ from nseg_data import atomic
 from nseg_data.atomic import TEMP_RE
 from typer.testing import CliRunner
 
-from nseg_infer import ledger as ledger_mod
-from nseg_infer.cli import app
-from nseg_infer.ledger import LEDGER_NAME, Ledger
-from nseg_infer.run import Predictor, RunConfig
-from nseg_infer.watch import WatchConfig, Watcher
+from nseg_infer.runners import ledger as ledger_mod
+from nseg_infer.runners.cli import app
+from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
+from nseg_infer.engine.predictor import Predictor, RunConfig
+from nseg_infer.runners.watch import WatchConfig, Watcher
 
 FAST = ["--settle", "0.2", "--fail-after", "0.4", "--poll", "0.1"]
 DONE_RE = re.compile(r" (done|failed) (\S+) ")
@@ -121,7 +121,7 @@ def inputs(tmp_path):
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nseg_infer.cli", "run", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "nseg_infer.runners.cli", "run", *map(str, args)], capture_output=True,
                           text=True, timeout=300)
 
 
@@ -320,7 +320,7 @@ def test_ledger_requeue_and_rollback_after_a_failed_commit(tmp_path):
 
 
 def start_watch(bundle, inputs, out, log_file) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nseg_infer.cli", "watch", str(inputs), "--out", str(out),
+    return subprocess.Popen([sys.executable, "-m", "nseg_infer.runners.cli", "watch", str(inputs), "--out", str(out),
                              "--model", str(bundle), "--device", "cpu", "--no-events", *FAST],
                             stdout=log_file, stderr=subprocess.STDOUT, text=True)
 
@@ -451,8 +451,8 @@ def test_once_that_cannot_write_its_outputs_exits_1(predictor, inputs, tmp_path,
 
 
 def test_ledgers_from_before_output_faults_are_read_and_upgraded(tmp_path):
-    from nseg_infer.ledger import SCHEMA, _statements
-    from nseg_infer.watch import status_report
+    from nseg_infer.runners.ledger import SCHEMA, _statements
+    from nseg_infer.runners.watch import status_report
 
     old = SCHEMA.replace("    output_fault INTEGER NOT NULL DEFAULT 0,\n", "")
     assert old != SCHEMA
@@ -472,7 +472,7 @@ def test_ledgers_from_before_output_faults_are_read_and_upgraded(tmp_path):
 
 def test_a_file_whose_outputs_keep_failing_while_out_is_writable_is_failed_for_good(predictor, inputs, tmp_path,
                                                                                      monkeypatch):
-    from nseg_infer.watch import MAX_HOLDS
+    from nseg_infer.runners.watch import MAX_HOLDS
 
     real = atomic._publish
 

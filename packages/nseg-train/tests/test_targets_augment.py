@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 from nseg_data.metrics import match
-from nseg_infer.instances import WatershedParams, unet_instances
+from nseg_infer.engine.instances import WatershedParams, unet_instances
 
 from nseg_train.augment import geometric, photometric, random_crop
 from nseg_train.config import AugmentConfig

@@ -124,8 +124,8 @@ def _default_images() -> tuple[Path, ...]:
 
 def _read_rgb(path: Path) -> np.ndarray:
     from nseg_data.errors import DataError
-    from nseg_infer.imageio import read_image
-    from nseg_infer.preprocess import as_rgb
+    from nseg_infer.sources.imageio import read_image
+    from nseg_infer.engine.preprocess import as_rgb
 
     try:
         a = read_image(path)
@@ -166,8 +166,8 @@ def normalised(bundle, raw: np.ndarray) -> np.ndarray:
 def _cover(bundle, images: Sequence[np.ndarray]) -> bytes:
     """Square crops of the images with the bundle's nuclei outlined in yellow, side by side (2:1);
     with one image, the image beside its outlines."""
-    from nseg_infer.overlay import CONTOUR_RGB, boundaries, display_rgb
-    from nseg_infer.run import Predictor, RunConfig
+    from nseg_infer.sinks.overlay import CONTOUR_RGB, boundaries, display_rgb
+    from nseg_infer.engine.predictor import Predictor, RunConfig
     from PIL import Image
 
     predictor = Predictor(bundle, RunConfig(device="cpu"))
@@ -400,8 +400,8 @@ def _yaml(rdf: dict) -> str:
 def build_package(bundle_path: str | Path | None, out: str | Path, opts: PackageOptions = PackageOptions()) -> PackageResult:
     """Write the package: `out` ending in .zip becomes a zip file, anything else a folder."""
     from nseg_data.atomic import write_bytes_atomic
-    from nseg_infer.backends import create_backend
-    from nseg_infer.bundle import load_bundle
+    from nseg_infer.engine.backends import create_backend
+    from nseg_infer.engine.bundle import load_bundle
 
     bundle = load_bundle(bundle_path)
     _refuse_unsupported(bundle)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nseg_data.atomic import write_text_atomic
-from nseg_infer.bundle import FORMAT, sha256_file
+from nseg_infer.engine.bundle import FORMAT, sha256_file
 
 METADATA = "metadata.json"
 # Keys this exporter always writes; the runtime's reader requires a subset of them.

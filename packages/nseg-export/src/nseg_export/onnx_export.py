@@ -3,7 +3,7 @@
 UNet: the graph ends in a sigmoid so the runtime receives probabilities, exactly what training's
 validation (the runtime's Predictor over a torch backend) hands the instance step. Mask R-CNN: one fixed tile, batch 1, and the graph stops
 before mask pasting, which needs per-detection loops that TensorRT's ONNX parser rejects; the
-runtime pastes in numpy (`nseg_infer.maskpaste`).
+runtime pastes in numpy (`nseg_infer.engine.maskpaste`).
 
 The TorchScript-based exporter (`dynamo=False`) is used for both kinds: it handles torchvision's
 detection models, which the dynamo exporter cannot trace in torch 2.14, and needs no onnxscript.
@@ -328,7 +328,7 @@ def export_model(
         if options.fp16:
             fp16_path = tmp / FP16_FILE
             fp16_variant(onnx_path, fp16_path)
-            from nseg_infer.bundle import sha256_file
+            from nseg_infer.engine.bundle import sha256_file
 
             extra["variants"] = [{"file": FP16_FILE, "precision": "fp16", "sha256": sha256_file(fp16_path),
                                   "io_dtype": "float32"}]

@@ -329,8 +329,8 @@ def cases_for(bundle: Any, data_dir: Path | None, max_images: int, seed: int) ->
 
 def predictor_target(target: TargetReport, cases: Cases, bundle: Any, ref: Any, test: Any) -> None:
     """Two Predictors on one bundle's metadata, differing only in their backend (`ref`, `test`:
-    objects with `run(NCHW) -> {output: array}`, as nseg_infer.backends has them)."""
-    from nseg_infer.run import Predictor, RunConfig
+    objects with `run(NCHW) -> {output: array}`, as nseg_infer.engine.backends has them)."""
+    from nseg_infer.engine.predictor import Predictor, RunConfig
 
     tol = target.tolerance
     ref_p = Predictor(bundle, RunConfig(device="cpu"), backend=ref)
@@ -393,7 +393,7 @@ def check_metadata(meta: dict[str, Any], cfg: Any, ckpt: dict[str, Any]) -> list
 
 
 def _variant_path(bundle: Any, variant: dict[str, Any]) -> Path:
-    from nseg_infer.bundle import sha256_file
+    from nseg_infer.engine.bundle import sha256_file
 
     p = bundle.path / str(variant["file"])
     if not p.is_file():
@@ -409,19 +409,19 @@ def run_parity(checkpoint: Path, bundle_dir: Path, *, data_dir: Path | None = No
     """torch (checkpoint) vs ONNX Runtime (bundle) for model.onnx and every listed ONNX variant."""
     report = ParityReport(checkpoint=str(checkpoint), bundle=str(bundle_dir))
     try:
-        from nseg_infer.bundle import BundleError, load_bundle
+        from nseg_infer.engine.bundle import BundleError, load_bundle
         from nseg_train.checkpoint import load_model
 
         try:
             bundle = load_bundle(bundle_dir)
         except BundleError as e:
-            report.errors.append(f"bundle rejected by nseg_infer.bundle: {e}")
+            report.errors.append(f"bundle rejected by nseg_infer.engine.bundle: {e}")
             return report
         model, cfg, ckpt = load_model(Path(checkpoint))
         report.kind = bundle.kind
         report.errors += check_metadata(dict(bundle.metadata), cfg, ckpt)
         import torch
-        from nseg_infer.backends import OrtBackend
+        from nseg_infer.engine.backends import OrtBackend
         from nseg_train.deploy import TorchBackend
 
         cases = cases_for(bundle, data_dir, max_images, seed)

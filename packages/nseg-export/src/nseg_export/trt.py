@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from nseg_data.atomic import atomic_path, write_bytes_atomic
-from nseg_infer.tiling import tile_grid
+from nseg_infer.engine.tiling import tile_grid
 
 from nseg_export.parity import (
     TOLERANCES,
@@ -77,7 +77,7 @@ class Profile:
 
 
 def bundle_profile(meta: dict[str, Any]) -> Profile:
-    """The shapes `nseg_infer.tiling` produces: full tiles in batches up to tiling.batch, and for images
+    """The shapes `nseg_infer.engine.tiling` produces: full tiles in batches up to tiling.batch, and for images
     smaller than one tile core a single tile just big enough (image + 2 halo, rounded to the divisor)."""
     name = meta["inputs"][0]["name"]
     t = meta["tiling"]
@@ -137,7 +137,7 @@ def calibration_batches(bundle: Any, calib_dir: Path, n_images: int, seed: int =
     except ParityError:
         images = []
     if not images:
-        from nseg_infer.imageio import read_image
+        from nseg_infer.sources.imageio import read_image
 
         files = sorted(p for p in Path(calib_dir).rglob("*")
                        if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff"))[:n_images]
@@ -149,7 +149,7 @@ def calibration_batches(bundle: Any, calib_dir: Path, n_images: int, seed: int =
     batch = prof.opt[0]
     rng = np.random.default_rng(seed)
     tiles = []
-    from nseg_infer.preprocess import normalize
+    from nseg_infer.engine.preprocess import normalize
 
     for _, img in images:
         x = normalize(img, bundle.preprocessing.normalization)
@@ -223,8 +223,8 @@ def engine_parity(bundle_dir: Path, engine_path: Path, *, data_dir: Path | None 
                   seed: int = 0, precision: str | None = None) -> TargetReport:
     """The runtime's Predictor with its own TensorRTBackend against the same Predictor on ONNX Runtime."""
     require_trt()
-    from nseg_infer.backends import OrtBackend, TensorRTBackend
-    from nseg_infer.bundle import load_bundle
+    from nseg_infer.engine.backends import OrtBackend, TensorRTBackend
+    from nseg_infer.engine.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
     meta = dict(bundle.metadata)
@@ -258,7 +258,7 @@ def build_bundle_engine(bundle_dir: Path, *, fp16: bool = False, int8: bool = Fa
     """Build, check against ONNX Runtime, and only then register the engine in metadata.json."""
     import json
 
-    from nseg_infer.bundle import load_bundle, sha256_file
+    from nseg_infer.engine.bundle import load_bundle, sha256_file
 
     from nseg_export.metadata import read_metadata, write_json_atomic
     from nseg_export.parity import ParityReport

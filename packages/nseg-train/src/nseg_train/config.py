@@ -135,7 +135,7 @@ class EvalConfig:
     seed_threshold: float = 0.5
     min_seed_area: int = 3
     min_size: int = 12
-    seed_h: float = 0.0  # > 0: h-maxima seeds (nseg_infer.instances)
+    seed_h: float = 0.0  # > 0: h-maxima seeds (nseg_infer.engine.instances)
     # Watershed overrides per inferred modality, e.g. {histology: {seed_threshold: 0.6}}; set by tune.
     by_modality: dict[str, dict[str, float]] | None = None
     tile: int = 512
@@ -143,7 +143,7 @@ class EvalConfig:
     max_val_images: int | None = None
 
     def __post_init__(self) -> None:
-        from nseg_infer.instances import WatershedParams, check_by_modality
+        from nseg_infer.engine.instances import WatershedParams, check_by_modality
 
         if self.every < 1:
             raise ConfigError("eval.every must be >= 1")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from nseg_data.sample import Sample
-from nseg_infer.preprocess import Normalization, normalize, resize_image
+from nseg_infer.engine.preprocess import Normalization, normalize, resize_image
 from skimage.transform import resize as sk_resize
 
 from nseg_train.augment import geometric, photometric, random_crop

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from nseg_infer.bundle import Bundle, Preprocessing, TensorSpec, TilingSpec
-from nseg_infer.preprocess import Normalization
-from nseg_infer.run import Predictor, RunConfig
+from nseg_infer.engine.bundle import Bundle, Preprocessing, TensorSpec, TilingSpec
+from nseg_infer.engine.preprocess import Normalization
+from nseg_infer.engine.predictor import Predictor, RunConfig
 
 from nseg_train.config import TrainConfig
 

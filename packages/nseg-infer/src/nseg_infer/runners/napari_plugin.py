@@ -3,7 +3,7 @@
 A reader for nseg's outputs (`NAME.labels.tif` as a labels layer, with `NAME.geojson` beside it
 as a shapes layer of outlines; or a `.geojson`/`.geojson.gz` alone), and a dock widget that
 segments an image layer with the packaged model, a chosen bundle or a bioimage.io package made by
-nseg-export, through `nseg_infer.api.segment_with` (ONNX Runtime, no torch) in a worker thread.
+nseg-export, through `nseg_infer.runners.api.segment_with` (ONNX Runtime, no torch) in a worker thread.
 
 Where nseg's layers sit (one rule): **an nseg layer takes the world transform (scale and
 translate) of the image layer it belongs to**, so labels and outlines coincide with the image
@@ -125,7 +125,7 @@ def _read_labels(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     """Level 0 of the label OME-TIFF and its pixel size (y, x) in µm, or None."""
     import tifffile
 
-    from nseg_infer.imageinfo import tiff_pixel_size
+    from nseg_infer.sources.imageinfo import tiff_pixel_size
 
     with tifffile.TiffFile(path) as tf:
         labels = tf.series[0].levels[0].asarray()
@@ -216,9 +216,9 @@ _PREDICTORS_LOCK = threading.Lock()
 
 def counted_predictor(model: str | Path | None):
     """One Predictor per model for the widget, its backend wrapped in a TileCounter."""
-    from nseg_infer.backends import create_backend
-    from nseg_infer.bundle import load_bundle
-    from nseg_infer.run import Predictor, RunConfig
+    from nseg_infer.engine.backends import create_backend
+    from nseg_infer.engine.bundle import load_bundle
+    from nseg_infer.engine.predictor import Predictor, RunConfig
 
     key = str(model or "default")
     with _PREDICTORS_LOCK:
@@ -230,8 +230,8 @@ def counted_predictor(model: str | Path | None):
 
 def expected_tiles(predictor, shape: tuple[int, int], diameter: float | None, pixel_size: float | None) -> int:
     """Model tiles of an image of `shape` (after rescaling to the model's scale), for a progress bar."""
-    from nseg_infer.scale import rescale_for
-    from nseg_infer.tiling import tile_grid
+    from nseg_infer.sources.scale import rescale_for
+    from nseg_infer.engine.tiling import tile_grid
 
     b = predictor.bundle
     if b.preprocessing.resize:
@@ -253,9 +253,9 @@ def segment_layer(image: "napari.layers.Image", model: str | Path | None = None,
     `pixel_size` (µm, kept exactly; '' or 0: the layer's own if its reader set µm, else none).
     Returns a labels layer with the image layer's scale and translate, the measurements and
     pixel size in its metadata."""
-    from nseg_infer.api import segment_with
-    from nseg_infer.channels import NAPARI, ChannelChoice
-    from nseg_infer.prepare import InputOptions
+    from nseg_infer.runners.api import segment_with
+    from nseg_infer.sources.channels import NAPARI, ChannelChoice
+    from nseg_infer.sources.prepare import InputOptions
 
     data = np.asarray(image.data)
     rgb = bool(getattr(image, "rgb", False))

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from nseg_data.errors import DataError
 
-from nseg_infer.channels import ChannelChoice, model_view
-from nseg_infer.imageio import ImageSource
-from nseg_infer.scale import Rescale, RescaledSource, labels_to_input, rescale_for
+from nseg_infer.sources.channels import ChannelChoice, model_view
+from nseg_infer.sources.imageio import ImageSource
+from nseg_infer.sources.scale import Rescale, RescaledSource, labels_to_input, rescale_for
 
 if TYPE_CHECKING:
-    from nseg_infer.run import Prediction, Predictor
+    from nseg_infer.engine.predictor import Prediction, Predictor
 
 log = logging.getLogger(__name__)
 

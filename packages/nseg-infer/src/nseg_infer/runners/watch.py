@@ -4,13 +4,13 @@ Two threads:
 
 - the scanner lists the folder every `poll` seconds, or sooner when watchdog reports an event
   (network shares deliver none, so polling always runs and events only wake it early), waits for
-  each file to settle (`nseg_infer.settle`), hashes it and records it in the ledger;
+  each file to settle (`nseg_infer.runners.settle`), hashes it and records it in the ledger;
 - the main thread takes pending files in arrival order and segments them with the same Predictor
   as `run`, so the outputs are `run`'s. Small images (one tile each) of the same tile shape that
   are waiting together go through `Predictor.process_files` (each decoded once, one shared model
   call); any other file through `Predictor.process_file`, tiled as in `run`.
 
-The ledger (`nseg_infer.ledger`) is the only record of what is done; see its docstring for the
+The ledger (`nseg_infer.runners.ledger`) is the only record of what is done; see its docstring for the
 crash argument. SIGINT/SIGTERM finish the file in hand, commit and exit 0; a second signal stops
 at once (the ledger is crash-safe, so that loses nothing either).
 
@@ -46,16 +46,16 @@ from pathlib import Path
 
 from nseg_data.atomic import clean_temp_files, exclusive_lock, write_bytes_atomic
 
-from nseg_infer.bundle import sha256_file
-from nseg_infer.inputs import FileResult
-from nseg_infer.ledger import LEDGER_NAME, Ledger
-from nseg_infer.outputs import write_summary
-from nseg_infer.prepare import model_shape
-from nseg_infer.run import Predictor
-from nseg_infer.settle import FolderScanner, Ready, check_decodes
-from nseg_infer.tiling import tile_grid
+from nseg_infer.engine.bundle import sha256_file
+from nseg_infer.runners.inputs import FileResult
+from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
+from nseg_infer.sinks.outputs import write_summary
+from nseg_infer.sources.prepare import model_shape
+from nseg_infer.engine.predictor import Predictor
+from nseg_infer.runners.settle import FolderScanner, Ready, check_decodes
+from nseg_infer.engine.tiling import tile_grid
 
-log = logging.getLogger("nseg_infer.watch")
+log = logging.getLogger("nseg_infer.runners.watch")
 
 LOG_NAME = "watch.log"
 LOCK_NAME = ".nseg-watch.lock"

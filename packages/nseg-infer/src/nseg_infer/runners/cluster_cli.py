@@ -1,5 +1,5 @@
 """Connecting to a dask cluster (`--cluster local:N` or a scheduler address) and the command
-line's part of `nseg-infer run --cluster`; the run itself is `nseg_infer.cluster.run_on_cluster`."""
+line's part of `nseg-infer run --cluster`; the run itself is `nseg_infer.runners.cluster.run_on_cluster`."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nseg_infer.cluster import ClusterError, ClusterOptions, run_on_cluster
-from nseg_infer.inputs import FileResult
-from nseg_infer.run import RunConfig
+from nseg_infer.runners.cluster import ClusterError, ClusterOptions, run_on_cluster
+from nseg_infer.runners.inputs import FileResult
+from nseg_infer.engine.predictor import RunConfig
 
 if TYPE_CHECKING:
     from distributed import Client

@@ -1,11 +1,11 @@
 """Image readers: PNG, JPEG, TIFF incl. multi-page, OME, BigTIFF and pyramidal TIFF/SVS; CZI and
-ND2 through the optional `formats` extra (`nseg_infer.vendor`).
+ND2 through the optional `formats` extra (`nseg_infer.sources.vendor`).
 
 A large tiled or stripped TIFF is never decoded whole: `TiffRegionSource` decodes only the TIFF
 segments (tiles or strips) that intersect the requested window, using tifffile's own segment
 decoder, so no zarr is needed. Pyramids are read at level 0. Files whose channels are separate
 planes (OME-TIFF, ImageJ hyperstacks) come back HxWxC with every channel; which of them the model
-sees is `nseg_infer.channels`' job. Every failure is a `DataError` naming the file.
+sees is `nseg_infer.sources.channels`' job. Every failure is a `DataError` naming the file.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from nseg_data.errors import DataError
 
-from nseg_infer.imageinfo import ImageInfo, check_ome, choose_planes, ome_channel_names, tiff_pixel_size
-from nseg_infer.tiling import Window
+from nseg_infer.sources.imageinfo import ImageInfo, check_ome, choose_planes, ome_channel_names, tiff_pixel_size
+from nseg_infer.engine.tiling import Window
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +377,7 @@ def open_image(path: str | Path, *, region_threshold_px: int = REGION_THRESHOLD_
     if suffix in TIFF:
         return open_tiff(p, region_threshold_px, max_pixels)
     if suffix in VENDOR:
-        from nseg_infer.vendor import open_vendor
+        from nseg_infer.sources.vendor import open_vendor
 
         return open_vendor(p, region_threshold_px, max_pixels)
     check_pixels(p, *(png_size(p) if suffix in PNG else jpeg_size(p)), max_pixels)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nseg_infer.bundle import Bundle, BundleError, parse_metadata, sha256_file
+from nseg_infer.engine.bundle import Bundle, BundleError, parse_metadata, sha256_file
 
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 PACKAGE_FORMAT = "nseg-bioimageio/1"

@@ -35,13 +35,13 @@ from pathlib import Path
 import numpy as np
 from nseg_data.atomic import atomic_path
 
-from nseg_infer.imageio import open_image
-from nseg_infer.inputs import FileResult, stem
-from nseg_infer.omezarr import open_labels
-from nseg_infer.prepare import model_input, segmented
-from nseg_infer.run import BlockInputs, Prediction, Predictor, RunConfig
-from nseg_infer.stitch import paste_block
-from nseg_infer.tiling import Block, Window, block_grid
+from nseg_infer.sources.imageio import open_image
+from nseg_infer.runners.inputs import FileResult, stem
+from nseg_infer.sinks.omezarr import open_labels
+from nseg_infer.sources.prepare import model_input, segmented
+from nseg_infer.engine.predictor import BlockInputs, Prediction, Predictor, RunConfig
+from nseg_infer.engine.stitch import paste_block
+from nseg_infer.engine.tiling import Block, Window, block_grid
 
 log = logging.getLogger(__name__)
 

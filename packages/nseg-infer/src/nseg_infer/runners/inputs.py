@@ -11,8 +11,8 @@ from pathlib import Path
 
 from nseg_data.atomic import WriteFailed
 
-from nseg_infer.imageio import SUPPORTED
-from nseg_infer.outputs import PRODUCT_SUFFIXES
+from nseg_infer.sources.imageio import SUPPORTED
+from nseg_infer.sinks.outputs import PRODUCT_SUFFIXES
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nseg_infer.imageinfo import ImageInfo
-from nseg_infer.imageio import ArraySource, ImageSource, open_image
+from nseg_infer.sources.imageinfo import ImageInfo
+from nseg_infer.sources.imageio import ArraySource, ImageSource, open_image
 
 if TYPE_CHECKING:
-    from nseg_infer.prepare import InputOptions
-    from nseg_infer.run import Predictor
+    from nseg_infer.sources.prepare import InputOptions
+    from nseg_infer.engine.predictor import Predictor
 
 PathLike = str | os.PathLike
 
@@ -53,7 +53,7 @@ class Segmentation:
 
 @functools.lru_cache(maxsize=4)
 def _predictor(model: str | None, device: str):
-    from nseg_infer.run import Predictor, RunConfig
+    from nseg_infer.engine.predictor import Predictor, RunConfig
 
     return Predictor(model, RunConfig(device=device))
 
@@ -89,8 +89,8 @@ def segment(image: PathLike | np.ndarray, *, model: PathLike | None = None, chan
     as `--channel`, `--channels`, `--pixel-size` and `--diameter`; `model` is a bundle folder
     (default: the packaged model). `name` fills the table's `image` column (default: the file's
     name, or "<array>")."""
-    from nseg_infer.channels import PYTHON, ChannelChoice
-    from nseg_infer.prepare import InputOptions
+    from nseg_infer.sources.channels import PYTHON, ChannelChoice
+    from nseg_infer.sources.prepare import InputOptions
 
     opts = InputOptions(ChannelChoice.parse(channel, channels, wording=PYTHON), pixel_size, diameter)
     return segment_with(_predictor(str(model) if model is not None else None, device), image, opts,
@@ -102,9 +102,9 @@ def segment_with(predictor: Predictor, image: PathLike | np.ndarray | ImageSourc
     """`segment` with a Predictor the caller made (its own backend, e.g. one that reports
     progress) and `prepare.InputOptions` (whose `choice.wording` names the caller's options in
     errors)."""
-    from nseg_infer.inputs import stem
-    from nseg_infer.outputs import MeasureOptions, measure_all
-    from nseg_infer.prepare import segment_source
+    from nseg_infer.runners.inputs import stem
+    from nseg_infer.sinks.outputs import MeasureOptions, measure_all
+    from nseg_infer.sources.prepare import segment_source
 
     src = _source(image, name, channel_axis)
     label = name or (stem(Path(image)) if isinstance(image, str | os.PathLike) else "<array>")

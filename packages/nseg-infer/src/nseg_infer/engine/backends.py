@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from nseg_infer.bundle import Bundle
+from nseg_infer.engine.bundle import Bundle
 
 log = logging.getLogger(__name__)
 

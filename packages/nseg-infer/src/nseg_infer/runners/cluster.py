@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from nseg_data.atomic import clean_temp_files, exclusive_lock
 
-from nseg_infer.blocks_dask import (
+from nseg_infer.runners.blocks_dask import (
     WORK_DIR,
     BlockDone,
     LargeImage,
@@ -45,13 +45,13 @@ from nseg_infer.blocks_dask import (
     products_task,
     publish_zarr,
 )
-from nseg_infer.bundle import load_bundle
-from nseg_infer.cluster_manifest import MANIFEST_NAME, Manifest, fingerprint
-from nseg_infer.imageio import JPEG, PNG, TIFF
-from nseg_infer.inputs import FileResult, expand_inputs, failure_message, stem
-from nseg_infer.omezarr import create_labels
-from nseg_infer.outputs import label_dtype, write_summary
-from nseg_infer.run import Predictor, RunConfig
+from nseg_infer.engine.bundle import load_bundle
+from nseg_infer.runners.cluster_manifest import MANIFEST_NAME, Manifest, fingerprint
+from nseg_infer.sources.imageio import JPEG, PNG, TIFF
+from nseg_infer.runners.inputs import FileResult, expand_inputs, failure_message, stem
+from nseg_infer.sinks.omezarr import create_labels
+from nseg_infer.sinks.outputs import label_dtype, write_summary
+from nseg_infer.engine.predictor import Predictor, RunConfig
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -332,7 +332,7 @@ class _Run:
         return []
 
     def _array(self, job: _Large) -> Path:
-        from nseg_infer.omezarr import array_path
+        from nseg_infer.sinks.omezarr import array_path
 
         return array_path(job.image.zarr_work)
 

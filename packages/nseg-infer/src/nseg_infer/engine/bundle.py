@@ -16,7 +16,7 @@ from typing import Any
 
 from nseg_data.errors import DataError
 
-from nseg_infer.preprocess import Normalization
+from nseg_infer.engine.preprocess import Normalization
 
 FORMAT = "nseg-bundle/1"
 KINDS = ("unet", "maskrcnn")
@@ -126,7 +126,7 @@ class Bundle:
 
 def default_bundle_path() -> Path:
     """The bundle shipped inside the package, so `nseg-infer run` works right after install."""
-    return Path(__file__).resolve().parent / "assets" / "default"
+    return Path(__file__).resolve().parent.parent / "assets" / "default"
 
 
 # Bundles shipped inside the package, by the name `--model` accepts: the default UNet and the
@@ -251,7 +251,7 @@ def load_bundle(path: str | Path | None = None, *, verify_sha256: bool = True,
         # A packaged bundle's name, unless a folder of that name is right here.
         if str(path) in PACKAGED and not p.exists():
             p = packaged_bundle_path(str(path))
-    from nseg_infer.bioimageio_package import is_package, load_package  # it builds on this module
+    from nseg_infer.engine.bioimageio_package import is_package, load_package  # it builds on this module
 
     if is_package(p):  # a bioimage.io package made by `nseg-export bioimageio` (zip or folder)
         return load_package(p, verify_sha256=verify_sha256, cache_dir=cache_dir)

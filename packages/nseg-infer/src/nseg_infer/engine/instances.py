@@ -160,4 +160,4 @@ def component_instances(fg: np.ndarray, params: ComponentsParams = ComponentsPar
 
 
 # Mask R-CNN pasting lives in its own module; re-exported so both model kinds post-process from here.
-from nseg_infer.maskpaste import nms, paste_masks  # noqa: E402, F401
+from nseg_infer.engine.maskpaste import nms, paste_masks  # noqa: E402, F401

@@ -64,17 +64,17 @@ def run(
     from nseg_data.errors import DataError
     from tqdm import tqdm
 
-    from nseg_infer.backends import BackendError
-    from nseg_infer.run import Predictor, RunConfig
-    from nseg_infer.run import run as run_inputs
+    from nseg_infer.engine.backends import BackendError
+    from nseg_infer.engine.predictor import Predictor, RunConfig
+    from nseg_infer.engine.predictor import run as run_inputs
 
     try:
         config = RunConfig(tile=tile, overlap=overlap, batch=batch, device=device, channel=channel,
                            channels=channels, pixel_size=pixel_size, diameter=diameter, products=products,
                            flips=flips, max_pixels=max_pixels)
-        if cluster is not None:  # the workers load the model; nseg_infer.cluster does the rest
-            from nseg_infer.cluster import ClusterOptions
-            from nseg_infer.cluster_cli import cli_run
+        if cluster is not None:  # the workers load the model; nseg_infer.runners.cluster does the rest
+            from nseg_infer.runners.cluster import ClusterOptions
+            from nseg_infer.runners.cluster_cli import cli_run
 
             options = ClusterOptions() if split_px is None else ClusterOptions(split_px=split_px)
             code = cli_run(inputs, out, model, config, cluster, options)
@@ -159,9 +159,9 @@ def watch(
     """Segment every image that lands in IN_DIR, exactly once, surviving crashes and restarts."""
     from nseg_data.errors import DataError
 
-    from nseg_infer.backends import BackendError
-    from nseg_infer.run import Predictor, RunConfig
-    from nseg_infer.watch import WatchConfig, Watcher, WatchError
+    from nseg_infer.engine.backends import BackendError
+    from nseg_infer.engine.predictor import Predictor, RunConfig
+    from nseg_infer.runners.watch import WatchConfig, Watcher, WatchError
 
     try:
         config = WatchConfig(in_dir, out, pattern=pattern, recursive=recursive, poll=poll, settle=settle,
@@ -190,7 +190,7 @@ def status(
     """Counts by state, the latest failures with their errors, and throughput over the last hour."""
     import sqlite3
 
-    from nseg_infer.watch import compact_ledger, status_report
+    from nseg_infer.runners.watch import compact_ledger, status_report
 
     try:
         if compact:

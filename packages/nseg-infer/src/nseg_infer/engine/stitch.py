@@ -22,9 +22,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from nseg_infer.instances import InstanceParams, WatershedParams, nms
-from nseg_infer.maskpaste import box_mask
-from nseg_infer.tiling import Block, Tile, TileGrid, Window, blend_weights, block_grid, cut_by_margin
+from nseg_infer.engine.instances import InstanceParams, WatershedParams, nms
+from nseg_infer.engine.maskpaste import box_mask
+from nseg_infer.engine.tiling import Block, Tile, TileGrid, Window, blend_weights, block_grid, cut_by_margin
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from nseg_data.errors import DataError
 
-from nseg_infer.imageio import ImageSource
-from nseg_infer.tiling import Window
+from nseg_infer.sources.imageio import ImageSource
+from nseg_infer.engine.tiling import Window
 
 log = logging.getLogger(__name__)
 

@@ -34,13 +34,13 @@ import numpy as np
 from nseg_data.atomic import WriteFailed
 from nseg_data.modality import infer_modality
 
-from nseg_infer.backends import DEVICES, Backend, FlipAverage, create_backend
-from nseg_infer.bundle import Bundle, load_bundle
-from nseg_infer.channels import ChannelChoice
-from nseg_infer.imageio import MAX_PIXELS, REGION_THRESHOLD_PX, ArraySource, ImageSource, open_image
-from nseg_infer.inputs import FileResult, expand_inputs, failure_message, stem
-from nseg_infer.instances import InstanceParams, WatershedParams, check_by_modality, instance_params
-from nseg_infer.outputs import (
+from nseg_infer.engine.backends import DEVICES, Backend, FlipAverage, create_backend
+from nseg_infer.engine.bundle import Bundle, load_bundle
+from nseg_infer.sources.channels import ChannelChoice
+from nseg_infer.sources.imageio import MAX_PIXELS, REGION_THRESHOLD_PX, ArraySource, ImageSource, open_image
+from nseg_infer.runners.inputs import FileResult, expand_inputs, failure_message, stem
+from nseg_infer.engine.instances import InstanceParams, WatershedParams, check_by_modality, instance_params
+from nseg_infer.sinks.outputs import (
     DEFAULT_PRODUCTS,
     MeasureOptions,
     ProductPaths,
@@ -48,12 +48,12 @@ from nseg_infer.outputs import (
     write_products,
     write_summary,
 )
-from nseg_infer.prepare import InputOptions, ModelInput, Segmented, model_input, segment_source, segmented
-from nseg_infer.preprocess import Normalization, apply_norm, as_rgb, norm_stats, resize_image
-from nseg_infer.scale import labels_to_input
-from nseg_infer.stages import Worker, background
-from nseg_infer.stitch import MaskRCNNMerger, UNetMerger, block_instances, paste_block
-from nseg_infer.tiling import Block, Tile, TileGrid, Window, block_grid, tile_grid
+from nseg_infer.sources.prepare import InputOptions, ModelInput, Segmented, model_input, segment_source, segmented
+from nseg_infer.engine.preprocess import Normalization, apply_norm, as_rgb, norm_stats, resize_image
+from nseg_infer.sources.scale import labels_to_input
+from nseg_infer.engine.stages import Worker, background
+from nseg_infer.engine.stitch import MaskRCNNMerger, UNetMerger, block_instances, paste_block
+from nseg_infer.engine.tiling import Block, Tile, TileGrid, Window, block_grid, tile_grid
 
 log = logging.getLogger(__name__)
 
@@ -503,7 +503,7 @@ class Predictor:
         f = merger.finalize()
         return block_instances(f[0], f[1] if len(f) > 1 else None, params, block, (grid.height, grid.width))
 
-    # -- one instance block at a time (the cluster path, `nseg_infer.blocks_dask`) ---------------
+    # -- one instance block at a time (the cluster path, `nseg_infer.runners.blocks_dask`) ---------------
 
     def block_inputs(self, image: ImageSource | np.ndarray) -> BlockInputs:
         """What every block of a large image shares, computed once over the whole image as

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from nseg_data.atomic import write_text_atomic
 
-from nseg_infer.inputs import FileResult
+from nseg_infer.runners.inputs import FileResult
 
 log = logging.getLogger(__name__)
 

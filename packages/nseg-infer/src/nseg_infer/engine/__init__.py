@@ -1,0 +1,2 @@
+"""The model side: bundles, backends, tiling, merging, instances and the Predictor. Knows no
+files and no products."""

@@ -1,0 +1,1 @@
+"""One writer per product: labels TIFF, OME-Zarr, CSV measurements, GeoJSON, overlay, ROI zip."""
