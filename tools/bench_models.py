@@ -89,8 +89,9 @@ class TimedBackend:
 def breakdown(model: str, files: list[Path], out: Path) -> dict:
     from nseg_infer.engine.backends import create_backend
     from nseg_infer.engine.bundle import load_bundle
-    from nseg_infer.sources.imageio import open_image
     from nseg_infer.engine.predictor import Predictor, RunConfig
+    from nseg_infer.runners.files import FileRunner
+    from nseg_infer.sources.imageio import open_image
 
     bundle = load_bundle(model)
     backend = TimedBackend(create_backend(bundle, "cpu"))
@@ -104,7 +105,7 @@ def breakdown(model: str, files: list[Path], out: Path) -> dict:
             predict_s += time.perf_counter() - t0
     model_s = backend.seconds
     t0 = time.perf_counter()
-    pred.process_many(files, out)
+    FileRunner(pred).process_many(files, out)
     total_s = time.perf_counter() - t0
     return {"model_s": model_s, "post_s": predict_s - model_s,
             "products_s": max(total_s - predict_s, 0.0), "nuclei": nuclei}

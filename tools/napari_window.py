@@ -102,6 +102,7 @@ def main() -> None:
 
     get_settings().application.gui_notification_level = "none"
     from nseg_infer.engine.predictor import Predictor, RunConfig
+    from nseg_infer.runners.files import FileRunner
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
@@ -166,7 +167,7 @@ def main() -> None:
     viewer.close()
 
     # -- 2. nseg-infer run's labels file opened beside its image -------------------------------
-    res = Predictor(None, RunConfig(channel=0)).process_file(plate, args.out)
+    res = FileRunner(Predictor(None, RunConfig(channel=0))).process_file(plate, args.out)
     if not res.ok:
         raise SystemExit(res.error)
     viewer = napari.Viewer(title="nseg outputs in napari", show=True)

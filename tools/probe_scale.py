@@ -23,9 +23,9 @@ from nseg_data.atomic import write_text_atomic
 from nseg_data.dataset import open_dataset
 from nseg_data.metrics import dsb_score
 from nseg_data.split import load_splits
+from nseg_infer.engine.predictor import Predictor
 from nseg_infer.sources.imageio import ArraySource
 from nseg_infer.sources.prepare import InputOptions, segment_source
-from nseg_infer.engine.predictor import Predictor
 
 BANDS = (1.25, 1.5)
 

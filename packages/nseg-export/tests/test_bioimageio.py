@@ -71,8 +71,8 @@ def test_package_describes_the_bundle(package):
     assert f"under {pp['min_size']} pixels" in readme
     assert cover[:8] == b"\x89PNG\r\n\x1a\n"
     # The test tensors: a real image's pixels in, the bundle's own field for them out.
-    from nseg_infer.sources.imageio import read_image
     from nseg_infer.engine.predictor import Predictor, RunConfig
+    from nseg_infer.sources.imageio import read_image
 
     img = read_image(next((FLUO / "images").glob("*.png")))[..., :3]
     assert test_in.shape == (1, 3, 256, 256) and test_out.shape == (1, 2, 256, 256)

@@ -11,8 +11,8 @@ import tifffile
 from infer_testkit import f1_and_counts, synthetic_blobs
 
 from nseg_infer import Segmentation, segment
-from nseg_infer.sinks.measure import COLUMNS
 from nseg_infer.engine.predictor import Predictor
+from nseg_infer.sinks.measure import COLUMNS
 
 
 def test_segment_array_matches_the_predictor(unet_bundle):

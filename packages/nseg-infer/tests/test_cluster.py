@@ -18,14 +18,15 @@ from PIL import Image
 from scipy import ndimage as ndi
 from typer.testing import CliRunner
 
+from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.runners.blocks_dask import WORK_DIR, predictor_loads
 from nseg_infer.runners.cli import app
 from nseg_infer.runners.cluster import ClusterOptions, run_on_cluster
 from nseg_infer.runners.cluster_cli import parse_cluster
 from nseg_infer.runners.cluster_manifest import MANIFEST_NAME
-from nseg_infer.sources.imageio import open_image
+from nseg_infer.runners.files import run
 from nseg_infer.sinks.omezarr import array_path, open_labels
-from nseg_infer.engine.predictor import Predictor, RunConfig, run
+from nseg_infer.sources.imageio import open_image
 
 distributed = pytest.importorskip("distributed", reason="needs the dask extra: pip install 'nseg-infer[dask]'")
 pytest.importorskip("zarr", reason="needs the dask extra: pip install 'nseg-infer[dask]'")

@@ -16,14 +16,14 @@ from infer_testkit import synthetic_blobs, write_bundle
 from PIL import Image
 from typer.testing import CliRunner
 
+from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.runners.cli import app
 from nseg_infer.runners.cluster import LOCK_NAME, ClusterError, ClusterOptions, run_on_cluster
 from nseg_infer.runners.cluster_cli import connect
-from nseg_infer.sources.imageio import open_image
-from nseg_infer.sinks.omezarr import array_path, open_labels
-from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.runners.watch import LOCK_NAME as WATCH_LOCK
 from nseg_infer.runners.watch import WatchConfig, Watcher, WatchError
+from nseg_infer.sinks.omezarr import array_path, open_labels
+from nseg_infer.sources.imageio import open_image
 
 distributed = pytest.importorskip("distributed", reason="needs the dask extra: pip install 'nseg-infer[dask]'")
 pytest.importorskip("zarr", reason="needs the dask extra: pip install 'nseg-infer[dask]'")

@@ -7,9 +7,8 @@ from pathlib import Path
 from nseg_data.atomic import WriteFailed
 from nseg_data.errors import DataError
 
-from nseg_infer.runners import cluster, settle
-
 from nseg_infer.engine import predictor as run
+from nseg_infer.runners import cluster, settle
 from nseg_infer.runners.inputs import failure_message
 
 P = Path("in/a.tif")

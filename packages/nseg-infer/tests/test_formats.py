@@ -11,9 +11,9 @@ import pytest
 import tifffile
 from nseg_data.errors import DataError
 
+from nseg_infer.engine.tiling import Window
 from nseg_infer.sources.channels import ChannelChoice, model_view
 from nseg_infer.sources.imageio import StackedSource, TiffRegionSource, open_image, read_image
-from nseg_infer.engine.tiling import Window
 
 RNG = np.random.default_rng(4)
 

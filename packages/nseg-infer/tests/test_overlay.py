@@ -9,10 +9,10 @@ from scipy import ndimage as ndi
 from skimage.measure import label as connected
 from skimage.segmentation import find_boundaries
 
-from nseg_infer.sinks import overlay
-from nseg_infer.sources.imageio import ArraySource
-from nseg_infer.sinks.outputs import draw_overlay
 from nseg_infer.engine.tiling import Window
+from nseg_infer.sinks import overlay
+from nseg_infer.sinks.outputs import draw_overlay
+from nseg_infer.sources.imageio import ArraySource
 
 
 def _labels(seed: int, shape=(90, 110)) -> np.ndarray:

@@ -17,9 +17,10 @@ import tifffile
 from infer_testkit import synthetic_blobs
 from PIL import Image
 
-from nseg_infer.sinks.outputs import PRODUCTS
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.engine.stages import Worker
+from nseg_infer.runners.files import FileRunner
+from nseg_infer.sinks.outputs import PRODUCTS
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +77,9 @@ def test_pipelined_batch_equals_one_file_at_a_time(unet_bundle, batch, tmp_path,
     one, many = tmp_path / "one", tmp_path / "many"
     _block_writing(one)
     _block_writing(many)
-    singles = [predictor.process_file(p, one) for p in batch]
+    singles = [FileRunner(predictor).process_file(p, one) for p in batch]
     seen = []
-    results = predictor.process_many(batch, many, progress=seen.append)
+    results = FileRunner(predictor).process_many(batch, many, progress=seen.append)
     assert [r.input for r in results] == [r.input for r in seen] == batch
     for r, s in zip(results, singles, strict=True):
         assert (r.ok, r.n_nuclei, r.height, r.width) == (s.ok, s.n_nuclei, s.height, s.width)

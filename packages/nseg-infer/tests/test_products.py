@@ -14,12 +14,13 @@ import tifffile
 from infer_testkit import synthetic_blobs
 from typer.testing import CliRunner
 
-from nseg_infer.sinks import labelstiff
+from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.runners.cli import app
-from nseg_infer.sources.imageinfo import tiff_pixel_size
+from nseg_infer.runners.files import FileRunner
+from nseg_infer.sinks import labelstiff
 from nseg_infer.sinks.measure import COLUMNS, UM_COLUMNS
 from nseg_infer.sinks.outputs import PRODUCTS, parse_products, write_labels
-from nseg_infer.engine.predictor import Predictor, RunConfig
+from nseg_infer.sources.imageinfo import tiff_pixel_size
 
 PX = 0.5
 
@@ -45,7 +46,7 @@ def stained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def products(unet_bundle, stained, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    r = Predictor(unet_bundle, RunConfig(products=PRODUCTS)).process_file(stained[0], out)
+    r = FileRunner(Predictor(unet_bundle, RunConfig(products=PRODUCTS))).process_file(stained[0], out)
     assert r.ok, r.error
     return r
 
@@ -114,7 +115,7 @@ def test_geojson_for_qupath(products, unet_bundle, stained, tmp_path):
     assert np.mean(errors) < 0.1
     with gzip.open(products.outputs[4], "rt") as f:
         assert json.load(f) == gj
-    again = Predictor(unet_bundle).process_file(stained[0], tmp_path)  # a rerun: the same ids
+    again = FileRunner(Predictor(unet_bundle)).process_file(stained[0], tmp_path)  # a rerun: the same ids
     assert [f["id"] for f in json.loads(again.outputs[3].read_text())["features"]] == ids
 
 
@@ -131,11 +132,11 @@ def test_roi_set_reads_back_in_roifile(products):
 
 
 def test_products_choice(unet_bundle, stained, tmp_path):
-    r = Predictor(unet_bundle, RunConfig(products=("rois", "labels"))).process_file(stained[0], tmp_path)
+    r = FileRunner(Predictor(unet_bundle, RunConfig(products=("rois", "labels")))).process_file(stained[0], tmp_path)
     assert [p.name for p in r.outputs] == ["well A1.labels.tif", "well A1.rois.zip"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["well A1.labels.tif", "well A1.rois.zip"]
     assert r.summary_row()["labels"].endswith("well A1.labels.tif") and r.n_nuclei > 30
-    only = Predictor(unet_bundle, RunConfig(products="overlay")).process_file(stained[0], tmp_path / "o")
+    only = FileRunner(Predictor(unet_bundle, RunConfig(products="overlay"))).process_file(stained[0], tmp_path / "o")
     assert [p.name for p in only.outputs] == ["well A1.overlay.png"] and only.summary_row()["labels"] == ""
     assert only.n_nuclei == r.n_nuclei
     assert parse_products("geojson, labels") == ("labels", "geojson")

@@ -14,11 +14,12 @@ from typer.testing import CliRunner
 
 from nseg_infer.engine import backends
 from nseg_infer.engine.bundle import load_bundle
+from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.runners.cli import app
+from nseg_infer.runners.files import FileRunner
 from nseg_infer.runners.inputs import expand_inputs
 from nseg_infer.sinks.measure import COLUMNS
 from nseg_infer.sinks.outputs import SUMMARY_COLUMNS, write_labels
-from nseg_infer.engine.predictor import Predictor, RunConfig
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_batch_outputs_and_failures(predictor, images, tmp_path):
     assert [f.name for f in files] == ["a.png", "b.tif", "cut.png", "empty.png", "notes.tif"]
     assert len(missing) == 1 and "nope.png" in missing[0].error
     seen = []
-    results = predictor.process_many(files, tmp_path, progress=seen.append)
+    results = FileRunner(predictor).process_many(files, tmp_path, progress=seen.append)
     assert len(seen) == 5
     by = {r.input.name: r for r in results}
     for bad in ("cut.png", "empty.png", "notes.tif"):
@@ -66,7 +67,7 @@ def test_batch_outputs_and_failures(predictor, images, tmp_path):
 
 def test_products_content(predictor, images, tmp_path):
     d, _ = images
-    r = predictor.process_file(d / "a.png", tmp_path)
+    r = FileRunner(predictor).process_file(d / "a.png", tmp_path)
     labels = tifffile.imread(r.outputs[0])
     assert labels.dtype == np.uint16 and labels.shape == (300, 420)
     with open(r.outputs[1]) as f:
@@ -99,7 +100,7 @@ def test_products_are_readable_by_others_as_umask_allows(predictor, images, tmp_
     d, _ = images
     old = os.umask(0o022)
     try:
-        r = predictor.process_file(d / "a.png", tmp_path / "o22")
+        r = FileRunner(predictor).process_file(d / "a.png", tmp_path / "o22")
     finally:
         os.umask(old)
     for f in r.outputs:
@@ -108,9 +109,9 @@ def test_products_are_readable_by_others_as_umask_allows(predictor, images, tmp_
 
 def test_large_image_writes_tiled_bigtiff_and_overview(unet_bundle, images, tmp_path):
     d, _ = images
-    small = Predictor(unet_bundle).process_file(d / "a.png", tmp_path / "ref")
+    small = FileRunner(Predictor(unet_bundle)).process_file(d / "a.png", tmp_path / "ref")
     p = Predictor(unet_bundle, RunConfig(large_px=10_000, block=128, margin=48, overview_side=200))
-    r = p.process_file(d / "a.png", tmp_path / "big")
+    r = FileRunner(p).process_file(d / "a.png", tmp_path / "big")
     assert r.ok, r.error
     with tifffile.TiffFile(r.outputs[0]) as tf:
         assert tf.is_bigtiff and tf.pages[0].is_tiled and tf.pages[0].compression != 1
@@ -173,10 +174,10 @@ def test_region_read_tiff_end_to_end_matches_in_memory(unet_bundle, tmp_path, mo
     img, _ = synthetic_blobs((700, 900), 300, seed=9)
     p = tmp_path / "scan.ome.tif"
     tifffile.imwrite(p, img, tile=(128, 128), bigtiff=True, compression="zlib", ome=True)
-    ref = Predictor(unet_bundle).process_file(p, tmp_path / "ref")
+    ref = FileRunner(Predictor(unet_bundle)).process_file(p, tmp_path / "ref")
     monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda *a, **k: pytest.fail("decoded the whole page"))
     cfg = RunConfig(region_px=10_000, large_px=10_000, block=256, margin=48)
-    r = Predictor(unet_bundle, cfg).process_file(p, tmp_path / "big")
+    r = FileRunner(Predictor(unet_bundle, cfg)).process_file(p, tmp_path / "big")
     assert r.ok, r.error
     assert [q.name for q in r.outputs] == ["scan.labels.tif", "scan.csv", "scan.overlay.png", "scan.geojson"]
     monkeypatch.undo()

@@ -15,13 +15,14 @@ from infer_testkit import synthetic_blobs, write_bundle
 from nseg_data.errors import DataError
 from typer.testing import CliRunner
 
-from nseg_infer.sources import imageio
-
 from nseg_infer.engine import predictor as run
 from nseg_infer.engine.bundle import BundleError, load_bundle
-from nseg_infer.runners.cli import app
-from nseg_infer.sources.imageio import open_image
 from nseg_infer.engine.predictor import Predictor, RunConfig
+from nseg_infer.runners.cli import app
+from nseg_infer.runners.files import FileRunner
+from nseg_infer.runners.files import run as run_files
+from nseg_infer.sources import imageio
+from nseg_infer.sources.imageio import open_image
 
 # -- bundles ----------------------------------------------------------------------------------------
 
@@ -182,7 +183,7 @@ def test_absurd_model_tile_grids_are_refused(unet_bundle, tmp_path, monkeypatch)
     p = _png(tmp_path, (300, 300))
     pred = Predictor(unet_bundle, RunConfig(device="cpu"))
     monkeypatch.setattr(run, "MAX_TILES", 3)
-    r = pred.process_file(p, tmp_path / "out")
+    r = FileRunner(pred).process_file(p, tmp_path / "out")
     assert not r.ok and str(p) in r.error and "tiles, above the limit of 3" in r.error
 
 
@@ -211,7 +212,7 @@ def test_batch_goes_on_past_refused_files_and_cli_option(unet_bundle, tmp_path):
     d.mkdir()
     good = _png(d, name="good.png")
     bomb = _forged_png(d / "bomb.png", 100_000, 100_000)
-    results = run.run([d], tmp_path / "out", predictor=Predictor(unet_bundle, RunConfig(device="cpu")))
+    results = run_files([d], tmp_path / "out", predictor=Predictor(unet_bundle, RunConfig(device="cpu")))
     by = {r.input.name: r for r in results}
     assert by["good.png"].ok and not by["bomb.png"].ok and str(bomb) in by["bomb.png"].error
     # The command line's --max-pixels: the 64 x 64 image is refused below 4096 pixels, the batch goes on.

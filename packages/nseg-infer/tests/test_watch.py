@@ -19,8 +19,9 @@ import tifffile
 from infer_testkit import synthetic_blobs
 from nseg_data.atomic import TEMP_RE
 
-from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
 from nseg_infer.engine.predictor import Predictor
+from nseg_infer.runners.files import FileRunner
+from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
 from nseg_infer.runners.watch import LOG_NAME
 
 FAST = ["--settle", "0.3", "--fail-after", "0.6", "--poll", "0.2"]
@@ -149,7 +150,7 @@ def test_slow_copy_is_never_read_early_and_sigterm(unet_bundle, tmp_path):
     src, out, ref = tmp_path / "in", tmp_path / "out", tmp_path / "ref"
     src.mkdir()
     (tmp_path / "big.png").write_bytes(png((300, 420), 100, seed=3))
-    expected = Predictor(unet_bundle).process_file(tmp_path / "big.png", ref)
+    expected = FileRunner(Predictor(unet_bundle)).process_file(tmp_path / "big.png", ref)
     proc = start("watch", src, "--out", out, "--model", unet_bundle, "--settle", "1.0", "--poll", "0.2",
                  "--fail-after", "600")
     try:

@@ -27,10 +27,10 @@ from nseg_data import atomic
 from nseg_data.atomic import TEMP_RE
 from typer.testing import CliRunner
 
+from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.runners import ledger as ledger_mod
 from nseg_infer.runners.cli import app
 from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
-from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.runners.watch import WatchConfig, Watcher
 
 FAST = ["--settle", "0.2", "--fail-after", "0.4", "--poll", "0.1"]

@@ -124,8 +124,8 @@ def _default_images() -> tuple[Path, ...]:
 
 def _read_rgb(path: Path) -> np.ndarray:
     from nseg_data.errors import DataError
-    from nseg_infer.sources.imageio import read_image
     from nseg_infer.engine.preprocess import as_rgb
+    from nseg_infer.sources.imageio import read_image
 
     try:
         a = read_image(path)
@@ -166,8 +166,8 @@ def normalised(bundle, raw: np.ndarray) -> np.ndarray:
 def _cover(bundle, images: Sequence[np.ndarray]) -> bytes:
     """Square crops of the images with the bundle's nuclei outlined in yellow, side by side (2:1);
     with one image, the image beside its outlines."""
-    from nseg_infer.sinks.overlay import CONTOUR_RGB, boundaries, display_rgb
     from nseg_infer.engine.predictor import Predictor, RunConfig
+    from nseg_infer.sinks.overlay import CONTOUR_RGB, boundaries, display_rgb
     from PIL import Image
 
     predictor = Predictor(bundle, RunConfig(device="cpu"))

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 from nseg_infer.engine.bundle import Bundle, Preprocessing, TensorSpec, TilingSpec
-from nseg_infer.engine.preprocess import Normalization
 from nseg_infer.engine.predictor import Predictor, RunConfig
+from nseg_infer.engine.preprocess import Normalization
 
 from nseg_train.config import TrainConfig
 

@@ -20,8 +20,8 @@ from nseg_infer.sources.imageinfo import ImageInfo
 from nseg_infer.sources.imageio import ArraySource, ImageSource, open_image
 
 if TYPE_CHECKING:
-    from nseg_infer.sources.prepare import InputOptions
     from nseg_infer.engine.predictor import Predictor
+    from nseg_infer.sources.prepare import InputOptions
 
 PathLike = str | os.PathLike
 

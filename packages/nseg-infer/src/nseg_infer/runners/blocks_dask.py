@@ -1,6 +1,6 @@
 """What runs on the workers of a cluster run, and the plan of one large image split into blocks.
 
-Files: `file_task` is `Predictor.process_file`, so a file's products are byte for byte those of
+Files: `file_task` is `FileRunner.process_file`, so a file's products are byte for byte those of
 `nseg-infer run`. Each worker makes its `Predictor` once (`worker_predictor`) and keeps it.
 
 A large image (UNet bundle, no whole-image `resize`, no rescaling) is split into the runtime's own
@@ -35,13 +35,14 @@ from pathlib import Path
 import numpy as np
 from nseg_data.atomic import atomic_path
 
-from nseg_infer.sources.imageio import open_image
-from nseg_infer.runners.inputs import FileResult, stem
-from nseg_infer.sinks.omezarr import open_labels
-from nseg_infer.sources.prepare import model_input, segmented
 from nseg_infer.engine.predictor import BlockInputs, Prediction, Predictor, RunConfig
 from nseg_infer.engine.stitch import paste_block
 from nseg_infer.engine.tiling import Block, Window, block_grid
+from nseg_infer.runners.files import FileRunner
+from nseg_infer.runners.inputs import FileResult, stem
+from nseg_infer.sinks.omezarr import open_labels
+from nseg_infer.sources.imageio import open_image
+from nseg_infer.sources.prepare import model_input, segmented
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def predictor_loads(dask_worker: object | None = None) -> int:
 
 
 def file_task(bundle: str, config: RunConfig, path: str, out_dir: str) -> FileResult:
-    return worker_predictor(bundle, config).process_file(path, out_dir)
+    return FileRunner(worker_predictor(bundle, config)).process_file(path, out_dir)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,10 +224,10 @@ def products_task(bundle: str, config: RunConfig, image: LargeImage, out_dir: st
             pred = Prediction(open_labels(Path(array)), total, None, image.inputs.norm)
             with segmented(predictor, inp, pred, work_dir=out) as seg:
                 # The single-process writer itself, so the products are byte for byte the same.
-                outputs, n = predictor._write(p, out, seg, h, w)
+                outputs, n = FileRunner(predictor).write(p, out, seg, h, w)
         return FileResult(p, outputs, n, seconds + time.perf_counter() - t0, None, h, w, predictor.backend_name)
     except Exception as e:  # as process_file: reported in the result, naming the file
-        return predictor._failure(p, e, seconds + time.perf_counter() - t0, h, w)
+        return FileRunner(predictor).failure(p, e, seconds + time.perf_counter() - t0, h, w)
 
 
 def publish_zarr(work: Path, target: Path) -> Path:

@@ -66,7 +66,7 @@ def run(
 
     from nseg_infer.engine.backends import BackendError
     from nseg_infer.engine.predictor import Predictor, RunConfig
-    from nseg_infer.engine.predictor import run as run_inputs
+    from nseg_infer.runners.files import run as run_inputs
 
     try:
         config = RunConfig(tile=tile, overlap=overlap, batch=batch, device=device, channel=channel,

@@ -1,7 +1,7 @@
 """`nseg-infer run --cluster`: the runtime on a dask.distributed cluster (the `dask` extra).
 
     client: expand inputs -> skip files the run manifest records as finished -> submit
-        one task per file (`blocks_dask.file_task`: `Predictor.process_file`), and for a large
+        one task per file (`blocks_dask.file_task`: `FileRunner.process_file`), and for a large
         image one task per instance block, then its zarr chunks, then its products
     workers: one Predictor each, made by its first task; every task writes through
         `nseg_data.atomic`, so a retried or repeated task leaves the same files
@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 
 from nseg_data.atomic import clean_temp_files, exclusive_lock
 
+from nseg_infer.engine.bundle import load_bundle
+from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.runners.blocks_dask import (
     WORK_DIR,
     BlockDone,
@@ -45,13 +47,11 @@ from nseg_infer.runners.blocks_dask import (
     products_task,
     publish_zarr,
 )
-from nseg_infer.engine.bundle import load_bundle
 from nseg_infer.runners.cluster_manifest import MANIFEST_NAME, Manifest, fingerprint
-from nseg_infer.sources.imageio import JPEG, PNG, TIFF
 from nseg_infer.runners.inputs import FileResult, expand_inputs, failure_message, stem
 from nseg_infer.sinks.omezarr import create_labels
 from nseg_infer.sinks.outputs import label_dtype, write_summary
-from nseg_infer.engine.predictor import Predictor, RunConfig
+from nseg_infer.sources.imageio import JPEG, PNG, TIFF
 
 if TYPE_CHECKING:
     from distributed import Client, Future

@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nseg_infer.engine.predictor import RunConfig
 from nseg_infer.runners.cluster import ClusterError, ClusterOptions, run_on_cluster
 from nseg_infer.runners.inputs import FileResult
-from nseg_infer.engine.predictor import RunConfig
 
 if TYPE_CHECKING:
     from distributed import Client

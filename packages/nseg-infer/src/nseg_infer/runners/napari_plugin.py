@@ -230,8 +230,8 @@ def counted_predictor(model: str | Path | None):
 
 def expected_tiles(predictor, shape: tuple[int, int], diameter: float | None, pixel_size: float | None) -> int:
     """Model tiles of an image of `shape` (after rescaling to the model's scale), for a progress bar."""
-    from nseg_infer.sources.scale import rescale_for
     from nseg_infer.engine.tiling import tile_grid
+    from nseg_infer.sources.scale import rescale_for
 
     b = predictor.bundle
     if b.preprocessing.resize:

@@ -7,8 +7,8 @@ Two threads:
   each file to settle (`nseg_infer.runners.settle`), hashes it and records it in the ledger;
 - the main thread takes pending files in arrival order and segments them with the same Predictor
   as `run`, so the outputs are `run`'s. Small images (one tile each) of the same tile shape that
-  are waiting together go through `Predictor.process_files` (each decoded once, one shared model
-  call); any other file through `Predictor.process_file`, tiled as in `run`.
+  are waiting together go through `FileRunner.process_files` (each decoded once, one shared model
+  call); any other file through `FileRunner.process_file`, tiled as in `run`.
 
 The ledger (`nseg_infer.runners.ledger`) is the only record of what is done; see its docstring for the
 crash argument. SIGINT/SIGTERM finish the file in hand, commit and exit 0; a second signal stops
@@ -47,13 +47,14 @@ from pathlib import Path
 from nseg_data.atomic import clean_temp_files, exclusive_lock, write_bytes_atomic
 
 from nseg_infer.engine.bundle import sha256_file
+from nseg_infer.engine.predictor import Predictor
+from nseg_infer.engine.tiling import tile_grid
+from nseg_infer.runners.files import FileRunner
 from nseg_infer.runners.inputs import FileResult
 from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
+from nseg_infer.runners.settle import FolderScanner, Ready, check_decodes
 from nseg_infer.sinks.outputs import write_summary
 from nseg_infer.sources.prepare import model_shape
-from nseg_infer.engine.predictor import Predictor
-from nseg_infer.runners.settle import FolderScanner, Ready, check_decodes
-from nseg_infer.engine.tiling import tile_grid
 
 log = logging.getLogger("nseg_infer.runners.watch")
 
@@ -489,8 +490,8 @@ class Watcher:
 
     def _results(self, group: list[Job]) -> Iterator[FileResult]:
         if len(group) > 1:
-            return self.predictor.process_files([(j.path, self._out_for(j.path)) for j in group])
-        return (self.predictor.process_file(j.path, self._out_for(j.path)) for j in group)
+            return FileRunner(self.predictor).process_files([(j.path, self._out_for(j.path)) for j in group])
+        return (FileRunner(self.predictor).process_file(j.path, self._out_for(j.path)) for j in group)
 
     def _process_group(self, ledger: Ledger, group: list[Job]) -> None:
         try:

@@ -21,11 +21,11 @@ import numpy as np
 from nseg_data.atomic import atomic_path
 from PIL import Image
 
+from nseg_infer.engine.tiling import Window, block_grid, cut_by_margin
 from nseg_infer.sinks import geojson, measure, overlay
-from nseg_infer.sources.imageio import ImageSource
 from nseg_infer.sinks.labelstiff import write_ome_labels
 from nseg_infer.sinks.rois import RoiZipWriter
-from nseg_infer.engine.tiling import Window, block_grid, cut_by_margin
+from nseg_infer.sources.imageio import ImageSource
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from nseg_data.errors import DataError
 
-from nseg_infer.sources.imageio import ImageSource
 from nseg_infer.engine.tiling import Window
+from nseg_infer.sources.imageio import ImageSource
 
 log = logging.getLogger(__name__)
 

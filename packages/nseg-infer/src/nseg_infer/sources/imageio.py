@@ -17,8 +17,14 @@ from pathlib import Path
 import numpy as np
 from nseg_data.errors import DataError
 
-from nseg_infer.sources.imageinfo import ImageInfo, check_ome, choose_planes, ome_channel_names, tiff_pixel_size
 from nseg_infer.engine.tiling import Window
+from nseg_infer.sources.imageinfo import (
+    ImageInfo,
+    check_ome,
+    choose_planes,
+    ome_channel_names,
+    tiff_pixel_size,
+)
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@
     input's size (`scale.labels_to_input`)
 
 `segment_source` does it all for one image; `model_input` and `segmented` are its two halves, so
-`Predictor.process_files` (the folder watch) can segment many images in one `predict_many`
-between them. Shared by `Predictor.process_file` (the CLI), the folder watch and
+`FileRunner.process_files` (the folder watch) can segment many images in one `predict_many`
+between them. Shared by `FileRunner.process_file` (the CLI), the folder watch and
 `nseg_infer.segment` (the Python API and the napari plugin), so all give the same labels for the
 same options. Label canvases are the Predictor's `canvas` blocks: a large image's temp file lives
 until the `with segment_source(...)` block ends.

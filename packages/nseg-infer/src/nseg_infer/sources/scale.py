@@ -24,8 +24,8 @@ import numpy as np
 from nseg_data.errors import DataError
 
 from nseg_infer.engine.bundle import ScaleSpec
-from nseg_infer.sources.imageio import ImageSource
 from nseg_infer.engine.tiling import Window
+from nseg_infer.sources.imageio import ImageSource
 
 TOLERANCE = 0.01
 MIN_FACTOR, MAX_FACTOR = 1 / 16, 16.0

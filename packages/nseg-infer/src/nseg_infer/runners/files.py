@@ -1,0 +1,214 @@
+"""The file runner: files -> Source -> Predictor -> Sinks, one file at a time or overlapped
+across files, with a result per file (its outputs, or the error that names it).
+
+`FileRunner(predictor)` runs `process_file`, `process_files` (small images sharing model calls,
+the folder watch) and `process_many` (the `nseg-infer run` pipeline); `run` expands the inputs
+and writes summary.csv. One bad file never stops a batch: its error is in its result.
+
+`process_many` overlaps three stages through bounded queues (`engine.stages`): a reader thread
+opens (decodes) the next file while this one is segmented, and a writer thread writes the
+previous file's products meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nseg_data.atomic import WriteFailed
+
+from nseg_infer.engine.predictor import Predictor
+from nseg_infer.engine.stages import Worker, background
+from nseg_infer.runners.inputs import FileResult, expand_inputs, failure_message, stem
+from nseg_infer.sinks.outputs import MeasureOptions, ProductPaths, write_products, write_summary
+from nseg_infer.sources.imageio import ImageSource, open_image
+from nseg_infer.sources.prepare import ModelInput, Segmented, model_input, segment_source, segmented
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A segmented file waiting for its products; `resources` (the open file, label canvases and
+    their temp files) is closed once they are written."""
+
+    path: Path
+    out: Path
+    seg: Segmented
+    height: int
+    width: int
+    seconds: float
+    resources: contextlib.ExitStack
+
+
+class FileRunner:
+    """Files through one `Predictor` (its `config` says which products and how inputs are read)."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.config = predictor.config
+
+    def process_file(self, path: str | os.PathLike, out_dir: str | os.PathLike) -> FileResult:
+        """Segment one file and write its products. Never raises for a bad input: the error is in
+        the result, naming the file. The three stages `process_many` overlaps, one after another."""
+        job = self._segment(*self._open(Path(path), Path(out_dir)))
+        return job if isinstance(job, FileResult) else self._finish(job)
+
+    def _open(self, p: Path, out: Path) -> tuple[Path, Path, ImageSource | Exception, float]:
+        """Stage 1: the output folder made and the file opened (small files are decoded here)."""
+        t0 = time.perf_counter()
+        try:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise WriteFailed(out, e) from e
+            raw: ImageSource | Exception = open_image(p, region_threshold_px=self.config.region_px, max_pixels=self.config.max_pixels)
+        except Exception as e:
+            # Deliberately broad, here and in the other stages: decoders and runtimes raise their
+            # own types for corrupt input, and one bad file must never stop a batch.
+            raw = e
+        return p, out, raw, time.perf_counter() - t0
+
+    def _segment(self, p: Path, out: Path, raw: ImageSource | Exception, seconds: float) -> _Job | FileResult:
+        """Stage 2: the model and the instance step. The segmentation, its label canvas and the
+        open file stay alive in the job's ExitStack until its products are written."""
+        if isinstance(raw, Exception):
+            return self.failure(p, raw, seconds, 0, 0)
+        t0 = time.perf_counter()
+        h, w = raw.shape
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(raw)
+                seg = stack.enter_context(segment_source(self.predictor, raw, self.config.input_options, work_dir=out))
+            except Exception as e:
+                return self.failure(p, e, seconds + time.perf_counter() - t0, h, w)
+            return _Job(p, out, seg, h, w, seconds + time.perf_counter() - t0, stack.pop_all())
+
+    def _finish(self, job: _Job) -> FileResult:
+        """Stage 3: the products written, then the file, canvas and temp files released."""
+        t0 = time.perf_counter()
+        try:
+            with job.resources:
+                outputs, n = self.write(job.path, job.out, job.seg, job.height, job.width)
+            return FileResult(job.path, outputs, n, job.seconds + time.perf_counter() - t0, None, job.height,
+                              job.width, self.predictor.backend_name)
+        except Exception as e:
+            return self.failure(job.path, e, job.seconds + time.perf_counter() - t0, job.height, job.width)
+
+    def process_files(self, jobs: Sequence[tuple[str | os.PathLike, str | os.PathLike]]) -> Iterator[FileResult]:
+        """`process_file` of each (input, output folder), in order, each file decoded once and all
+        of them segmented together (`predict_many`), so small images share model calls. Labels
+        are held in memory: meant for small images. Results come one by one, as each file's
+        products are written; closing the iterator early writes no more and closes the files."""
+        t0 = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            opened: list[tuple[Path, Path, tuple[int, int], ModelInput | Exception]] = []
+            for path, out in jobs:
+                p, shape = Path(path), (0, 0)
+                try:
+                    raw = stack.enter_context(open_image(p, region_threshold_px=self.config.region_px, max_pixels=self.config.max_pixels))
+                    shape = raw.shape
+                    opened.append((p, Path(out), shape, model_input(self.predictor, raw, self.config.input_options)))
+                except Exception as e:  # reported in this file's result, as process_file does
+                    opened.append((p, Path(out), shape, e))
+            inputs = [inp for *_, inp in opened if isinstance(inp, ModelInput)]
+            try:
+                preds = iter(self.predictor.predict_many([inp.source for inp in inputs]))
+            except Exception as e:
+                # e.g. an engine profile smaller than the batch: each file then runs alone.
+                log.warning("segmenting %d images together failed (%s); running them one by one", len(inputs), e)
+                preds = None
+            shared = (time.perf_counter() - t0) / max(len(opened), 1)
+            for p, out, (h, w), inp in opened:
+                t1 = time.perf_counter()
+                if isinstance(inp, Exception):
+                    yield self.failure(p, inp, shared, h, w)
+                elif preds is None:
+                    yield self.process_file(p, out)
+                else:
+                    pred = next(preds)
+                    try:
+                        try:
+                            out.mkdir(parents=True, exist_ok=True)
+                        except OSError as e:
+                            raise WriteFailed(out, e) from e
+                        with segmented(self.predictor, inp, pred, work_dir=out) as seg:
+                            outputs, n = self.write(p, out, seg, h, w)
+                        yield FileResult(p, outputs, n, shared + time.perf_counter() - t1, None, h, w, self.predictor.backend_name)
+                    except Exception as e:  # as in process_file: one bad file never stops the rest
+                        yield self.failure(p, e, shared + time.perf_counter() - t1, h, w)
+
+    def write(self, p: Path, out: Path, seg: Segmented, h: int, w: int) -> tuple[tuple[Path, ...], int]:
+        """The products of input `p`'s segmentation into `out`: (paths written, nuclei)."""
+        paths = ProductPaths.for_input(stem(p), out, self.config.products)
+        opts = MeasureOptions(stem(p), seg.pixel_size_um, seg.channels)
+        n = write_products(paths, seg.labels, seg.max_label, seg.view, seg.norm, scores=seg.scores,
+                           tiled=h * w > self.config.large_px, block=self.config.block, margin=self.config.margin,
+                           overview_side=self.config.overview_side, opts=opts)
+        return paths.all(), n
+
+    def failure(self, p: Path, e: Exception, seconds: float, h: int, w: int) -> FileResult:
+        """The result of input `p` failing with `e`, logged once with the message users read."""
+        msg = failure_message(p, e)
+        log.error("%s", msg)
+        log.debug("traceback for %s", p, exc_info=e)
+        return FileResult(p, (), 0, seconds, msg, h, w, self.predictor.backend_name,
+                          e.errno if isinstance(e, WriteFailed) else None)
+
+    def process_many(self, paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
+                     progress: Callable[[FileResult], None] | None = None,
+                     summary: bool = True) -> list[FileResult]:
+        """Every file, in order; one bad file never stops the batch. Writes OUT/summary.csv.
+
+        `process_file`'s stages, overlapped across files: a reader thread opens (decodes) the next
+        file while this one is segmented, and a writer thread writes the previous file's products
+        meanwhile. Both queues hold one file, so at most five are in flight (two opened ahead, one
+        being segmented, two being or waiting to be written), and an image with labels on disk
+        (above `RunConfig.large_px`) is segmented only once the writer is idle, so no two large
+        label images are ever held together. Results and files are `process_file`'s, in input
+        order; `progress` is called from the writer thread."""
+        out = Path(out_dir)
+        results: list[FileResult] = []
+
+        def finish(job: _Job | FileResult) -> None:
+            r = job if isinstance(job, FileResult) else self._finish(job)
+            results.append(r)
+            if progress is not None:
+                progress(r)
+
+        writer = Worker(finish, 1, name="nseg-writer")
+        try:
+            for p, o, raw, seconds in background((self._open(Path(p), out) for p in paths), 1):
+                if isinstance(raw, ImageSource) and raw.height * raw.width > self.config.large_px:
+                    writer.wait()
+                writer.put(self._segment(p, o, raw, seconds))
+        finally:
+            writer.close()
+        if summary:
+            write_summary(Path(out_dir) / "summary.csv", [r.summary_row() for r in results])
+        return results
+
+
+def run(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, predictor: Predictor | None = None,
+        progress: Callable[[FileResult], None] | None = None,
+        on_start: Callable[[int], None] | None = None) -> list[FileResult]:
+    """`nseg-infer run`: expand inputs (files, folders, glob patterns), segment them all with
+    `predictor` (default: the default model), write summary.csv. Failures, including inputs that
+    name nothing, are in the returned list with their error. `on_start` is told how many files
+    were found before the first one is segmented."""
+    files, missing = expand_inputs(inputs)
+    runner = FileRunner(predictor or Predictor())
+    if on_start is not None:
+        on_start(len(files))
+    results = missing + runner.process_many(files, out_dir, progress=progress, summary=False)
+    try:
+        write_summary(Path(out_dir) / "summary.csv", [r.summary_row() for r in results])
+    except WriteFailed as e:
+        e.results = results  # the images' own results, for the caller to report beside it
+        raise
+    return results
