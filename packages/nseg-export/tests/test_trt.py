@@ -87,21 +87,21 @@ def test_unet_engine_builds_passes_parity_and_is_registered(unet_bundle, tmp_pat
 
 @pytest.mark.trt
 @needs_trt
-def test_unet_int8_engine_with_real_calibration(unet_bundle, tmp_path):
-    bundle = copy_bundle(unet_bundle, tmp_path / "b")
-    res = runner.invoke(app, ["trt", str(bundle), "--int8", "--calib", str(SAMPLE_DATA)])
+def test_unet_int8_engine_with_real_calibration(tmp_path):
+    from nseg_infer.engine.bundle import default_bundle_path, load_bundle
+
+    # The shipped, trained UNet: calibrated on real images its INT8 engine must pass parity (an
+    # untrained test model could fail it honestly, which would prove nothing about calibration).
+    bundle = copy_bundle(default_bundle_path(), tmp_path / "b")
+    res = runner.invoke(app, ["trt", str(bundle), "--int8", "--calib", str(SAMPLE_DATA), "--data", str(SAMPLE_DATA),
+                              "--max-images", "2"])
+    assert res.exit_code == 0, res.output
     rep = json.loads(next(bundle.glob("*.parity.json")).read_text())
-    assert rep["targets"][0]["tolerance"]["name"] == "trt-int8"
-    engines = json.loads((bundle / "metadata.json").read_text())["engines"]
-    # INT8 of a tiny test model may honestly fail parity; whichever way the report went, the command
-    # must say so with its exit code and register the engine only if it passed.
-    if rep["passed"]:
-        assert res.exit_code == 0, res.output
-        assert [e["precision"] for e in engines] == ["int8"] and (bundle / engines[0]["file"]).is_file()
-    else:
-        assert res.exit_code == 1, res.output
-        assert "FAILED parity against ONNX Runtime and was not added to the bundle" in res.output
-        assert engines == [] and not list(bundle.glob("*.engine"))
+    assert rep["passed"] and rep["targets"][0]["tolerance"]["name"] == "trt-int8", rep
+    (e,) = json.loads((bundle / "metadata.json").read_text())["engines"]
+    assert e["precision"] == "int8" and (bundle / e["file"]).is_file()
+    assert list(bundle.glob("calib.*.cache"))  # calibration really ran (and is cached for rebuilds)
+    assert load_bundle(bundle).engine_paths()
 
 
 @pytest.mark.trt

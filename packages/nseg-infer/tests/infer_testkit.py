@@ -181,3 +181,13 @@ def f1_and_counts(gt: np.ndarray, pred: np.ndarray) -> tuple[float, int, int]:
 
     m = match(gt, pred, 0.5)
     return m.f1, len(np.unique(gt)) - 1, len(np.unique(pred)) - 1
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal up to label numbering: the same foreground, split into the same nuclei (a one-to-one
+    correspondence between the label ids of `a` and those of `b`)."""
+    if a.shape != b.shape or not np.array_equal(a > 0, b > 0):
+        return False
+    fg = a > 0
+    pairs = np.unique(np.stack([a[fg], b[fg]]), axis=1)
+    return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))

@@ -43,6 +43,7 @@ def test_run_segments_the_sample_like_its_ground_truth(tmp_path):
         assert pred.shape == gt.shape
         m = match(gt, pred, 0.5)
         tp, n_gt, n_pred = tp + m.tp, n_gt + m.tp + m.fn, n_pred + m.tp + m.fp
-    # Pooled F1@0.5 over the 7 images (fluorescence, H&E, brightfield): a trained model, not noise.
-    assert n_gt > 250 and 2 * tp / (n_gt + n_pred) >= 0.75
+    # Pooled F1@0.5 over the 7 images (fluorescence, H&E, brightfield): 0.790 as measured (205 matched
+    # of 274 true and 245 found nuclei); 0.02 below it leaves room for other CPUs' float rounding.
+    assert n_gt > 250 and 2 * tp / (n_gt + n_pred) >= 0.77
     assert np.unique(pred).size > 1

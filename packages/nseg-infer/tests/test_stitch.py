@@ -2,21 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from infer_testkit import FakeDetector, f1_and_counts, synthetic_blobs
+from infer_testkit import FakeDetector, f1_and_counts, same_partition, synthetic_blobs
 
 from nseg_infer.engine.instances import WatershedParams, unet_instances
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.engine.stitch import MaskRCNNMerger, UNetMerger, instances_blockwise
 from nseg_infer.engine.tiling import Tile, Window, tile_grid
-
-
-def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    """Equal up to label numbering: same foreground and a one-to-one label correspondence."""
-    if not np.array_equal(a > 0, b > 0):
-        return False
-    fg = a > 0
-    pairs = np.unique(np.stack([a[fg], b[fg]]), axis=1)
-    return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
 
 
 def untiled(bundle, image) -> Predictor:

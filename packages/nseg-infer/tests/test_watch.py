@@ -86,17 +86,11 @@ def temp_files(out: Path) -> list[Path]:
     return [p for p in out.rglob("*") if TEMP_RE.match(p.name)]
 
 
-def stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGTERM)
-    text, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, text
-    return text
-
-
 def test_burst_bad_files_status_retry_and_changed_file(unet_bundle, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
-    for i in range(200):
+    n = 20  # with --batch 8: two full batches and a partial one
+    for i in range(n):
         (src / f"img{i:03d}.png").write_bytes(png(seed=i % 7))
     (src / "zero.png").write_bytes(b"")
     good = png(seed=1)
@@ -106,23 +100,23 @@ def test_burst_bad_files_status_retry_and_changed_file(unet_bundle, tmp_path):
     r = cli("watch", src, "--out", out, "--model", unet_bundle, "--once", "--batch", "8", *FAST)
     assert r.returncode == 0, r.stderr
     cur = current(out)
-    assert len(cur) == 203 and len(rows(out)) == 203
+    assert len(cur) == n + 3 and len(rows(out)) == n + 3
     failed = {n for n, row in cur.items() if row.state == "failed"}
     assert failed == {"zero.png", "cut.png", "fake.tif"}
     assert "empty file" in cur["zero.png"].error and "cut.png" in cur["cut.png"].error
-    for i in range(200):
+    for i in range(n):
         row = cur[f"img{i:03d}.png"]
         assert row.state == "done" and row.attempts == 1 and row.n_nuclei > 0
         assert all(Path(p).is_file() for p in row.outputs) and len(row.outputs) == 4
     events = log_events(out)
-    assert sum(v for (kind, _), v in events.items() if kind == "done") == 200
+    assert sum(v for (kind, _), v in events.items() if kind == "done") == n
     assert max(events.values()) == 1 and not temp_files(out)
-    assert (out / "summary.csv").read_text().count("\n") == 204
+    assert (out / "summary.csv").read_text().count("\n") == n + 4
 
     st = cli("status", out)
     assert st.returncode == 0, st.stderr
-    assert "203 inputs: 200 done, 3 failed, 0 pending, 0 running" in st.stdout
-    assert "last hour: 200 done, 3 failed" in st.stdout
+    assert f"{n + 3} inputs: {n} done, 3 failed, 0 pending, 0 running" in st.stdout
+    assert f"last hour: {n} done, 3 failed" in st.stdout
     assert "empty file (0 bytes)" in st.stdout and "not a readable TIFF" in st.stdout
 
     # Restart over the same folder: nothing is redone.
@@ -142,7 +136,7 @@ def test_burst_bad_files_status_retry_and_changed_file(unet_bundle, tmp_path):
     cur = current(out)
     assert cur["cut.png"].state == "done" and cur["img005.png"].state == "done"
     assert tifffile.imread(out / "img005.labels.tif").shape == (96, 80)
-    assert log_events(out)[("done", "img005.png")] == 2 and len(rows(out)) == 205
+    assert log_events(out)[("done", "img005.png")] == 2 and len(rows(out)) == n + 5
     assert "2 older versions" in cli("status", out).stdout
 
 
@@ -151,8 +145,27 @@ def test_slow_copy_is_never_read_early_and_sigterm(unet_bundle, tmp_path):
     src.mkdir()
     (tmp_path / "big.png").write_bytes(png((300, 420), 100, seed=3))
     expected = FileRunner(Predictor(unet_bundle)).process_file(tmp_path / "big.png", ref)
-    proc = start("watch", src, "--out", out, "--model", unet_bundle, "--settle", "1.0", "--poll", "0.2",
-                 "--fail-after", "600")
+    # The real watcher, with one hook: when it takes large.png in hand it says so (`in_hand`) and
+    # waits for `go` before segmenting it, so the SIGTERM below lands while that file is in hand.
+    in_hand, go = tmp_path / "in_hand", tmp_path / "go"
+    hook = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from nseg_infer.runners import cli, files\n"
+        "in_hand, go = Path(sys.argv[1]), Path(sys.argv[2])\n"
+        "real = files.FileRunner.process_file\n"
+        "def held(self, path, out_dir):\n"
+        "    if Path(path).name == 'large.png':\n"
+        "        in_hand.touch()\n"
+        "        while not go.exists():\n"
+        "            time.sleep(0.01)\n"
+        "    return real(self, path, out_dir)\n"
+        "files.FileRunner.process_file = held\n"
+        "sys.argv = ['nseg-infer', *sys.argv[3:]]\n"
+        "cli.app()\n")
+    proc = subprocess.Popen([sys.executable, "-c", hook, str(in_hand), str(go), "watch", str(src), "--out", str(out),
+                             "--model", str(unet_bundle), "--settle", "1.0", "--poll", "0.2", "--fail-after", "600"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         data = (tmp_path / "big.png").read_bytes()
         cuts = [0, len(data) // 3, 2 * len(data) // 3, len(data)]
@@ -175,19 +188,25 @@ def test_slow_copy_is_never_read_early_and_sigterm(unet_bundle, tmp_path):
         assert (out / "big.csv").read_text() == (ref / "big.csv").read_text()
 
         # SIGTERM while a file is in hand: it is finished and committed, then exit 0.
-        (src / "large.png").write_bytes(png((1024, 1024), 600, seed=4))
-        # Usually caught running; a fast machine may finish first, and the stop must be clean either way.
-        wait_for(lambda: (c := current(out).get("large.png")) is not None and c.state in ("running", "done"),
-                 step=0.01)
-        text = stop(proc)
+        (src / "large.png").write_bytes(png((512, 512), 150, seed=4))
+        wait_for(in_hand.exists)
+        assert current(out)["large.png"].state == "running"
+        proc.send_signal(signal.SIGTERM)
+        # The handler has run (it logs) before the file is let go: the stop is seen mid-file.
+        wait_for(lambda: "finishing the file in hand" in (out / LOG_NAME).read_text())
+        assert not (out / "large.labels.tif").exists()
+        go.touch()
+        text, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, text
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     row = current(out)["large.png"]
-    assert row.state == "done" and row.n_nuclei > 0, text
+    assert row.state == "done" and row.attempts == 1 and row.n_nuclei > 0, text
     assert (out / "large.labels.tif").is_file() and not temp_files(out)
-    assert "finishing the file in hand" in text
+    log_text = (out / LOG_NAME).read_text()
+    assert log_text.index("finishing the file in hand") < log_text.index("done large.png")
 
 
 def test_kill9_mid_batch_then_restart(unet_bundle, tmp_path):
