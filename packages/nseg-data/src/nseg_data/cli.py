@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from nseg_data.atomic import write_text_atomic
+from nseg_data.paths import recorded_path
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Read, check, split, export and score nuclei data.")
 
@@ -249,6 +250,6 @@ def score(
         report = score_samples(pred_dir, samples)
     typer.echo(report.format_table())
     if json_out:
-        write_json(json_out, report, pred_dir=str(pred_dir), gt=str(gt), split=split_name,
-                   splits_file=str(splits_file) if split_name else None)
+        write_json(json_out, report, pred_dir=recorded_path(pred_dir), gt=recorded_path(gt), split=split_name,
+                   splits_file=recorded_path(splits_file) if split_name else None)
         typer.echo(f"wrote {json_out}")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from nseg_data.atomic import atomic_path, write_bytes_atomic
+from nseg_data.paths import recorded_path
 from nseg_infer.engine.tiling import tile_grid
 
 from nseg_export.parity import (
@@ -288,7 +289,7 @@ def build_bundle_engine(bundle_dir: Path, *, fp16: bool = False, int8: bool = Fa
         with atomic_path(final) as tmp:
             tmp.write_bytes(blob)
             target = engine_parity(bundle_dir, tmp, data_dir=data_dir, max_images=max_images, precision=precision)
-            rep = ParityReport(checkpoint="(onnx reference)", bundle=str(bundle_dir), kind=bundle.kind, targets=[target])
+            rep = ParityReport(checkpoint="(onnx reference)", bundle=recorded_path(bundle_dir), kind=bundle.kind, targets=[target])
             rep.write(report_path)
             if not rep.passed:
                 raise _Rejected("; ".join(rep.failures()[:5]))

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from nseg_data.atomic import write_text_atomic
 from nseg_data.dataset import open_dataset
+from nseg_data.paths import recorded_path
 from nseg_data.sample import Sample
 from nseg_data.split import Splits, load_splits
 
@@ -199,7 +200,7 @@ def compare_runs(
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "runs": [
             {
-                "name": r.name, "checkpoint": str(r.checkpoint), "kind": r.kind, "config": r.config_name, "params": r.params,
+                "name": r.name, "checkpoint": recorded_path(r.checkpoint), "kind": r.kind, "config": r.config_name, "params": r.params,
                 "epochs": r.epochs, "init_epochs": r.init_epochs, "train_seconds": r.train_seconds, "trained_on": r.trained_on,
                 "seconds_per_megapixel": r.result.seconds_per_megapixel, "overall": r.result.overall,
                 "per_modality": r.result.per_modality(),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from nseg_data.dataset import open_dataset
+from nseg_data.paths import recorded_path
 from nseg_data.split import Splits, load_splits
 
 from nseg_train.checkpoint import load_model
@@ -54,7 +55,7 @@ def evaluate_checkpoint(checkpoint: Path, *, split: str, data: Path, splits: Pat
 
     result, preds = evaluate_samples(model, res.samples, cfg, dev, predict=task.predict, keep_predictions=True, progress=lambda x: tqdm(x, desc=f"evaluate {split}"))
     extra = {
-        "checkpoint": str(checkpoint), "split": split, "config_name": cfg.name, "epoch": ckpt.get("epoch"),
+        "checkpoint": recorded_path(checkpoint), "split": split, "config_name": cfg.name, "epoch": ckpt.get("epoch"),
         "splits_sha256": sp.sha256(), "device": str(dev), "torch_threads": torch.get_num_threads(),
     }
     write_report(result, out, title=f"{cfg.name} on '{split}' ({len(result.rows)} images)", extra=extra)
