@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """What each product of `nseg-infer run` costs: labels TIFF, CSV, overlay PNG, GeoJSON, ROI zip.
 
-Each input is segmented once (`Predictor`, as `process_file` does); then `write_products` is
-timed with one product at a time (best of `--repeat`), and with the default products together
-(what `nseg-infer run` writes: measurement work is shared between the CSV and the GeoJSON, so
-the sum of the single products is more than the default set). Inputs: the sample images (as one
+Each input is segmented once (`Predictor`, as `process_file` does); then its sinks
+(`sinks.outputs.write_products`) are timed with one product at a time (best of `--repeat`), and
+with the default products together (what `nseg-infer run` writes: measurement work is shared
+between the CSV and the GeoJSON, so the sum of the single products is more than the default set). Inputs: the sample images (as one
 group) and synthetic fluorescence-like images (`bench_infer.synthetic_image`) of `--sides`.
 Results replace the "## Products" section of docs/benchmarks.md.
 
@@ -32,13 +32,14 @@ SINGLE = ("labels", "csv", "overlay", "geojson", "rois")
 
 
 def _write(predictor, seg, out: Path, products: tuple[str, ...], h: int, w: int) -> int:
-    from nseg_infer.sinks.outputs import MeasureOptions, ProductPaths, write_products
+    from nseg_infer.sinks.base import LabelledImage
+    from nseg_infer.sinks.outputs import ProductPaths, SinkOptions, write_products
 
     c = predictor.config
     paths = ProductPaths.for_input("bench", out, products)
-    return write_products(paths, seg.labels, seg.max_label, seg.view, seg.norm, scores=seg.scores,
-                          tiled=h * w > c.large_px, block=c.block, margin=c.margin,
-                          overview_side=c.overview_side, opts=MeasureOptions("bench", seg.pixel_size_um, seg.channels))
+    image = LabelledImage("bench", seg.labels, seg.max_label, seg.view, seg.norm, seg.channels, seg.scores,
+                          seg.pixel_size_um)
+    return write_products(paths, image, SinkOptions(h * w > c.large_px, c.block, c.margin, c.overview_side))
 
 
 def product_costs(predictor, files: list[Path], out: Path, repeat: int, profile: str | None = None) -> dict:
@@ -114,7 +115,7 @@ def main() -> int:
             rows.append(r)
     body = (f"Measured by `tools/bench_products.py` on {time.strftime('%Y-%m-%d')}: {machine()}. "
             f"{args.note + ' ' if args.note else ''}Each input is segmented once (model: "
-            f"{args.model or 'the bundled default'}), then `write_products` is timed per product alone and for "
+            f"{args.model or 'the bundled default'}), then its sinks (`write_products`) are timed per product alone and for "
             "the default set (`labels,csv,overlay,geojson`, what `nseg-infer run` writes; the CSV and the GeoJSON "
             f"share their measurement work), best of {args.repeat}. Seconds, and seconds per megapixel in "
             "brackets.\n\n" + table(rows))

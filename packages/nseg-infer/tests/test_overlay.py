@@ -11,7 +11,7 @@ from skimage.segmentation import find_boundaries
 
 from nseg_infer.engine.tiling import Window
 from nseg_infer.sinks import overlay
-from nseg_infer.sinks.outputs import draw_overlay
+from nseg_infer.sinks.overlay import draw_overlay
 from nseg_infer.sources.imageio import ArraySource
 
 

@@ -25,7 +25,8 @@ from nseg_data.atomic import WriteFailed
 from nseg_infer.engine.predictor import Predictor
 from nseg_infer.engine.stages import Worker, background
 from nseg_infer.runners.inputs import FileResult, expand_inputs, failure_message, stem
-from nseg_infer.sinks.outputs import MeasureOptions, ProductPaths, write_products, write_summary
+from nseg_infer.sinks.base import LabelledImage
+from nseg_infer.sinks.outputs import ProductPaths, SinkOptions, write_products, write_summary
 from nseg_infer.sources.imageio import ImageSource, open_image
 from nseg_infer.sources.prepare import ModelInput, Segmented, model_input, segment_source, segmented
 
@@ -144,21 +145,17 @@ class FileRunner:
                         yield self.failure(p, e, shared + time.perf_counter() - t1, h, w)
 
     def write(self, p: Path, out: Path, seg: Segmented, h: int, w: int) -> tuple[tuple[Path, ...], int]:
-        """The products of input `p`'s segmentation into `out`: (paths written, nuclei)."""
-        paths = ProductPaths.for_input(stem(p), out, self.config.products)
-        opts = MeasureOptions(stem(p), seg.pixel_size_um, seg.channels)
-        n = write_products(paths, seg.labels, seg.max_label, seg.view, seg.norm, scores=seg.scores,
-                           tiled=h * w > self.config.large_px, block=self.config.block, margin=self.config.margin,
-                           overview_side=self.config.overview_side, opts=opts)
-        return paths.all(), n
+        """The products of input `p`'s segmentation into `out`, through the sinks of
+        `config.products`: (paths written, nuclei)."""
+        c = self.config
+        paths = ProductPaths.for_input(stem(p), out, c.products)
+        image = LabelledImage(stem(p), seg.labels, seg.max_label, seg.view, seg.norm, seg.channels, seg.scores,
+                              seg.pixel_size_um)
+        opts = SinkOptions(h * w > c.large_px, c.block, c.margin, c.overview_side)
+        return paths.all(), write_products(paths, image, opts)
 
     def failure(self, p: Path, e: Exception, seconds: float, h: int, w: int) -> FileResult:
-        """The result of input `p` failing with `e`, logged once with the message users read."""
-        msg = failure_message(p, e)
-        log.error("%s", msg)
-        log.debug("traceback for %s", p, exc_info=e)
-        return FileResult(p, (), 0, seconds, msg, h, w, self.predictor.backend_name,
-                          e.errno if isinstance(e, WriteFailed) else None)
+        return failed(p, e, seconds, h, w, self.predictor.backend_name)
 
     def process_many(self, paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
                      progress: Callable[[FileResult], None] | None = None,
@@ -192,6 +189,15 @@ class FileRunner:
         if summary:
             write_summary(Path(out_dir) / "summary.csv", [r.summary_row() for r in results])
         return results
+
+
+def failed(p: Path, e: BaseException, seconds: float, h: int, w: int, backend: str) -> FileResult:
+    """The result of input `p` failing with `e`, logged once with the message users read (the
+    file runner's, and the cluster's for a split image)."""
+    msg = failure_message(p, e)
+    log.error("%s", msg)
+    log.debug("traceback for %s", p, exc_info=e)
+    return FileResult(p, (), 0, seconds, msg, h, w, backend, e.errno if isinstance(e, WriteFailed) else None)
 
 
 def run(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, predictor: Predictor | None = None,

@@ -1,4 +1,5 @@
-"""QuPath-importable GeoJSON: a FeatureCollection of nucleus polygons (detections).
+"""QuPath-importable GeoJSON: nucleus polygons as detections (the FeatureCollection itself:
+`shapes.GeoJsonSink`).
 
 QuPath keeps an object's `id` only when it is a UUID, so each feature's id is a UUID derived from
 the image name and the label (uuid5): a rerun gives the same ids, two images never share one.
@@ -7,9 +8,7 @@ Every numeric CSV column is a QuPath measurement; the label is kept in `properti
 
 from __future__ import annotations
 
-import json
 import uuid
-from typing import IO
 
 import numpy as np
 from skimage.measure import find_contours
@@ -65,21 +64,3 @@ def feature(label: int, ring: list[list[float]], measurements: dict | None = Non
                                  if isinstance(v, int | float) and not isinstance(v, bool)}
     return {"type": "Feature", "id": feature_id(image, label),
             "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": props}
-
-
-class FeatureWriter:
-    """Streams features into an open text file so huge images never hold all polygons at once."""
-
-    def __init__(self, fh: IO[str]) -> None:
-        self.fh = fh
-        self.count = 0
-        fh.write('{"type": "FeatureCollection", "features": [\n')
-
-    def add(self, feat: dict) -> None:
-        if self.count:
-            self.fh.write(",\n")
-        self.fh.write(json.dumps(feat, separators=(",", ":")))
-        self.count += 1
-
-    def close(self) -> None:
-        self.fh.write("\n]}\n")

@@ -1,17 +1,30 @@
-"""Label images as OME-Zarr (NGFF 0.4, Zarr format 2), written chunk by chunk.
+"""Label images as OME-Zarr (NGFF 0.4, Zarr format 2), written chunk by chunk: the `zarr`
+product, and the label image a cluster assembles.
 
 The store `NAME.ome.zarr` is an NGFF labels group: its attributes list one label image,
 `nuclei`, whose single resolution level `nuclei/0` holds the labels (uint16 when they fit, else
 uint32) in chunks of one instance block, so each chunk is written by one task and no process
 ever holds the whole image. napari (napari-ome-zarr) and ome-zarr-py open the store itself as a
 labels layer. Zarr is imported on use: it comes with the `dask` extra.
+
+A store is a folder: it is made under a hidden temp name beside its target and moved into place
+when complete (`publish_store`), so no reader sees half of one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from nseg_data.atomic import WriteFailed
+
+from nseg_infer.sinks.base import BlockData, LabelledImage, Sink
+from nseg_infer.sinks.labels import label_dtype
 
 LABEL_NAME = "nuclei"
 NGFF_VERSION = "0.4"
@@ -57,3 +70,61 @@ def open_labels(array: Path, mode: str = "r"):
     import zarr
 
     return zarr.open_array(str(array), mode=mode)
+
+
+def require_zarr() -> None:
+    """Refuse early, naming the extra, where zarr is missing."""
+    try:
+        import numcodecs  # noqa: F401
+        import zarr  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(f"OME-Zarr labels need the zarr library ({e}): pip install 'nseg-infer[dask]'") from e
+
+
+def publish_store(work: Path, target: Path) -> Path:
+    """Move the complete store `work` onto `target` (replacing an older one): a folder cannot be
+    renamed over a full one, so the old one is moved aside first and removed after."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.{os.getpid()}.old")
+        os.replace(target, old)
+    os.replace(work, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+@contextlib.contextmanager
+def atomic_store(target: Path) -> Iterator[Path]:
+    """`nseg_data.atomic.atomic_path` for a store: a hidden temp folder beside `target`, published
+    when the block succeeds, removed when it raises; a failed write raises `WriteFailed`."""
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        try:
+            yield tmp
+            publish_store(tmp, target)
+        except WriteFailed:
+            raise
+        except OSError as e:
+            raise WriteFailed(target, e) from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class ZarrSink(Sink):
+    """`NAME.ome.zarr` in chunks of `chunk` (the instance block); each block writes its core."""
+
+    product = "zarr"
+
+    def start(self, image: LabelledImage, *, chunk: int = 2048) -> None:
+        require_zarr()
+        tmp = self.enter(atomic_store(self.path))
+        self.array = open_labels(create_labels(tmp, image.shape, chunk, label_dtype(image.max_label),
+                                               pixel_size_um=image.pixel_size_um), mode="r+")
+
+    def write(self, block: BlockData) -> None:
+        b = block.block
+        core = b.core
+        y0, x0 = core.y0 - b.outer.y0, core.x0 - b.outer.x0
+        part = block.labels[y0:y0 + core.shape[0], x0:x0 + core.shape[1]]
+        self.array[core.slices] = part.astype(self.array.dtype, copy=False)

@@ -1,35 +1,46 @@
-"""Writing a file's products: labels OME-TIFF, measurement CSV, overlay PNG, GeoJSON (plain or
-gzipped) and an ImageJ ROI set; `products` chooses which (default: the first four).
+"""A file's products: which ones (`--products`), where (`ProductPaths`), the sinks that write them
+(`open_sinks`) and the loop that feeds them the image's blocks (`write_products`).
 
-Everything is written to a temp file beside the target and renamed. Products are computed block
-by block over the label canvas (an array, or a disk-backed memmap for huge images), so memory
-does not grow with the image; a nucleus is measured by the block holding its bounding box's
-top-left corner, with a margin so it is seen whole.
+Products are written block by block over the label image (an array, a disk-backed memmap for
+huge images, or a cluster's zarr array), so memory does not grow with the image. The product
+blocks (`product_blocks`) are the instance blocks of `RunConfig.block`, trimmed to a multiple of
+the overlay's downsampling factor; a small image is one block. Each block's nuclei are measured
+once and rendered into parts (`block_parts`: CSV rows, GeoJSON features, ROIs) that the sinks
+append in block order, so a cluster may render the parts of many blocks in parallel and write
+the same files (`write_products(..., parts=...)`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import gzip
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from nseg_data.atomic import atomic_path
-from PIL import Image
+from nseg_data.atomic import atomic_path, write_bytes_atomic
 
-from nseg_infer.engine.tiling import Window, block_grid, cut_by_margin
-from nseg_infer.sinks import geojson, measure, overlay
-from nseg_infer.sinks.labelstiff import write_ome_labels
-from nseg_infer.sinks.rois import RoiZipWriter
-from nseg_infer.sources.imageio import ImageSource
+from nseg_infer.engine.tiling import Block, block_grid
+from nseg_infer.sinks.base import BlockData, LabelledImage, PartSink, Sink
+from nseg_infer.sinks.labels import LabelsTiffSink, count_labels, label_dtype, write_labels
+from nseg_infer.sinks.nuclei import MeasureOptions, measure_all
+from nseg_infer.sinks.omezarr import ZarrSink
+from nseg_infer.sinks.overlay import OverlaySink, overview_factor
+from nseg_infer.sinks.shapes import GeoJsonGzSink, GeoJsonSink, RoiSink
+from nseg_infer.sinks.table import CsvSink
+
+# What the runners and the API take from here; the label and measurement helpers live in their own
+# modules and are offered here too.
+__all__ = ["DEFAULT_PRODUCTS", "PRODUCTS", "PRODUCT_SUFFIXES", "SUMMARY_COLUMNS", "MeasureOptions", "Parts",
+           "ProductPaths", "SinkOptions", "block_parts", "label_dtype", "measure_all", "open_sinks", "parse_products",
+           "product_blocks", "write_labels", "write_products", "write_summary"]
 
 log = logging.getLogger(__name__)
 
-PRODUCTS = ("labels", "csv", "overlay", "geojson", "geojson.gz", "rois")
+SINKS: dict[str, type[Sink]] = {s.product: s for s in (LabelsTiffSink, CsvSink, OverlaySink, GeoJsonSink,
+                                                       GeoJsonGzSink, RoiSink, ZarrSink)}
+PRODUCTS = tuple(SINKS)
 DEFAULT_PRODUCTS = ("labels", "csv", "overlay", "geojson")
 # Products that look like input images: `run` and `watch` skip them, so results may be written into
 # the input folder.
@@ -48,227 +59,129 @@ def parse_products(spec: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(p for p in PRODUCTS if p in names)
 
 
-def label_dtype(max_label: int) -> np.dtype:
-    return np.dtype(np.uint16) if max_label <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
-
-
-def write_labels(path: Path, labels: np.ndarray, max_label: int, *, tiled: bool,
-                 pixel_size_um: tuple[float, float] | None = None, name: str = "") -> Path:
-    """OME-TIFF, uint16 when the labels fit, else uint32, zlib-compressed, carrying the pixel size.
-    `tiled` writes a tiled BigTIFF tile by tile from `labels` (typically a memmap), never holding
-    more than one tile row; large images also get a nearest-neighbour pyramid (`labelstiff`)."""
-    with atomic_path(path) as tmp:
-        write_ome_labels(tmp, labels, label_dtype(max_label), tiled=tiled, pixel_size_um=pixel_size_um, name=name)
-    return path
+SUFFIXES = {"labels": ".labels.tif", "csv": ".csv", "overlay": ".overlay.png", "geojson": ".geojson",
+            "geojson.gz": ".geojson.gz", "rois": ".rois.zip", "zarr": ".ome.zarr"}
 
 
 @dataclass(frozen=True)
 class ProductPaths:
-    labels: Path
-    csv: Path
-    overlay: Path
-    geojson: Path
-    geojson_gz: Path | None = None
-    rois: Path | None = None
+    """Where the chosen `products` of one input go: `OUT/NAME` plus each product's suffix."""
+
+    base: Path                          # OUT/NAME
     products: tuple[str, ...] = DEFAULT_PRODUCTS
 
     def __post_init__(self) -> None:
-        parse_products(self.products)
-        missing = [p for p in self.products if self.path(p) is None]
-        if missing:
-            raise ValueError(f"no path given for product(s) {', '.join(missing)}")
+        object.__setattr__(self, "products", parse_products(self.products))
 
     @classmethod
     def for_input(cls, name: str, out_dir: Path, products: Sequence[str] = DEFAULT_PRODUCTS) -> ProductPaths:
-        return cls(out_dir / f"{name}.labels.tif", out_dir / f"{name}.csv", out_dir / f"{name}.overlay.png",
-                   out_dir / f"{name}.geojson", out_dir / f"{name}.geojson.gz", out_dir / f"{name}.rois.zip",
-                   parse_products(products))
+        return cls(out_dir / name, tuple(products))
 
     def path(self, product: str) -> Path:
-        return {"labels": self.labels, "csv": self.csv, "overlay": self.overlay, "geojson": self.geojson,
-                "geojson.gz": self.geojson_gz, "rois": self.rois}[product]
+        return self.base.with_name(self.base.name + SUFFIXES[product])
 
     def all(self) -> tuple[Path, ...]:
         """The chosen products' paths, in the order of PRODUCTS."""
         return tuple(self.path(p) for p in self.products)
 
 
-def _compact(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(labels present incl. 0, labels renumbered 0..k); a lookup table is O(pixels), far cheaper
-    than np.unique's argsort on big blocks."""
-    top = int(lab.max())
-    if top > 64 * lab.size:
-        uniq, inv = np.unique(lab, return_inverse=True)
-        if uniq[0] != 0:
-            return np.concatenate([[0], uniq]), inv.reshape(lab.shape).astype(np.int32) + 1
-        return uniq, inv.reshape(lab.shape).astype(np.int32)
-    present = np.zeros(top + 1, bool)
-    present[lab] = True
-    present[0] = True
-    uniq = np.flatnonzero(present)
-    lut = np.zeros(top + 1, np.int32)
-    lut[uniq] = np.arange(len(uniq), dtype=np.int32)
-    return uniq, lut[lab]
+@dataclass(frozen=True)
+class SinkOptions:
+    """How the products of one image are cut and shaped (from `RunConfig`)."""
+
+    tiled: bool = False         # the labels as a tiled BigTIFF (images above `RunConfig.large_px`)
+    block: int = 2048           # product blocks, and the zarr product's chunks
+    margin: int = 128           # a nucleus is measured whole up to this far beyond its block
+    overview_side: int = 4096   # the overlay's longest side for large images
+
+    def __post_init__(self) -> None:
+        if self.block < 1 or self.margin < 0 or self.overview_side < 1:
+            raise ValueError(f"block and overview_side must be >= 1 and margin >= 0, got {self}")
+
+
+def product_blocks(shape: tuple[int, int], opts: SinkOptions) -> tuple[Block, ...]:
+    """The blocks products are written in: `opts.block` trimmed to a multiple of the overlay's
+    downsampling factor, so each block fills whole overview cells."""
+    h, w = shape
+    factor = overview_factor(h, w, opts.overview_side)
+    return block_grid(h, w, max(factor, (opts.block // factor) * factor), opts.margin)
+
+
+def open_sinks(paths: ProductPaths, image: LabelledImage, opts: SinkOptions) -> list[Sink]:
+    """The sinks of `paths.products`, open (their temp files made), in the order of PRODUCTS."""
+    options = {"labels": {"tiled": opts.tiled}, "overlay": {"overview_side": opts.overview_side},
+               "zarr": {"chunk": opts.block}}
+    with contextlib.ExitStack() as stack:  # one that fails to open closes those opened before it
+        sinks = [stack.enter_context(SINKS[p].open(paths.path(p), image, **options.get(p, {})))
+                 for p in paths.products]
+        stack.pop_all()
+    return sinks
 
 
 @dataclass(frozen=True)
-class MeasureOptions:
-    """What goes into a row besides pixel measurements: the image name (CSV `image`, GeoJSON
-    ids), µm columns when the pixel size is known, and per-channel means when `channels` (every
-    channel of a multichannel input) is given."""
+class Parts:
+    """One block's share of the nuclei products: how many nuclei it owns, how many of them its
+    margin may cut, and the rendered parts by `PartSink.part_name`."""
 
-    image: str = ""
-    pixel_size_um: tuple[float, float] | None = None
-    channels: ImageSource | None = None
+    nuclei: int = 0
+    cut: int = 0
+    data: dict[str, bytes] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if self.pixel_size_um is not None and (len(self.pixel_size_um) != 2 or min(self.pixel_size_um) <= 0):
-            raise ValueError(f"pixel_size_um must be (y, x) > 0, got {self.pixel_size_um}")
+    def save(self, stem: Path) -> None:
+        """Each part as `STEM.PART_NAME`, atomically (a retried task rewrites the same files)."""
+        for name, part in self.data.items():
+            write_bytes_atomic(stem.with_name(f"{stem.name}.{name}"), part)
 
-    def columns(self, with_score: bool) -> tuple[str, ...]:
-        return measure.columns(with_score, calibrated=self.pixel_size_um is not None,
-                               n_channels=self.channels.channels if self.channels is not None else 0)
-
-
-def block_products(labels: np.ndarray, src: ImageSource, outer: Window, core: Window,
-                   scores: np.ndarray | None, opts: MeasureOptions = MeasureOptions(), *,
-                   polygons: bool = True) -> tuple[list[dict], list[tuple[int, list[list[float]]]], int]:
-    """(rows, (label, outline ring) pairs, nuclei possibly cut by the margin) of the nuclei whose
-    bounding box starts in `core`."""
-    lab = np.asarray(labels[outer.slices])
-    if not lab.any():
-        return [], [], 0
-    intensities = [measure.gray_intensity(src.read(outer))]
-    if opts.channels is not None:
-        chan = opts.channels.read(outer)
-        intensities += [chan[..., c] for c in range(chan.shape[2])]
-    # Compact the labels present so the per-label table stays block-sized, not image-sized.
-    uniq, compact = _compact(lab)
-    table = measure.region_table(compact, intensities)
-    rows, rings, cut = [], [], 0
-    for k in table.present.tolist():
-        y0, x0, y1, x1 = table.bbox[k].tolist()
-        if not core.contains(y0 + outer.y0, x0 + outer.x0):
-            continue
-        cut += cut_by_margin(Window(y0, y1, x0, x1), outer, src.shape)
-        row = measure.row(table, k, (outer.y0, outer.x0), image=opts.image)
-        label = int(uniq[k + 1])
-        row["label"] = label
-        if scores is not None:
-            ok = 0 < label <= len(scores) and np.isfinite(scores[label - 1])
-            row[measure.SCORE_COLUMN] = round(float(scores[label - 1]), 5) if ok else ""
-        if opts.pixel_size_um is not None:
-            measure.add_um(row, opts.pixel_size_um)
-        if opts.channels is not None:
-            measure.add_channel_means(row, table, k)
-        rows.append(row)
-        if polygons:
-            ring = geojson.mask_polygon(compact[table.slices(k)] == k + 1, (y0 + outer.y0, x0 + outer.x0))
-            if ring is not None:
-                rings.append((label, ring))
-    return rows, rings, cut
+    @classmethod
+    def load(cls, stem: Path, names: Sequence[str], nuclei: int, cut: int) -> Parts:
+        return cls(nuclei, cut, {n: stem.with_name(f"{stem.name}.{n}").read_bytes() for n in names})
 
 
-def measure_all(labels: np.ndarray, src: ImageSource, *, scores: np.ndarray | None = None,
-                opts: MeasureOptions = MeasureOptions(), block: int = 2048, margin: int = 128) -> list[dict]:
-    """Every row, as `write_products` writes them to the CSV."""
-    h, w = src.shape
-    out: list[dict] = []
-    for b in block_grid(h, w, block, margin):
-        out.extend(block_products(labels, src, b.outer, b.core, scores, opts, polygons=False)[0])
-    return out
+def part_sinks(products: Sequence[str]) -> list[type[PartSink]]:
+    """The sink classes of `products` that take parts, one per part name."""
+    chosen: dict[str, type[PartSink]] = {}
+    for p in products:
+        cls = SINKS[p]
+        if issubclass(cls, PartSink):
+            chosen.setdefault(cls.part_name, cls)
+    return list(chosen.values())
 
 
-def _count_labels(labels: np.ndarray, band: int = 1024) -> int:
-    top = 0
-    for y in range(0, labels.shape[0], band):
-        top = max(top, int(np.asarray(labels[y:y + band]).max(initial=0)))
-    present = np.zeros(top + 1, bool)
-    for y in range(0, labels.shape[0], band):
-        present[np.asarray(labels[y:y + band])] = True
-    return int(present[1:].sum())
+def block_parts(products: Sequence[str], data: BlockData) -> Parts:
+    """The parts of `products` for one block (nothing is measured when none takes parts)."""
+    kinds = part_sinks(products)
+    if not kinds:
+        return Parts()
+    nuclei = data.nuclei
+    return Parts(len(nuclei.rows), nuclei.cut, {k.part_name: k.part(nuclei, data.image) for k in kinds})
 
 
-def draw_overlay(ov: np.ndarray, labels: np.ndarray, src: ImageSource, core: Window, factor: int,
-                 norm: tuple[float, float], band: int = 512) -> None:
-    """Draw `core` into the overlay `ov` (downsampled by `factor`), `band` rows at a time; each
-    band's contours need only a one-pixel frame of labels around it, so a contour on a block seam
-    is still drawn. `core` starts on a multiple of `factor`, and so does every band."""
-    h, w = labels.shape
-    band = max(factor, (band // factor) * factor)
-    for y0 in range(core.y0, core.y1, band):
-        win = Window(y0, min(y0 + band, core.y1), core.x0, core.x1)
-        ctx = Window(win.y0 - 1, win.y1 + 1, win.x0 - 1, win.x1 + 1).clip(h, w)
-        # Past the image's edge the edge pixels repeat, as find_boundaries' reflection does.
-        pads = ((1 - (win.y0 - ctx.y0), 1 - (ctx.y1 - win.y1)), (1 - (win.x0 - ctx.x0), 1 - (ctx.x1 - win.x1)))
-        framed = np.pad(np.asarray(labels[ctx.slices]), pads, mode="edge")
-        small = overlay.reduce_block(src.read(win), overlay.boundaries(framed), factor, *norm)
-        oy, ox = win.y0 // factor, win.x0 // factor
-        ov[oy:oy + small.shape[0], ox:ox + small.shape[1]] = small
-
-
-def write_products(paths: ProductPaths, labels: np.ndarray, max_label: int, src: ImageSource,
-                   norm: tuple[float, float], *, scores: np.ndarray | None = None, tiled: bool = False,
-                   block: int = 2048, margin: int = 128, overview_side: int = 4096,
-                   opts: MeasureOptions | None = None) -> int:
-    """Write the products chosen in `paths`; returns the number of nuclei (CSV rows)."""
-    h, w = src.shape
-    want = set(paths.products)
-    if opts is None:
-        opts = MeasureOptions(image=paths.labels.name.removesuffix(".labels.tif"))
-    if "labels" in want:
-        write_labels(paths.labels, labels, max_label, tiled=tiled, pixel_size_um=opts.pixel_size_um, name=opts.image)
-    factor = overlay.overview_factor(h, w, overview_side)
-    # Blocks aligned to the overview factor so each block fills whole overview cells.
-    step = max(factor, (block // factor) * factor)
-    ov = np.zeros((-(-h // factor), -(-w // factor), 3), np.uint8) if "overlay" in want else None
-    measuring = bool(want & {"csv", "geojson", "geojson.gz", "rois"})
-    n = cut_total = 0
-    with contextlib.ExitStack() as stack:
-        # Files are entered after their atomic paths, so each closes before its rename.
-        writer = None
-        if "csv" in want:
-            fcsv = stack.enter_context(open(stack.enter_context(atomic_path(paths.csv)), "w", newline="",
-                                            encoding="utf-8"))
-            writer = csv.DictWriter(fcsv, fieldnames=opts.columns(scores is not None))
-            writer.writeheader()
-        feats = []
-        if "geojson" in want:
-            feats.append(geojson.FeatureWriter(stack.enter_context(
-                open(stack.enter_context(atomic_path(paths.geojson)), "w", encoding="utf-8"))))
-        if "geojson.gz" in want:
-            feats.append(geojson.FeatureWriter(stack.enter_context(
-                gzip.open(stack.enter_context(atomic_path(paths.geojson_gz)), "wt", encoding="utf-8"))))
-        rois = stack.enter_context(RoiZipWriter(stack.enter_context(atomic_path(paths.rois)))) \
-            if "rois" in want else None
-        for b in block_grid(h, w, step, margin):
-            if measuring:
-                rows, rings, cut = block_products(labels, src, b.outer, b.core, scores, opts,
-                                                  polygons=bool(feats) or rois is not None)
-                if writer is not None:
-                    writer.writerows(rows)
-                by_label = {row["label"]: row for row in rows}
-                for label, ring in rings:
-                    if feats:
-                        f = geojson.feature(label, ring, by_label[label], image=opts.image)
-                        for fw in feats:
-                            fw.add(f)
-                    if rois is not None:
-                        rois.add(label, ring)
-                n += len(rows)
-                cut_total += cut
-            if ov is not None:
-                draw_overlay(ov, labels, src, b.core, factor, norm)
-        for fw in feats:
-            fw.close()
-    if not measuring:
-        n = _count_labels(labels)
-    if cut_total:
+def write_products(paths: ProductPaths, image: LabelledImage, opts: SinkOptions = SinkOptions(), *,
+                   parts: Callable[[Block], Parts] | None = None) -> int:
+    """Write the products chosen in `paths` block by block; returns the number of nuclei. `parts`
+    gives each block's parts already rendered (a cluster's block tasks) instead of measuring here."""
+    blocks = product_blocks(image.shape, opts)
+    kinds = part_sinks(paths.products)
+    polygons = any(k.polygons for k in kinds)
+    n = cut = 0
+    with contextlib.ExitStack() as stack:  # sinks not closed by the end remove their temp files
+        sinks = [stack.enter_context(s) for s in open_sinks(paths, image, opts)]
+        for b in blocks:
+            data = BlockData(image, b, polygons=polygons)
+            got = parts(b) if parts is not None else block_parts(paths.products, data)
+            for s in sinks:
+                if isinstance(s, PartSink):
+                    s.add_part(got.data[s.part_name])
+                else:
+                    s.add_block(data)
+            n, cut = n + got.nuclei, cut + got.cut
+        for s in sinks:
+            s.close()
+    if not kinds:
+        n = count_labels(image.labels)
+    if cut:
         log.warning("%s: %d nuclei larger than the block margin (%d px) may be measured incompletely",
-                    paths.csv, cut_total, margin)
-    if ov is not None:
-        with atomic_path(paths.overlay) as tmp:
-            Image.fromarray(ov).save(tmp, format="PNG", compress_level=3)
+                    paths.path("csv"), cut, opts.margin)
     return n
 
 

@@ -1,8 +1,11 @@
-"""Contour overlays: full resolution for ordinary images, a downsampled overview for large ones.
+"""Contour overlays `NAME.overlay.png`: full resolution for ordinary images, a downsampled
+overview for large ones.
 
 Drawn band by band on the downsampled view (pixels subsampled before they are scaled for display,
 contours max-pooled so none vanishes), so an overview costs memory and time in proportion to its
-own size plus one band of labels, not to the whole image at full resolution.
+own size plus one band of labels, not to the whole image at full resolution. Each block draws its
+core; a contour on a block seam needs one pixel of labels beyond the core, which the sink reads
+from the image's labels, so the overlay does not depend on the block margin.
 """
 
 from __future__ import annotations
@@ -10,6 +13,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from PIL import Image
+
+from nseg_infer.engine.tiling import Window
+from nseg_infer.sinks.base import BlockData, LabelledImage, Sink
+from nseg_infer.sources.imageio import ImageSource
 
 CONTOUR_RGB = (255, 255, 0)
 
@@ -58,3 +66,44 @@ def reduce_block(raw: np.ndarray, contours: np.ndarray, factor: int, lo: float, 
     pad[:h, :w] = contours
     small[pad.reshape(hh, factor, ww, factor).any(axis=(1, 3))] = CONTOUR_RGB
     return small
+
+
+def draw_overlay(ov: np.ndarray, labels: np.ndarray, src: ImageSource, core: Window, factor: int,
+                 norm: tuple[float, float], band: int = 512) -> None:
+    """Draw `core` into the overlay `ov` (downsampled by `factor`), `band` rows at a time; each
+    band's contours need only a one-pixel frame of labels around it, so a contour on a block seam
+    is still drawn. `core` starts on a multiple of `factor`, and so does every band."""
+    h, w = labels.shape
+    band = max(factor, (band // factor) * factor)
+    for y0 in range(core.y0, core.y1, band):
+        win = Window(y0, min(y0 + band, core.y1), core.x0, core.x1)
+        ctx = Window(win.y0 - 1, win.y1 + 1, win.x0 - 1, win.x1 + 1).clip(h, w)
+        # Past the image's edge the edge pixels repeat, as find_boundaries' reflection does.
+        pads = ((1 - (win.y0 - ctx.y0), 1 - (ctx.y1 - win.y1)), (1 - (win.x0 - ctx.x0), 1 - (ctx.x1 - win.x1)))
+        framed = np.pad(np.asarray(labels[ctx.slices]), pads, mode="edge")
+        small = reduce_block(src.read(win), boundaries(framed), factor, *norm)
+        oy, ox = win.y0 // factor, win.x0 // factor
+        ov[oy:oy + small.shape[0], ox:ox + small.shape[1]] = small
+
+
+class OverlaySink(Sink):
+    """The overview is downsampled by `overview_factor(h, w, overview_side)`; blocks must start on
+    multiples of it (`outputs.product_blocks`)."""
+
+    product = "overlay"
+
+    def start(self, image: LabelledImage, *, overview_side: int = 4096) -> None:
+        h, w = image.shape
+        self.image = image
+        self.factor = overview_factor(h, w, overview_side)
+        self.ov = np.zeros((-(-h // self.factor), -(-w // self.factor), 3), np.uint8)
+        self.tmp = self.temp(self.path)
+
+    def write(self, block: BlockData) -> None:
+        core = block.block.core
+        if core.y0 % self.factor or core.x0 % self.factor:
+            raise ValueError(f"block {core} does not start on a multiple of the overview factor {self.factor}")
+        draw_overlay(self.ov, self.image.labels, self.image.view, core, self.factor, self.image.norm)
+
+    def finish(self) -> None:
+        Image.fromarray(self.ov).save(self.tmp, format="PNG", compress_level=3)
