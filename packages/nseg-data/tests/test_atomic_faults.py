@@ -16,21 +16,6 @@ from nseg_data import atomic
 from nseg_data.atomic import WriteFailed, atomic_path, exclusive_lock, lock_holder, write_bytes_atomic
 
 
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs: a real full disk. Unmounted at the end, also when the test fails."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a size-limited tmpfs needs root")
-    d = tmp_path / "disk"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    yield d
-    if subprocess.run(["umount", str(d)], capture_output=True).returncode:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
-
-
 def _only(folder):
     return sorted(p.name for p in folder.iterdir())
 
@@ -102,3 +87,82 @@ def test_lock_names_its_holder(tmp_path):
         with pytest.raises(RuntimeError, match=f"held by host {socket.gethostname()} pid {os.getpid()}"), \
                 exclusive_lock(lock, lambda holder: RuntimeError(f"held by {holder}")):
             pass
+
+
+# -- folders ---------------------------------------------------------------------------------------
+
+
+def _bundle(folder, text: str) -> None:
+    (folder / "model.onnx").write_text(text)
+    (folder / "metadata.json").write_text("{}")
+
+
+def test_a_folder_is_published_whole_and_replaces_the_old_one(tmp_path):
+    target = tmp_path / "bundle"
+    with atomic.atomic_dir(target, marker="metadata.json") as tmp:
+        assert not target.exists() and tmp.parent == tmp_path
+        _bundle(tmp, "first")
+    assert (target / "model.onnx").read_text() == "first" and _only(tmp_path) == ["bundle"]
+    assert (target.stat().st_mode & 0o777) == atomic.dir_mode()
+    (target / "old.engine").write_text("belongs to the first model")
+    with atomic.atomic_dir(target, marker="metadata.json") as tmp:
+        _bundle(tmp, "second")
+    assert _only(target) == ["metadata.json", "model.onnx"] and (target / "model.onnx").read_text() == "second"
+    assert _only(tmp_path) == ["bundle"]  # no temp or set-aside folder left
+
+
+def test_a_failed_folder_leaves_the_old_one_or_nothing(tmp_path):
+    with pytest.raises(RuntimeError, match="export failed"), atomic.atomic_dir(tmp_path / "new") as tmp:
+        (tmp / "model.onnx").write_text("half a bundle")
+        raise RuntimeError("export failed")
+    assert _only(tmp_path) == []
+    target = tmp_path / "bundle"
+    target.mkdir()
+    _bundle(target, "old")
+    with pytest.raises(RuntimeError), atomic.atomic_dir(target, marker="metadata.json") as tmp:
+        (tmp / "model.onnx").write_text("half a bundle")
+        raise RuntimeError("export failed")
+    assert _only(tmp_path) == ["bundle"] and (target / "model.onnx").read_text() == "old"
+
+
+def test_a_folder_that_is_not_the_callers_is_never_replaced(tmp_path):
+    target = tmp_path / "results"
+    target.mkdir()
+    (target / "precious.csv").write_text("a user's data")
+    for marker in (None, "metadata.json"):
+        with pytest.raises(FileExistsError, match="results: exists and"), atomic.atomic_dir(target, marker=marker):
+            pytest.fail("the block must not run")
+    assert _only(target) == ["precious.csv"] and _only(tmp_path) == ["results"]
+    (tmp_path / "file").write_text("a file, not a folder")
+    with pytest.raises(WriteFailed) as e, atomic.atomic_dir(tmp_path / "file") as tmp:
+        _bundle(tmp, "new")
+    assert e.value.errno == errno.ENOTDIR and (tmp_path / "file").read_text() == "a file, not a folder"
+    assert _only(tmp_path) == ["file", "results"]
+
+
+def test_a_failed_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
+    target = tmp_path / "bundle"
+    target.mkdir()
+    _bundle(target, "old")
+    rename = os.rename
+
+    def fail_second(src, dst):  # the new folder's rename in fails (EACCES, a quota, ...)
+        if str(dst) == str(target) and ".old" not in str(src):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+        rename(src, dst)
+
+    monkeypatch.setattr(atomic.os, "rename", fail_second)
+    with pytest.raises(WriteFailed) as e, atomic.atomic_dir(target, marker="metadata.json") as tmp:
+        _bundle(tmp, "new")
+    assert e.value.errno == errno.EACCES and e.value.target == target
+    assert _only(tmp_path) == ["bundle"] and (target / "model.onnx").read_text() == "old"
+
+
+def test_full_disk_folder_is_write_failed_and_keeps_the_old_one(small_disk):
+    target = small_disk / "bundle"
+    target.mkdir()
+    _bundle(target, "old")
+    with pytest.raises(WriteFailed) as e, atomic.atomic_dir(target, marker="metadata.json") as tmp:
+        (tmp / "model.onnx").write_bytes(b"\1" * (2 << 20))  # 2 MiB onto a 1 MiB disk
+    assert e.value.errno == errno.ENOSPC and str(e.value).startswith(f"{target}: not written: No space left")
+    assert _only(small_disk) == ["bundle"] and (target / "model.onnx").read_text() == "old"

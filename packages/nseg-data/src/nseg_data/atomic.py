@@ -12,6 +12,10 @@ process the only writer of an output folder.
 A write that fails for a reason of the output's (a full disk, a read-only or vanished folder, a
 quota) raises `WriteFailed`, an `OSError` with the OS's errno that names the file not written;
 nothing is left under the target's name but the old file, if there was one.
+
+Folders (a model bundle, an unpacked package) are published the same way by `atomic_dir`: built
+in a hidden temp folder beside the target and renamed into place by `publish_dir`, so a folder
+under its final name is always complete.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import errno
 import fcntl
 import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -103,6 +108,77 @@ def _publish(tmp: Path, target: Path) -> None:
     # After writing: some writers replace the file rather than write into it.
     os.chmod(tmp, file_mode())
     os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike, *, marker: str | None = None) -> Iterator[Path]:
+    """Yield an empty hidden temp folder beside `target` (`.NAME.XXXXXXXX.tmp`); when the block
+    succeeds it is published as `target` by `publish_dir`, when it raises it is removed and
+    `target` is left as it was. Failures of the output's raise `WriteFailed` naming `target`.
+
+    An existing `target` that is not empty is replaced only if it holds `marker` (the file that
+    makes it one of the caller's folders, e.g. a bundle's metadata.json): any other folder is
+    refused with `FileExistsError` before the block runs, so a mistyped path never deletes
+    someone's files."""
+    target = Path(target)
+    if target.is_dir() and any(target.iterdir()) and not (marker and (target / marker).is_file()):
+        what = f"has no {marker}" if marker else "is not empty"
+        raise FileExistsError(f"{target}: exists and {what}, so it is not replaced; choose a new or empty folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as e:
+        raise WriteFailed(target, e) from e
+    try:
+        yield tmp
+        publish_dir(tmp, target)
+    except WriteFailed:
+        raise
+    except OSError as e:  # the block's own writes (a full disk) or the publish
+        raise WriteFailed(target, e) from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when published
+
+
+def dir_mode() -> int:
+    return 0o777 & ~_read_umask()
+
+
+def publish_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Make the complete folder `tmp` (beside `target`, on the same file system) visible as
+    `target`, replacing the folder there if there is one; raises `WriteFailed` naming `target`.
+
+    A new folder takes one rename. Replacing takes two, as POSIX cannot swap two folders: the
+    old one is renamed aside to a hidden `.NAME.XXXXXXXX.old`, the new one renamed in, and the
+    old one removed. Under `target` there is therefore always the complete old folder or the
+    complete new one, never a partial folder. The one crash window is the instant between the
+    two renames: a process killed exactly there leaves nothing under `target` and the old
+    folder, complete, under its hidden name beside it (rename it back to restore it). If the
+    second rename fails, the old folder is renamed back."""
+    tmp, target = Path(tmp), Path(target)
+    try:
+        os.chmod(tmp, dir_mode())  # mkdtemp makes it 0700; published, it gets a plain mkdir's mode
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder")
+        if not target.exists():
+            os.rename(tmp, target)
+            return
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        try:
+            os.rename(target, aside)  # onto the empty placeholder, which reserved a unique name
+        except OSError:
+            aside.rmdir()
+            raise
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            os.rename(aside, target)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+    except WriteFailed:
+        raise
+    except OSError as e:
+        raise WriteFailed(target, e) from e
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

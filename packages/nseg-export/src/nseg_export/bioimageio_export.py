@@ -398,8 +398,10 @@ def _yaml(rdf: dict) -> str:
 
 
 def build_package(bundle_path: str | Path | None, out: str | Path, opts: PackageOptions = PackageOptions()) -> PackageResult:
-    """Write the package: `out` ending in .zip becomes a zip file, anything else a folder."""
-    from nseg_data.atomic import write_bytes_atomic
+    """Write the package: `out` ending in .zip becomes a zip file, anything else a folder. Either
+    is published whole (an atomic file, or a folder built beside `out` and renamed into place), so
+    validation and users never see half a package; an existing package folder is replaced."""
+    from nseg_data.atomic import atomic_dir, write_bytes_atomic
     from nseg_infer.engine.backends import create_backend
     from nseg_infer.engine.bundle import load_bundle
 
@@ -444,9 +446,9 @@ def build_package(bundle_path: str | Path | None, out: str | Path, opts: Package
         out.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(out, buf.getvalue())
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        for fname, data in files.items():
-            write_bytes_atomic(out / fname, data)
+        with atomic_dir(out, marker=RDF_NAME) as tmp:
+            for fname, data in files.items():
+                (tmp / fname).write_bytes(data)
     return PackageResult(out, rdf, tuple(files), validate(out))
 
 

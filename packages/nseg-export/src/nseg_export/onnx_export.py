@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nseg_data.atomic import atomic_dir
 from nseg_train import deploy
 
 from nseg_export.metadata import (
@@ -160,15 +159,6 @@ def export_unet_onnx(model: Any, path: Path, *, size_divisor: int, opset: int = 
                   output_names=["probs"], dynamic_axes={"image": dyn, "probs": dyn})
 
 
-def _unet_io(out_channels: int) -> tuple[list[dict], list[dict]]:
-    dyn = {"0": "batch", "2": "height", "3": "width"}
-    channels = ["foreground", "distance"][:out_channels]
-    inputs = [{"name": "image", "dtype": "float32", "shape": ["batch", 3, "height", "width"], "dynamic_axes": dyn}]
-    outputs = [{"name": "probs", "dtype": "float32", "shape": ["batch", out_channels, "height", "width"],
-                "dynamic_axes": dyn, "channels": channels}]
-    return inputs, outputs
-
-
 # ---------------------------------------------------------------- Mask R-CNN
 
 
@@ -252,18 +242,6 @@ def export_maskrcnn_onnx(model: Any, path: Path, *, tile: int, opset: int = DEFA
                           "something with a dynamic loop or sequence leaked into the graph")
 
 
-def _maskrcnn_io(tile: int, mask_size: int) -> tuple[list[dict], list[dict]]:
-    inputs = [{"name": "image", "dtype": "float32", "shape": [1, 3, tile, tile], "dynamic_axes": {}}]
-    outputs = [
-        {"name": "boxes", "dtype": "float32", "shape": ["detections", 4], "dynamic_axes": {"0": "detections"},
-         "box_format": "xyxy"},
-        {"name": "scores", "dtype": "float32", "shape": ["detections"], "dynamic_axes": {"0": "detections"}},
-        {"name": "masks", "dtype": "float32", "shape": ["detections", 1, mask_size, mask_size],
-         "dynamic_axes": {"0": "detections"}, "channels": ["mask_probability"]},
-    ]
-    return inputs, outputs
-
-
 def maskrcnn_mask_size(model: Any) -> int:
     # MaskRCNN upsamples the mask head's RoIAlign output by 2 (ConvTranspose stride 2).
     out = model.roi_heads.mask_roi_pool.output_size
@@ -273,77 +251,68 @@ def maskrcnn_mask_size(model: Any) -> int:
 # ---------------------------------------------------------------- bundle
 
 
-def _prepare_dir(out_dir: Path) -> Path:
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"{out_dir}: exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
-
-
 def export_model(
     model: Any, cfg: Any, ckpt: dict[str, Any], out_dir: Path, options: ExportOptions = ExportOptions()
 ) -> dict[str, Any]:
-    """Write a complete bundle for an already built model. Files land in a temp folder first and are
-    moved in at the end, so a failed export never leaves a bundle whose metadata disagrees with its model."""
-    out_dir = _prepare_dir(out_dir)
+    """Write a complete bundle for an already built model.
+
+    The bundle is built in a hidden temp folder beside `out_dir` and published in one step
+    (`nseg_data.atomic.atomic_dir`): under `out_dir` there is the previous bundle, whole, or the
+    new one, never a folder without metadata.json or with a model its metadata does not describe.
+    Replacing a bundle replaces all of it, so engines, variants and reports of the old model go
+    with it. A folder that is not a bundle (no metadata.json) and not empty is refused."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir}: exists and is not a folder")
     kind = cfg.model.kind
+    if kind not in ("unet", "maskrcnn"):
+        raise ExportError(f"unknown model kind {kind!r}")
     model.eval()
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export.") as tmp_s:
-        tmp = Path(tmp_s)
-        onnx_path = tmp / MODEL_FILE
-        extra: dict[str, Any] = {"precision": "fp32"}
-        try:
-            if kind not in ("unet", "maskrcnn"):
-                raise ExportError(f"unknown model kind {kind!r}")
-            # The sections validation ran with (nseg_train.deploy), the export's tile/halo/batch applied.
-            sections = deploy.deployment_sections(cfg, tile=options.tile, halo=options.halo, batch=options.batch)
-            pre, tiling, post = sections["preprocessing"], sections["tiling"], sections["postprocessing"]
-            tile, div = tiling["tile"], pre["size_divisor"]
+    # The one description of the deployment (nseg_train.deploy), validation's too, with the
+    # export's tile/halo/batch applied.
+    sections = deploy.deployment_sections(cfg, tile=options.tile, halo=options.halo, batch=options.batch)
+    tile, div = sections["tiling"]["tile"], sections["preprocessing"]["size_divisor"]
+    if tile % div:
+        raise ExportError(f"tile {tile} must be a multiple of the model's size divisor {div}")
+    extra: dict[str, Any] = {"precision": "fp32"}
+    if kind == "maskrcnn":
+        if options.fp16:
+            raise ExportError("--fp16 ONNX variants are UNet-only; build a TensorRT engine with "
+                              "`nseg-export trt --fp16` for Mask R-CNN")
+        if maskrcnn_mask_size(model) != deploy.mask_size(cfg):
+            raise ExportError(f"the model's masks are {maskrcnn_mask_size(model)} px, its config says "
+                              f"{deploy.mask_size(cfg)}: the checkpoint and its config disagree")
+        extra["maskrcnn"] = {"graph_score_threshold": float(model.roi_heads.score_thresh),
+                             "detections_per_image": int(model.roi_heads.detections_per_img)}
+    try:
+        with atomic_dir(out_dir, marker=METADATA) as tmp:
+            onnx_path = tmp / MODEL_FILE
             if kind == "unet":
-                if tile % div:
-                    raise ExportError(f"tile {tile} must be a multiple of the model's size divisor {div}")
                 export_unet_onnx(model, onnx_path, size_divisor=div, opset=options.opset)
                 check_onnx(onnx_path)
-                inputs, outputs = _unet_io(int(cfg.model.out_channels))
             else:
                 # Mask R-CNN pads to multiples of 32 internally (its size divisor); a fixed tile that
                 # is already one keeps the graph free of padding arithmetic.
-                if tile % div:
-                    raise ExportError(f"Mask R-CNN tile {tile} must be a multiple of {div}")
-                if options.fp16:
-                    raise ExportError("--fp16 ONNX variants are UNet-only; build a TensorRT engine with "
-                                      "`nseg-export trt --fp16` for Mask R-CNN")
                 export_maskrcnn_onnx(model, onnx_path, tile=tile, opset=options.opset)
-                inputs, outputs = _maskrcnn_io(tile, maskrcnn_mask_size(model))
-                extra["maskrcnn"] = {"graph_score_threshold": float(model.roi_heads.score_thresh),
-                                     "detections_per_image": int(model.roi_heads.detections_per_img)}
-        except MetadataError as e:
-            raise ExportError(str(e)) from e
-        if options.simplify:
-            simplify_onnx(onnx_path)
-            check_onnx(onnx_path)
-            extra["simplified"] = "onnxslim"
-        files = [onnx_path]
-        if options.fp16:
-            fp16_path = tmp / FP16_FILE
-            fp16_variant(onnx_path, fp16_path)
-            from nseg_infer.engine.bundle import sha256_file
+            if options.simplify:
+                simplify_onnx(onnx_path)
+                check_onnx(onnx_path)
+                extra["simplified"] = "onnxslim"
+            if options.fp16:
+                fp16_path = tmp / FP16_FILE
+                fp16_variant(onnx_path, fp16_path)
+                from nseg_infer.engine.bundle import sha256_file
 
-            extra["variants"] = [{"file": FP16_FILE, "precision": "fp16", "sha256": sha256_file(fp16_path),
-                                  "io_dtype": "float32"}]
-            files.append(fp16_path)
-        meta = build_metadata(
-            kind=kind, ckpt=ckpt, model_path=onnx_path, inputs=inputs, outputs=outputs, preprocessing=pre,
-            tiling=tiling, postprocessing=post, opset=options.opset, extra=extra,
-        )
-        # Stale engines or variants from an earlier export would not match the new model.
-        for old in [*out_dir.glob("*.engine"), out_dir / FP16_FILE, out_dir / METADATA]:
-            if old.exists():
-                old.unlink()
-        for f in files:
-            os.replace(f, out_dir / f.name)
-        write_json_atomic(out_dir / METADATA, meta)
+                extra["variants"] = [{"file": FP16_FILE, "precision": "fp16", "sha256": sha256_file(fp16_path),
+                                      "io_dtype": "float32"}]
+            meta = build_metadata(
+                kind=kind, ckpt=ckpt, model_path=onnx_path, inputs=sections["inputs"], outputs=sections["outputs"],
+                preprocessing=sections["preprocessing"], tiling=sections["tiling"],
+                postprocessing=sections["postprocessing"], opset=options.opset, extra=extra,
+            )
+            write_json_atomic(tmp / METADATA, meta)
+    except (MetadataError, OSError) as e:  # OSError: WriteFailed (a full disk), or a folder not to replace
+        raise ExportError(str(e)) from e
     return meta
 
 

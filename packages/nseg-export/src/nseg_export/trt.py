@@ -302,6 +302,8 @@ def build_bundle_engine(bundle_dir: Path, *, fp16: bool = False, int8: bool = Fa
              "compute_capability": cap, "profiles": [prof.to_json()], "sha256": sha256_file(final),
              "build_seconds": round(build_s, 1), "parity": json.loads(json.dumps(target.summary()))}
     meta["engines"] = [entry] + [e for e in meta.get("engines", []) if e.get("file") != name]
+    # The engine file is in place before metadata.json names it: a crash between the two leaves an
+    # engine no metadata names (the runtime ignores it), never metadata naming a missing engine.
     write_json_atomic(bundle_dir / "metadata.json", meta)
     s = target.summary()
     return EngineResult(True, final, report_path,

@@ -85,13 +85,46 @@ def tiling_section(cfg: TrainConfig, *, tile: int | None = None, halo: int | Non
     return {"tile": int(tile or cfg.eval.tile), "halo": halo, "batch": int(batch)}
 
 
+def mask_size(cfg: TrainConfig) -> int:
+    # The mask head upsamples its RoIAlign output (mask_resolution) by 2 (ConvTranspose stride 2).
+    return 2 * int(cfg.maskrcnn.mask_resolution)
+
+
+def io_sections(cfg: TrainConfig, *, tile: int) -> dict[str, list[dict[str, Any]]]:
+    """metadata.json's `inputs` and `outputs`: the tensors of the graph nseg-export writes for
+    `cfg` (a UNet: any batch and size, probabilities; a Mask R-CNN: one `tile` x `tile` tile,
+    boxes, scores and box-space masks)."""
+    if cfg.model.kind == "maskrcnn":
+        det = {"0": "detections"}
+        m = mask_size(cfg)
+        return {
+            "inputs": [{"name": "image", "dtype": "float32", "shape": [1, 3, tile, tile], "dynamic_axes": {}}],
+            "outputs": [
+                {"name": "boxes", "dtype": "float32", "shape": ["detections", 4], "dynamic_axes": det,
+                 "box_format": "xyxy"},
+                {"name": "scores", "dtype": "float32", "shape": ["detections"], "dynamic_axes": det},
+                {"name": "masks", "dtype": "float32", "shape": ["detections", 1, m, m], "dynamic_axes": det,
+                 "channels": ["mask_probability"]},
+            ],
+        }
+    dyn = {"0": "batch", "2": "height", "3": "width"}
+    c = int(cfg.model.out_channels)
+    return {
+        "inputs": [{"name": "image", "dtype": "float32", "shape": ["batch", 3, "height", "width"], "dynamic_axes": dyn}],
+        "outputs": [{"name": "probs", "dtype": "float32", "shape": ["batch", c, "height", "width"], "dynamic_axes": dyn,
+                     "channels": ["foreground", "distance"][:c]}],
+    }
+
+
 def deployment_sections(cfg: TrainConfig, *, tile: int | None = None, halo: int | None = None,
-                        batch: int = 4) -> dict[str, dict[str, Any]]:
-    """metadata.json's `preprocessing`, `tiling` and `postprocessing` for `cfg`: the one description
-    that nseg-export writes into a bundle and validation runs (`in_memory_bundle`), so the two
-    cannot drift apart."""
-    return {"preprocessing": preprocessing_section(cfg),
-            "tiling": tiling_section(cfg, tile=tile, halo=halo, batch=batch),
+                        batch: int = 4) -> dict[str, Any]:
+    """metadata.json's `inputs`, `outputs`, `preprocessing`, `tiling` and `postprocessing` for
+    `cfg`: the one description that nseg-export writes into a bundle and validation runs
+    (`in_memory_bundle`), so the two cannot drift apart."""
+    tiling = tiling_section(cfg, tile=tile, halo=halo, batch=batch)
+    return {**io_sections(cfg, tile=tiling["tile"]),
+            "preprocessing": preprocessing_section(cfg),
+            "tiling": tiling,
             "postprocessing": postprocessing_section(cfg)}
 
 
@@ -126,22 +159,18 @@ def in_memory_bundle(cfg: TrainConfig) -> Bundle:
     sections = deployment_sections(cfg)
     pre = sections["preprocessing"]
     nd = pre["normalization"]
-    if cfg.model.kind == "maskrcnn":
-        t = int(cfg.maskrcnn.tile)
-        inputs = (TensorSpec("image", "float32", (1, 3, t, t)),)
-        outputs = (TensorSpec("boxes", "float32", ("detections", 4)), TensorSpec("scores", "float32", ("detections",)),
-                   TensorSpec("masks", "float32", ("detections", 1, "m", "m")))
-    else:
-        c = int(cfg.model.out_channels)
-        inputs = (TensorSpec("image", "float32", ("batch", 3, "height", "width")),)
-        outputs = (TensorSpec("probs", "float32", ("batch", c, "height", "width"), ("foreground", "distance")[:c]),)
+
+    def specs(key: str) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(d["name"], d["dtype"], tuple(d["shape"]), tuple(d.get("channels", ())))
+                     for d in sections[key])
+
     return Bundle(
         path=Path("<in-memory>"),
         kind=cfg.model.kind,
         model_path=Path("<torch>"),
         sha256="",
-        inputs=inputs,
-        outputs=outputs,
+        inputs=specs("inputs"),
+        outputs=specs("outputs"),
         preprocessing=Preprocessing(
             normalization=Normalization(nd["low_percentile"], nd["high_percentile"], nd["kind"]),
             size_divisor=pre["size_divisor"],
