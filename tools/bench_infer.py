@@ -16,7 +16,6 @@ torch is used only here, never by nseg-infer.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -41,58 +40,29 @@ SECTION = "## Inference speed"
 
 
 def build_torch_model(checkpoint: str | None):
-    import torch
+    """(model, config, checkpoint dict, note): a checkpoint's model, or the 'unet' preset's untrained."""
+    from nseg_train.config import load_config
 
     if checkpoint:
         from nseg_train.checkpoint import load_model
 
-        model, cfg, _ = load_model(Path(checkpoint))
-        divisor = cfg.model.size_divisor
+        model, cfg, ckpt = load_model(Path(checkpoint))
         note = f"checkpoint {checkpoint}"
     else:
-        try:
-            from nseg_train.config import load_config
-            from nseg_train.models import unet_from_config
+        from nseg_train.models import unet_from_config
 
-            mcfg = load_config("unet").model
-            model, divisor = unet_from_config(mcfg), mcfg.size_divisor
-            note = f"untrained default UNet (nseg_train preset 'unet': channels {list(mcfg.channels)})"
-        except ImportError:
-            from monai.networks.nets import UNet
-
-            model = UNet(spatial_dims=2, in_channels=3, out_channels=2, channels=(16, 32, 64, 128, 256),
-                         strides=(2, 2, 2, 2), num_res_units=2, norm="batch")
-            divisor = 16
-            note = "untrained MONAI UNet (16..256 channels; nseg_train not importable)"
-    # The bundle contract: probs already through a sigmoid.
-    wrapped = torch.nn.Sequential(model, torch.nn.Sigmoid()).eval()
-    return wrapped, divisor, note
+        cfg = load_config("unet")
+        model, ckpt = unet_from_config(cfg.model), {}
+        note = f"untrained default UNet (nseg_train preset 'unet': channels {list(cfg.model.channels)})"
+    return model.eval(), cfg, ckpt, note
 
 
-def export_bundle(model, divisor: int, out: Path, tile: int) -> Path:
-    import torch
+def export_bundle(model, cfg, ckpt: dict, out: Path) -> Path:
+    """The bundle `nseg-export onnx` writes (its sections from the config, as for every bundle),
+    with the tiling measured here: 512 px tiles, 32 px halo, 4 tiles per call."""
+    from nseg_export.onnx_export import ExportOptions, export_model
 
-    out.mkdir(parents=True, exist_ok=True)
-    onnx_path = out / "model.onnx"
-    with torch.inference_mode():
-        torch.onnx.export(model, torch.zeros(1, 3, tile, tile), str(onnx_path), input_names=["image"],
-                          output_names=["probs"], opset_version=17, dynamo=False,
-                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                                        "probs": {0: "batch", 2: "height", 3: "width"}})
-    meta = {
-        "format": "nseg-bundle/1", "kind": "unet", "model_file": "model.onnx",
-        "sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
-        "inputs": [{"name": "image", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}],
-        "outputs": [{"name": "probs", "dtype": "float32", "shape": ["batch", 2, "height", "width"],
-                     "channels": ["foreground", "distance"]}],
-        "preprocessing": {"channel_order": "RGB", "layout": "NCHW", "size_divisor": divisor,
-                          "normalization": {"kind": "percentile", "low_percentile": 1.0, "high_percentile": 99.8}},
-        "tiling": {"tile": 512, "halo": 32, "batch": 4},
-        "postprocessing": {"kind": "unet_watershed", "fg_threshold": 0.5, "seed_threshold": 0.5,
-                           "min_seed_area": 3, "min_size": 12},
-        "training": {}, "metrics": {}, "versions": {"torch": torch.__version__, "opset": 17}, "engines": [],
-    }
-    (out / "metadata.json").write_text(json.dumps(meta, indent=2))
+    export_model(model, cfg, ckpt, out, ExportOptions(tile=512, halo=32, batch=4))
     return out
 
 
@@ -127,7 +97,8 @@ class TorchBackend:
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         with self.torch.inference_mode():
-            return {"probs": self.model(self.torch.from_numpy(batch)).numpy()}
+            # The bundle contract: probabilities, the graph's sigmoid included.
+            return {"probs": self.torch.sigmoid(self.model(self.torch.from_numpy(batch))).numpy()}
 
 
 def child(spec: dict) -> dict:
@@ -138,7 +109,7 @@ def child(spec: dict) -> dict:
     if spec["backend"] == "torch":
         import torch
 
-        model, _, _ = build_torch_model(spec.get("checkpoint"))
+        model, _, _, _ = build_torch_model(spec.get("checkpoint"))
         if spec.get("state_dict"):
             # The exact weights the ONNX side was exported from: untrained nets differ per init.
             model.load_state_dict(torch.load(spec["state_dict"], weights_only=True))
@@ -259,7 +230,7 @@ def main() -> int:
     use_torch = not args.no_torch
     note = ""
     try:
-        model, divisor, note = build_torch_model(args.checkpoint)
+        model, cfg, ckpt, note = build_torch_model(args.checkpoint)
     except ImportError as e:
         if not args.model:
             print(f"torch is not available ({e}) and no --model given: nothing to measure", file=sys.stderr)
@@ -274,7 +245,7 @@ def main() -> int:
             use_torch = False
         note = f"bundle {args.model}" + (f", torch from {note}" if use_torch else "")
     else:
-        bundle = str(export_bundle(model, divisor, work / "bundle", 256))
+        bundle = str(export_bundle(model, cfg, ckpt, work / "bundle"))
     state_dict = None
     if use_torch and not args.checkpoint:
         import torch
