@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """nseg and StarDist on the same images, each run as a user runs it, scored by `nseg-data score`.
 
-StarDist must first be trained on the same split's train and val ids with the peer scripts (its
-own venv; see the README's Results section). This tool then:
+StarDist must first be trained on the same split's train and val ids with its own scripts (in its
+own venv; see docs/results/README.md, "StarDist, measured on the same split"). This tool then:
 1. copies the split's images (default: locked) into one folder, `<id>.png`;
 2. runs `nseg-infer run FOLDER --out NSEG --products labels` (one process) and StarDist's
    `segment_folder.py FOLDER STARDIST MODEL` (one process), each timed end to end;
