@@ -1,11 +1,13 @@
-"""Outputs as Fiji, QuPath and spreadsheets read them: calibrated OME labels (pyramid for large
-images), µm and per-channel columns, QuPath GeoJSON with UUIDs, ImageJ ROI sets, --products."""
+"""Outputs as Fiji, QuPath, napari and spreadsheets read them: calibrated OME labels (pyramid for
+large images), µm and per-channel columns, QuPath GeoJSON with UUIDs, ImageJ ROI sets, OME-Zarr
+labels, --products, and the sinks that write them."""
 
 from __future__ import annotations
 
 import csv
 import gzip
 import json
+import sys
 import uuid
 
 import numpy as np
@@ -19,6 +21,7 @@ from nseg_infer.runners.cli import app
 from nseg_infer.runners.files import FileRunner
 from nseg_infer.sinks import labelstiff
 from nseg_infer.sinks.measure import COLUMNS, UM_COLUMNS
+from nseg_infer.sinks.omezarr import array_path, open_labels
 from nseg_infer.sinks.outputs import PRODUCTS, parse_products, write_labels
 from nseg_infer.sources.imageinfo import tiff_pixel_size
 
@@ -46,7 +49,8 @@ def stained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def products(unet_bundle, stained, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    r = FileRunner(Predictor(unet_bundle, RunConfig(products=PRODUCTS))).process_file(stained[0], out)
+    # Every product but the OME-Zarr labels (the dask extra; tested below): outputs[0..5].
+    r = FileRunner(Predictor(unet_bundle, RunConfig(products=PRODUCTS[:-1]))).process_file(stained[0], out)
     assert r.ok, r.error
     return r
 
@@ -171,3 +175,38 @@ def test_bad_channel_and_unreadable_vendor_file_do_not_stop_the_batch(unet_bundl
     assert str(stained[0]) in bad.output and "channel 3 does not exist" in bad.output
     rows = _rows(tmp_path / "ch" / "five.csv")
     assert float(rows[0]["area_um2"]) == pytest.approx(int(rows[0]["area"]) * 0.04, abs=1e-3)
+
+
+def test_zarr_labels_are_the_tiff_labels_as_napari_reads_them(unet_bundle, stained, tmp_path):
+    pytest.importorskip("zarr", reason="needs the dask extra: pip install 'nseg-infer[dask]'")
+    # Blocks smaller than the image, so the store is written block by block into several chunks.
+    cfg = RunConfig(products="zarr,labels", block=96, margin=32)
+    for _ in range(2):  # the second run replaces the store
+        r = FileRunner(Predictor(unet_bundle, cfg)).process_file(stained[0], tmp_path)
+        assert r.ok, r.error
+    assert [p.name for p in r.outputs] == ["well A1.labels.tif", "well A1.ome.zarr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["well A1.labels.tif", "well A1.ome.zarr"]  # no temp folders
+    z = open_labels(array_path(r.outputs[1]))
+    assert z.chunks == (96, 96) and z.dtype == np.uint16
+    np.testing.assert_array_equal(np.asarray(z), tifffile.imread(r.outputs[0]))
+    assert r.n_nuclei == len(np.unique(np.asarray(z))) - 1 >= 30
+    reader = pytest.importorskip("ome_zarr.reader")
+    from ome_zarr.io import parse_url
+
+    nodes = [n for n in reader.Reader(parse_url(str(r.outputs[1])))()
+             if any(type(s).__name__ == "Label" for s in n.specs)]
+    assert len(nodes) == 1
+    np.testing.assert_array_equal(np.asarray(nodes[0].data[0]), np.asarray(z))
+    ms = nodes[0].metadata
+    assert [a["unit"] for a in ms["axes"]] == ["micrometer", "micrometer"]
+    assert ms["coordinateTransformations"][0] == [{"type": "scale", "scale": [PX, PX]}]
+
+
+def test_zarr_without_the_dask_extra_names_it(unet_bundle, stained, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "zarr", None)  # import zarr now raises ImportError
+    r = FileRunner(Predictor(unet_bundle, RunConfig(products="labels,zarr"))).process_file(stained[0], tmp_path)
+    assert not r.ok and str(stained[0]) in r.error and "pip install 'nseg-infer[dask]'" in r.error
+    assert list(tmp_path.iterdir()) == []  # the labels TIFF was not published either
+    res = CliRunner().invoke(app, ["run", str(stained[0]), "--out", str(tmp_path / "x"), "--model", str(unet_bundle),
+                                   "--products", "labels,zarr"])
+    assert res.exit_code == 2 and "nseg-infer[dask]" in res.output and not (tmp_path / "x").exists()

@@ -13,11 +13,15 @@ instance blocks (`tiling.block_grid` with `RunConfig.block` and `margin`), one t
     assemble_task (one per block core = one zarr chunk): the owned labels of the blocks whose
         outer window meets the chunk, pasted in block order with `stitch.paste_block`, exactly as
         `predict` pastes them -> the chunk of the OME-Zarr label image (`omezarr`)
-    products_task: `Predictor`'s own product writer reading the zarr labels block by block: the
-        labels TIFF, CSV, GeoJSON, overlay of `nseg-infer run`, byte for byte.
+    measure_task (one per product block: `outputs.product_blocks`, the instance blocks unless the
+        overlay's downsampling trims them): the nuclei it owns measured from the zarr labels and
+        the image's region, rendered into its parts of the CSV, GeoJSON and ROIs (`part-NNNNNN.*`)
+    products_task: the image's sinks, as `nseg-infer run` writes them: the labels TIFF and the
+        overlay from the zarr labels, the parts concatenated in block order: the same files, byte
+        for byte (the zarr store itself is published by the client).
 
 So the label image equals `Predictor.predict`'s pixel for pixel and no worker holds the whole
-image. The products of one large image are written by one task (serially over its blocks).
+image. Measuring, the bulk of the products' work, runs one task per block in parallel.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -35,14 +38,25 @@ from pathlib import Path
 import numpy as np
 from nseg_data.atomic import atomic_path
 
-from nseg_infer.engine.predictor import BlockInputs, Prediction, Predictor, RunConfig
+from nseg_infer.engine.predictor import BlockInputs, Predictor, RunConfig
 from nseg_infer.engine.stitch import paste_block
 from nseg_infer.engine.tiling import Block, Window, block_grid
-from nseg_infer.runners.files import FileRunner
+from nseg_infer.runners.files import FileRunner, failed, sink_options
 from nseg_infer.runners.inputs import FileResult, stem
+from nseg_infer.sinks.base import LabelledImage
+from nseg_infer.sinks.labels import count_labels
 from nseg_infer.sinks.omezarr import open_labels
+from nseg_infer.sinks.outputs import (
+    Parts,
+    ProductPaths,
+    block_data,
+    block_parts,
+    part_sinks,
+    product_blocks,
+    write_products,
+)
 from nseg_infer.sources.imageio import open_image
-from nseg_infer.sources.prepare import model_input, segmented
+from nseg_infer.sources.prepare import ModelInput, model_input
 
 log = logging.getLogger(__name__)
 
@@ -210,36 +224,66 @@ def assemble_task(image: LargeImage, index: int, offsets: Sequence[int], array: 
     return index
 
 
+@dataclass(frozen=True)
+class PartsDone:
+    index: int      # product block (`outputs.product_blocks`)
+    nuclei: int     # nuclei it owns
+    cut: int        # of which possibly cut by its margin
+    seconds: float
+
+
+def parts_stem(image: LargeImage, index: int) -> Path:
+    """Product block `index`'s parts: `part-NNNNNN.PART_NAME` in the image's work folder."""
+    return image.work / f"part-{index:06d}"
+
+
+def _labelled(image: LargeImage, inp: ModelInput, array: str, total: int) -> LabelledImage:
+    """The image as the sinks see it: the assembled zarr labels over the channels the model saw."""
+    return LabelledImage(stem(image.path), open_labels(Path(array)), total, inp.view, image.inputs.norm, inp.channels,
+                         None, inp.pixel_size_um)
+
+
+def measure_task(bundle: str, config: RunConfig, image: LargeImage, index: int, array: str, total: int) -> PartsDone:
+    """One product block: the nuclei it owns measured from the zarr labels and the image's region,
+    rendered into the parts of the chosen products (CSV rows, GeoJSON features, ROIs) and saved
+    atomically in the work folder (a retried task rewrites the same files)."""
+    t0 = time.perf_counter()
+    predictor = worker_predictor(bundle, config)
+    with _model_source(predictor, image.path) as (_, inp):
+        labelled = _labelled(image, inp, array, total)
+        block = product_blocks(image.shape, sink_options(config, image.shape))[index]
+        parts = block_parts(config.products, block_data(labelled, block, config.products))
+    parts.save(parts_stem(image, index))
+    return PartsDone(index, parts.nuclei, parts.cut, time.perf_counter() - t0)
+
+
 def products_task(bundle: str, config: RunConfig, image: LargeImage, out_dir: str, array: str, total: int,
-                  seconds: float) -> FileResult:
-    """`nseg-infer run`'s products of the image, written by the Predictor's own writer from the
-    zarr labels. `seconds` is the worker time of its blocks; a failure is in the result."""
+                  parts: Sequence[PartsDone], seconds: float) -> FileResult:
+    """`nseg-infer run`'s products of the image through its sinks: the labels TIFF and overlay from
+    the zarr labels, the CSV, GeoJSON and ROIs from the block tasks' parts, concatenated in block
+    order. The zarr labels themselves are published by the client. `seconds` is the worker time
+    of its tasks; a failure is in the result."""
     predictor = worker_predictor(bundle, config)
     p, out = image.path, Path(out_dir)
     t0 = time.perf_counter()
     h = w = 0
+    done = {d.index: d for d in parts}
     try:
         with _model_source(predictor, p) as (raw, inp):
             h, w = raw.shape
-            pred = Prediction(open_labels(Path(array)), total, None, image.inputs.norm)
-            with segmented(predictor, inp, pred, work_dir=out) as seg:
-                # The single-process writer itself, so the products are byte for byte the same.
-                outputs, n = FileRunner(predictor).write(p, out, seg, h, w)
-        return FileResult(p, outputs, n, seconds + time.perf_counter() - t0, None, h, w, predictor.backend_name)
+            labelled = _labelled(image, inp, array, total)
+            products = tuple(x for x in config.products if x != "zarr")
+            if not products:
+                return FileResult(p, (), count_labels(labelled.labels), seconds + time.perf_counter() - t0, None,
+                                  h, w, predictor.backend_name)
+            paths = ProductPaths.for_input(stem(p), out, products)
+            names = [k.part_name for k in part_sinks(products)]
+
+            def load(block: Block) -> Parts:
+                d = done[block.index]
+                return Parts.load(parts_stem(image, block.index), names, d.nuclei, d.cut)
+
+            n = write_products(paths, labelled, sink_options(config, (h, w)), parts=load if names else None)
+        return FileResult(p, paths.all(), n, seconds + time.perf_counter() - t0, None, h, w, predictor.backend_name)
     except Exception as e:  # as process_file: reported in the result, naming the file
-        return FileRunner(predictor).failure(p, e, seconds + time.perf_counter() - t0, h, w)
-
-
-def publish_zarr(work: Path, target: Path) -> Path:
-    """Move the assembled store into OUT (replacing an older one): a directory cannot be renamed
-    over a full one, so the old one is moved aside first and removed after."""
-    import shutil
-
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.{os.getpid()}.old")
-        os.replace(target, old)
-    os.replace(work, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
+        return failed(p, e, seconds + time.perf_counter() - t0, h, w, predictor.backend_name)

@@ -27,7 +27,8 @@ _PIXEL_SIZE = typer.Option(None, "--pixel-size", metavar="UM", help="Pixel size 
 _DIAMETER = typer.Option(None, "--diameter", metavar="PX",
                          help="Typical nucleus diameter in pixels: rescale to the model's scale.")
 _PRODUCTS = typer.Option("labels,csv,overlay,geojson", "--products",
-                         help="Comma-separated, from: labels, csv, overlay, geojson, geojson.gz, rois.")
+                         help="Comma-separated, from: labels, csv, overlay, geojson, geojson.gz, rois, zarr "
+                              "(NAME.ome.zarr: the labels as OME-Zarr, needs the dask extra).")
 _FLIPS = typer.Option(False, "--flips", help="UNet test-time flips: the mean of 4 flipped passes (about 4x slower).")
 _MAX_PIXELS = typer.Option(1 << 32, "--max-pixels", metavar="N", min=1,
                            help="Refuse an image whose header claims more pixels than this, before decoding it "
@@ -60,7 +61,7 @@ def run(
              "(default 8192*8192) and also get NAME.ome.zarr."),
 ) -> None:
     """Segment INPUTS and write NAME.labels.tif, NAME.csv, NAME.overlay.png, NAME.geojson (and with
-    --products, NAME.geojson.gz and NAME.rois.zip) and summary.csv."""
+    --products, NAME.geojson.gz, NAME.rois.zip and NAME.ome.zarr) and summary.csv."""
     from nseg_data.errors import DataError
     from tqdm import tqdm
 
@@ -72,6 +73,10 @@ def run(
         config = RunConfig(tile=tile, overlap=overlap, batch=batch, device=device, channel=channel,
                            channels=channels, pixel_size=pixel_size, diameter=diameter, products=products,
                            flips=flips, max_pixels=max_pixels)
+        if "zarr" in config.products:  # refused before any image is segmented, naming the extra
+            from nseg_infer.sinks.omezarr import require_zarr
+
+            require_zarr()
         if cluster is not None:  # the workers load the model; nseg_infer.runners.cluster does the rest
             from nseg_infer.runners.cluster import ClusterOptions
             from nseg_infer.runners.cluster_cli import cli_run
@@ -80,7 +85,7 @@ def run(
             code = cli_run(inputs, out, model, config, cluster, options)
         else:
             predictor = Predictor(model, config)
-    except (DataError, BackendError, ValueError, OSError) as e:
+    except (DataError, BackendError, ValueError, OSError, ImportError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from e
     if cluster is not None:

@@ -2,7 +2,8 @@
 
     client: expand inputs -> skip files the run manifest records as finished -> submit
         one task per file (`blocks_dask.file_task`: `FileRunner.process_file`), and for a large
-        image one task per instance block, then its zarr chunks, then its products
+        image one task per instance block, then its zarr chunks, then one per product block
+        (measuring its nuclei), then one that writes its products
     workers: one Predictor each, made by its first task; every task writes through
         `nseg_data.atomic`, so a retried or repeated task leaves the same files
     client: as tasks finish, record them in OUT/nseg-cluster.json; summary.csv in input order
@@ -39,18 +40,21 @@ from nseg_infer.runners.blocks_dask import (
     WORK_DIR,
     BlockDone,
     LargeImage,
+    PartsDone,
     assemble_task,
     block_task,
     file_task,
     label_offsets,
+    measure_task,
     plan_large_image,
     products_task,
-    publish_zarr,
 )
 from nseg_infer.runners.cluster_manifest import MANIFEST_NAME, Manifest, fingerprint
+from nseg_infer.runners.files import sink_options
 from nseg_infer.runners.inputs import FileResult, expand_inputs, failure_message, stem
-from nseg_infer.sinks.omezarr import create_labels
-from nseg_infer.sinks.outputs import label_dtype, write_summary
+from nseg_infer.sinks.labels import label_dtype
+from nseg_infer.sinks.omezarr import create_labels, publish_store
+from nseg_infer.sinks.outputs import part_sinks, product_blocks, write_summary
 from nseg_infer.sources.imageio import JPEG, PNG, TIFF
 
 if TYPE_CHECKING:
@@ -109,6 +113,7 @@ class _Large:
     order: int
     image: LargeImage
     done: dict[int, BlockDone | tuple[int, int]] = field(default_factory=dict)
+    parts: dict[int, PartsDone] = field(default_factory=dict)  # by product block
     pending: int = 0
     seconds: float = 0.0
     failed: bool = False
@@ -293,13 +298,14 @@ class _Run:
         if kind == "block":
             return self._assemble(job) if job.pending == 0 else []
         if kind == "assemble":
-            if job.pending == 0:
-                return [self._submit("products", order, 0, products_task, self.bundle, self.config, job.image,
-                                     str(self.out.resolve()), str(self._array(job)), self._total(job), job.seconds)]
-            return []
-        # products
+            return self._measure(job) if job.pending == 0 else []
+        if kind == "measure":
+            job.parts[block] = value
+            job.seconds += value.seconds
+            return [self._products(job)] if job.pending == 0 else []
+        # products; the zarr labels go last, where `zarr` is among the products (PRODUCTS' order)
         if value.ok:
-            zarr = publish_zarr(job.image.zarr_work, self.out / f"{stem(job.image.path)}.ome.zarr")
+            zarr = publish_store(job.image.zarr_work, self.out / f"{stem(job.image.path)}.ome.zarr")
             value = dataclasses.replace(value, outputs=(*value.outputs, zarr))
             shutil.rmtree(job.image.work, ignore_errors=True)
         cut = _cut(job)
@@ -350,6 +356,25 @@ class _Run:
         job.pending = len(image.blocks)
         return [self._submit("assemble", job.order, blk.index, assemble_task, image, blk.index, offsets, array)
                 for blk in image.blocks]
+
+
+    def _measure(self, job: _Large) -> list[Future]:
+        """The zarr labels complete: one task per product block measures the nuclei it owns (when
+        a chosen product takes them: CSV, GeoJSON, ROIs), else the products at once."""
+        if not part_sinks(self.config.products):
+            return [self._products(job)]
+        image = job.image
+        blocks = product_blocks(image.shape, sink_options(self.config, image.shape))
+        job.pending = len(blocks)
+        array, total = str(self._array(job)), self._total(job)
+        return [self._submit("measure", job.order, b.index, measure_task, self.bundle, self.config, image, b.index,
+                             array, total) for b in blocks]
+
+    def _products(self, job: _Large) -> Future:
+        """The files of the image, from the zarr labels and its blocks' parts, by one task."""
+        return self._submit("products", job.order, 0, products_task, self.bundle, self.config, job.image,
+                            str(self.out.resolve()), str(self._array(job)), self._total(job),
+                            tuple(job.parts[k] for k in sorted(job.parts)), job.seconds)
 
 
 def _counts(job: _Large) -> list[int]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from nseg_data.atomic import WriteFailed
 
-from nseg_infer.engine.predictor import Predictor
+from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.engine.stages import Worker, background
 from nseg_infer.runners.inputs import FileResult, expand_inputs, failure_message, stem
 from nseg_infer.sinks.base import LabelledImage
@@ -147,12 +147,10 @@ class FileRunner:
     def write(self, p: Path, out: Path, seg: Segmented, h: int, w: int) -> tuple[tuple[Path, ...], int]:
         """The products of input `p`'s segmentation into `out`, through the sinks of
         `config.products`: (paths written, nuclei)."""
-        c = self.config
-        paths = ProductPaths.for_input(stem(p), out, c.products)
+        paths = ProductPaths.for_input(stem(p), out, self.config.products)
         image = LabelledImage(stem(p), seg.labels, seg.max_label, seg.view, seg.norm, seg.channels, seg.scores,
                               seg.pixel_size_um)
-        opts = SinkOptions(h * w > c.large_px, c.block, c.margin, c.overview_side)
-        return paths.all(), write_products(paths, image, opts)
+        return paths.all(), write_products(paths, image, sink_options(self.config, (h, w)))
 
     def failure(self, p: Path, e: Exception, seconds: float, h: int, w: int) -> FileResult:
         return failed(p, e, seconds, h, w, self.predictor.backend_name)
@@ -189,6 +187,13 @@ class FileRunner:
         if summary:
             write_summary(Path(out_dir) / "summary.csv", [r.summary_row() for r in results])
         return results
+
+
+def sink_options(config: RunConfig, shape: tuple[int, int]) -> SinkOptions:
+    """How the products of an image of `shape` are written under `config` (the file runner's and
+    the cluster's, so both cut the same product blocks)."""
+    h, w = shape
+    return SinkOptions(h * w > config.large_px, config.block, config.margin, config.overview_side)
 
 
 def failed(p: Path, e: BaseException, seconds: float, h: int, w: int, backend: str) -> FileResult:

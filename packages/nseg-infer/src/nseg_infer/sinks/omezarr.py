@@ -78,7 +78,8 @@ def require_zarr() -> None:
         import numcodecs  # noqa: F401
         import zarr  # noqa: F401
     except ImportError as e:
-        raise RuntimeError(f"OME-Zarr labels need the zarr library ({e}): pip install 'nseg-infer[dask]'") from e
+        raise ImportError(f"OME-Zarr labels (--products zarr) need the zarr library ({e}): "
+                          "pip install 'nseg-infer[dask]'") from e
 
 
 def publish_store(work: Path, target: Path) -> Path:

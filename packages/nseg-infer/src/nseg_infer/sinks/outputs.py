@@ -33,7 +33,7 @@ from nseg_infer.sinks.table import CsvSink
 # What the runners and the API take from here; the label and measurement helpers live in their own
 # modules and are offered here too.
 __all__ = ["DEFAULT_PRODUCTS", "PRODUCTS", "PRODUCT_SUFFIXES", "SUMMARY_COLUMNS", "MeasureOptions", "Parts",
-           "ProductPaths", "SinkOptions", "block_parts", "label_dtype", "measure_all", "open_sinks", "parse_products",
+           "ProductPaths", "SinkOptions", "block_data", "block_parts", "label_dtype", "measure_all", "open_sinks", "parse_products",
            "product_blocks", "write_labels", "write_products", "write_summary"]
 
 log = logging.getLogger(__name__)
@@ -156,18 +156,20 @@ def block_parts(products: Sequence[str], data: BlockData) -> Parts:
     return Parts(len(nuclei.rows), nuclei.cut, {k.part_name: k.part(nuclei, data.image) for k in kinds})
 
 
+def block_data(image: LabelledImage, block: Block, products: Sequence[str]) -> BlockData:
+    """`block` of `image` for the sinks of `products` (outlines measured only if one draws them)."""
+    return BlockData(image, block, polygons=any(k.polygons for k in part_sinks(products)))
+
+
 def write_products(paths: ProductPaths, image: LabelledImage, opts: SinkOptions = SinkOptions(), *,
                    parts: Callable[[Block], Parts] | None = None) -> int:
     """Write the products chosen in `paths` block by block; returns the number of nuclei. `parts`
     gives each block's parts already rendered (a cluster's block tasks) instead of measuring here."""
-    blocks = product_blocks(image.shape, opts)
-    kinds = part_sinks(paths.products)
-    polygons = any(k.polygons for k in kinds)
     n = cut = 0
     with contextlib.ExitStack() as stack:  # sinks not closed by the end remove their temp files
         sinks = [stack.enter_context(s) for s in open_sinks(paths, image, opts)]
-        for b in blocks:
-            data = BlockData(image, b, polygons=polygons)
+        for b in product_blocks(image.shape, opts):
+            data = block_data(image, b, paths.products)
             got = parts(b) if parts is not None else block_parts(paths.products, data)
             for s in sinks:
                 if isinstance(s, PartSink):
@@ -177,7 +179,7 @@ def write_products(paths: ProductPaths, image: LabelledImage, opts: SinkOptions 
             n, cut = n + got.nuclei, cut + got.cut
         for s in sinks:
             s.close()
-    if not kinds:
+    if not part_sinks(paths.products):
         n = count_labels(image.labels)
     if cut:
         log.warning("%s: %d nuclei larger than the block margin (%d px) may be measured incompletely",
