@@ -8,20 +8,15 @@ ever holds the whole image. napari (napari-ome-zarr) and ome-zarr-py open the st
 labels layer. Zarr is imported on use: it comes with the `dask` extra.
 
 A store is a folder: it is made under a hidden temp name beside its target and moved into place
-when complete (`publish_store`), so no reader sees half of one.
+when complete (`nseg_data.atomic.atomic_dir` / `publish_dir`), so no reader sees half of one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from nseg_data.atomic import WriteFailed
+from nseg_data.atomic import atomic_dir
 
 from nseg_infer.sinks.base import BlockData, LabelledImage, Sink
 from nseg_infer.sinks.labels import label_dtype
@@ -82,36 +77,6 @@ def require_zarr() -> None:
                           "pip install 'nseg-infer[dask]'") from e
 
 
-def publish_store(work: Path, target: Path) -> Path:
-    """Move the complete store `work` onto `target` (replacing an older one): a folder cannot be
-    renamed over a full one, so the old one is moved aside first and removed after."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.{os.getpid()}.old")
-        os.replace(target, old)
-    os.replace(work, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-@contextlib.contextmanager
-def atomic_store(target: Path) -> Iterator[Path]:
-    """`nseg_data.atomic.atomic_path` for a store: a hidden temp folder beside `target`, published
-    when the block succeeds, removed when it raises; a failed write raises `WriteFailed`."""
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        try:
-            yield tmp
-            publish_store(tmp, target)
-        except WriteFailed:
-            raise
-        except OSError as e:
-            raise WriteFailed(target, e) from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 class ZarrSink(Sink):
     """`NAME.ome.zarr` in chunks of `chunk` (the instance block); each block writes its core."""
 
@@ -119,7 +84,8 @@ class ZarrSink(Sink):
 
     def start(self, image: LabelledImage, *, chunk: int = 2048) -> None:
         require_zarr()
-        tmp = self.enter(atomic_store(self.path))
+        # An existing folder is replaced only if it is a zarr store (a mistyped name deletes nothing).
+        tmp = self.enter(atomic_dir(self.path, marker=".zattrs"))
         self.array = open_labels(create_labels(tmp, image.shape, chunk, label_dtype(image.max_label),
                                                pixel_size_um=image.pixel_size_um), mode="r+")
 
