@@ -44,9 +44,9 @@ def _write(predictor, seg, out: Path, products: tuple[str, ...], h: int, w: int)
 
 def product_costs(predictor, files: list[Path], out: Path, repeat: int, profile: str | None = None) -> dict:
     """Seconds per product set, summed over `files` (each segmented once, outside the timing)."""
+    from nseg_infer.runners.files import segment_source
     from nseg_infer.sinks.outputs import DEFAULT_PRODUCTS
     from nseg_infer.sources.imageio import open_image
-    from nseg_infer.sources.prepare import segment_source
 
     sets = {name: (name,) for name in SINGLE}
     sets["default"] = DEFAULT_PRODUCTS

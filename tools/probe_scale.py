@@ -5,7 +5,7 @@ Cellpose estimates each image's nucleus size and rescales it to its training siz
 the same with nseg's own model: a first pass at the image's scale gives the median equivalent
 diameter d of the nuclei found; if D / d (D: the bundle's `scale.nucleus_diameter_px`) lies outside
 [1 / band, band], the image is segmented again as `--diameter d` segments it
-(`prepare.segment_source`: resampled by D / d, labels brought back at the image's size). Both results are scored
+(`files.segment_source`: resampled by D / d, labels brought back at the image's size). Both results are scored
 against the ground truth, per modality, for bands 1.25 and 1.5. Val only: the locked split is
 never used for a choice.
 
@@ -24,8 +24,9 @@ from nseg_data.dataset import open_dataset
 from nseg_data.metrics import dsb_score
 from nseg_data.split import load_splits
 from nseg_infer.engine.predictor import Predictor
+from nseg_infer.runners.files import segment_source
 from nseg_infer.sources.imageio import ArraySource
-from nseg_infer.sources.prepare import InputOptions, segment_source
+from nseg_infer.sources.options import InputOptions
 
 BANDS = (1.25, 1.5)
 

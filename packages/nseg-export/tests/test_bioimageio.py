@@ -78,7 +78,7 @@ def test_package_describes_the_bundle(package):
     assert test_in.shape == (1, 3, 256, 256) and test_out.shape == (1, 2, 256, 256)
     np.testing.assert_array_equal(test_in[0].transpose(1, 2, 0), img[:256, :256])
     # nseg's own pipeline on the crop as one untiled 256 px tile (no halo, no padding) is the same call.
-    field = Predictor(bundle, RunConfig(tile=256, overlap=0)).probabilities(img[:256, :256])
+    (field,) = Predictor(bundle, RunConfig(tile=256, overlap=0)).probabilities(img[:256, :256]).fields
     np.testing.assert_allclose(test_out[0], field, atol=1e-5)
 
 

@@ -64,6 +64,23 @@ def test_graph_runs_any_batch_and_size(unet_bundle):
         assert out.min() >= 0.0 and out.max() <= 1.0  # sigmoid is in the graph
 
 
+
+def test_parity_labels_are_predicts_on_an_image_of_many_blocks(unet_bundle):
+    """Parity's labels are the instance step on the very fields it compares; on an image larger than
+    one instance block they are still exactly `predict`'s (per-block fields, the margin rule, the
+    blocks pasted in order), so parity checks what `nseg-infer run` computes at every size."""
+    from nseg_infer.engine.predictor import Predictor, RunConfig
+
+    from nseg_export.parity import blob_image, runtime_outputs
+
+    p = Predictor(unet_bundle, RunConfig(device="cpu", tile=128, block=128, margin=32))
+    img = blob_image(np.random.default_rng(5), 300, 420)
+    fields, labels = runtime_outputs(p, img)
+    assert len(fields.fields) == len(fields.plan.blocks) == 12
+    expected = p.predict(img).labels
+    assert expected.max() > 5
+    np.testing.assert_array_equal(labels, expected)
+
 def test_parity_cli_passes_on_real_and_random_inputs(unet_ckpt, unet_bundle, tmp_path):
     report = tmp_path / "parity.json"
     res = runner.invoke(app, ["parity", str(unet_ckpt), str(unet_bundle), "--data", str(SAMPLE_DATA),

@@ -76,9 +76,10 @@ def test_predictor_post_processes_each_image_by_its_inferred_modality(tmp_path):
     many = predictor.predict_many([fluo, stained])
     assert many[0].max_label == 0
     np.testing.assert_array_equal(many[1].labels, plain.predict(stained).labels)
-    field = predictor.probabilities(fluo)
-    assert predictor.instances(field, fluo.shape[:2], modality="fluorescence").max() == 0
-    assert predictor.instances(field, fluo.shape[:2], modality="histology").max() > 0
+    fields = predictor.probabilities(fluo)
+    assert fields.plan.modality == "fluorescence"  # what predict picks, for tuning to pass on
+    assert predictor.instances(fields, modality=fields.plan.modality).max() == 0
+    assert predictor.instances(fields, modality="histology").max() > 0
 
 
 def test_flip_average_undoes_each_flip_and_means_the_outputs():

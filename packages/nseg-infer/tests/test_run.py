@@ -193,13 +193,39 @@ def test_probabilities_are_the_field_predict_segments(unet_bundle, maskrcnn_bund
 
     img, _ = synthetic_blobs((300, 420), 120, seed=7)
     p = Predictor(unet_bundle, RunConfig(tile=128, batch=3))  # several tiles, uneven last batch
-    field = p.probabilities(img)
+    fields = p.probabilities(img)
+    (field,) = fields.fields  # one instance block: the whole image's field
     assert field.shape == (2, 300, 420) and field.dtype == np.float32
     labels = p.predict(img).labels
     assert labels.max() > 0
     np.testing.assert_array_equal(unet_instances(field[0], field[1], p.params), labels)
+    np.testing.assert_array_equal(p.instances(fields), labels)
     with pytest.raises(ValueError, match="UNet"):  # the detector stand-in needs a backend, never called here
         Predictor(maskrcnn_bundle, backend=object()).probabilities(img)
+
+
+def test_tuning_fields_give_predicts_labels_on_an_image_of_many_blocks(unet_bundle, tmp_path):
+    """An image larger than one instance block: the fields are per block of the plan, and the
+    instance step on them (the margin rule, pasted in block order) is `predict`'s labels exactly,
+    with the bundle's parameters and with others (what tune scores is what predict would give)."""
+    from nseg_infer.engine.instances import WatershedParams
+
+    img, _ = synthetic_blobs((300, 420), 120, seed=7)
+    cfg = RunConfig(tile=128, batch=3, block=128, margin=32)
+    p = Predictor(unet_bundle, cfg)
+    fields = p.probabilities(img)
+    assert len(fields.fields) == len(fields.plan.blocks) == 12
+    assert [f.shape[1:] for f in fields.fields] == [b.outer.shape for b in fields.plan.blocks]
+    pred = p.predict(img)
+    assert pred.max_label > 50
+    np.testing.assert_array_equal(p.instances(fields), pred.labels)
+    # Other parameters: the same as a bundle that ships them.
+    tuned = {"fg_threshold": 0.6, "seed_threshold": 0.4, "min_size": 24}
+    assert WatershedParams.from_dict({**p.bundle.postprocessing, **tuned}) != p.params
+    other = Predictor(bundle_variant(unet_bundle, tmp_path / "tuned", postprocessing=tuned), cfg)
+    expected = other.predict(img).labels
+    assert not np.array_equal(expected, pred.labels)
+    np.testing.assert_array_equal(p.instances(fields, **tuned), expected)
 
 
 class CountingBackend:
@@ -240,7 +266,11 @@ def bundle_variant(src, dst, **sections):
 def test_resize_and_components_reproduce_the_seed_setup(unet_bundle, tmp_path):
     """`preprocessing.resize`: the whole image normalised, resized for the model and its labels
     brought back by nearest neighbour; `components`: connected components of the foreground."""
+    from nseg_infer.engine.plan import image_stats
     from nseg_infer.engine.preprocess import normalize, resize_image
+    from nseg_infer.runners.files import segment_source
+    from nseg_infer.sources.imageio import ArraySource
+    from nseg_infer.sources.prepare import model_input
     from nseg_infer.sources.scale import labels_to_input
 
     post = {"kind": "components", "fg_threshold": 0.5, "min_size": 4}
@@ -250,16 +280,22 @@ def test_resize_and_components_reproduce_the_seed_setup(unet_bundle, tmp_path):
                                  preprocessing={"normalization": {"kind": "scale_range"}}))
     img, _ = synthetic_blobs((150, 200), 20, seed=3)
     x = resize_image(normalize(img, p.bundle.preprocessing.normalization), 96)
-    field = p.probabilities(img)
+    inp = model_input(p.bundle, ArraySource(img))  # the bundle's resize: a Source decorator
+    assert inp.source.shape == (96, 96) and inp.back == ((150, 200),)
+    fields = p.probabilities(inp.source)
+    (field,) = fields.fields
     assert field.shape == (1, 96, 96)  # components need the foreground only
-    np.testing.assert_array_equal(field, q.probabilities(x))
+    np.testing.assert_array_equal(field, q.probabilities(x).fields[0])
     expected = np.zeros((150, 200), np.uint32)
     n, _ = labels_to_input(q.predict(x).labels, expected)
-    pred = p.predict(img)
-    assert pred.max_label == n > 5
-    np.testing.assert_array_equal(pred.labels, expected)
-    np.testing.assert_array_equal(p.instances(field, (150, 200)), expected)
-    np.testing.assert_array_equal(p.predict_many([img])[0].labels, expected)
+    with segment_source(p, ArraySource(img)) as seg:
+        assert seg.max_label == n > 5
+        assert seg.norm == image_stats(ArraySource(img), p.bundle.preprocessing.normalization)[:2]  # the input's own
+        np.testing.assert_array_equal(seg.labels, expected)
+    np.testing.assert_array_equal(inp.to_input(p.instances(fields))[0], expected)
+    np.testing.assert_array_equal(inp.to_input(p.predict_many([inp.source])[0].labels)[0], expected)
+    with pytest.raises(ValueError, match="resized to 96 x 96"):  # never the raw image by mistake
+        p.predict(img)
     bad = bundle_variant(unet_bundle, tmp_path / "bad", postprocessing={"kind": "mystery"})
     with pytest.raises(ValueError, match="mystery"):
         Predictor(bad)

@@ -13,8 +13,9 @@ from nseg_data.errors import DataError
 from nseg_infer.engine.bundle import ScaleSpec, default_bundle_path, load_bundle
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.engine.tiling import Window
+from nseg_infer.runners.files import segment_source
 from nseg_infer.sources.imageio import ArraySource
-from nseg_infer.sources.prepare import InputOptions, segment_source
+from nseg_infer.sources.options import InputOptions
 from nseg_infer.sources.scale import RescaledSource, labels_to_input, rescale_for
 
 P = Path("x.tif")

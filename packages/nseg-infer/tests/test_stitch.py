@@ -18,7 +18,7 @@ def untiled(bundle, image) -> Predictor:
 @pytest.fixture(scope="module")
 def one_pass(unet_bundle, mosaic):
     p = untiled(unet_bundle, mosaic)
-    assert len(p._grid(*mosaic.shape[:2])) == 1
+    assert len(p.grid(*mosaic.shape[:2])) == 1
     return p.predict(mosaic)
 
 
@@ -28,7 +28,7 @@ def tiled(unet_bundle):
 
 
 def test_tiled_equals_untiled_on_mosaic(one_pass, tiled, mosaic):
-    assert len(tiled._grid(*mosaic.shape[:2])) >= 50
+    assert len(tiled.grid(*mosaic.shape[:2])) >= 50
     pred = tiled.predict(mosaic)
     f1, n_one, n_tiled = f1_and_counts(one_pass.labels, pred.labels)
     assert n_one >= 50
@@ -42,7 +42,8 @@ def test_naive_per_tile_labelling_fails_the_same_check(one_pass, unet_bundle, mo
     p = untiled(unet_bundle, mosaic)
     field = p.backend.run(np.zeros((1, 3, 32, 32), np.float32))  # warm session; real field below
     assert field["probs"].shape == (1, 2, 32, 32)
-    from nseg_infer.engine.predictor import image_stats, read_tile
+    from nseg_infer.engine.plan import image_stats
+    from nseg_infer.engine.tiles import read_tile
     from nseg_infer.sources.imageio import ArraySource
 
     src = ArraySource(mosaic)
@@ -64,7 +65,8 @@ def test_naive_per_tile_labelling_fails_the_same_check(one_pass, unet_bundle, mo
 def test_blockwise_instances_equal_one_pass(one_pass, unet_bundle, mosaic):
     p = untiled(unet_bundle, mosaic)
     side = p.tile
-    from nseg_infer.engine.predictor import image_stats, read_tile
+    from nseg_infer.engine.plan import image_stats
+    from nseg_infer.engine.tiles import read_tile
     from nseg_infer.sources.imageio import ArraySource
 
     src = ArraySource(mosaic)
@@ -89,6 +91,26 @@ def test_streamed_blocks_equal_single_block(unet_bundle, mosaic, tiled):
     assert blocked.cut_clumps == 0
     assert same_partition(single.labels, blocked.labels)
 
+
+
+def test_blocks_run_alone_and_pasted_in_block_order_are_predict(unet_bundle, mosaic):
+    """The cluster's block task: a plan made without a model (`Planner`), each block labelled on
+    its own (`run_block`, in any order), pasted in block order with prefix-sum ids, is `predict`."""
+    from nseg_infer.engine.blocks import Paster
+    from nseg_infer.engine.plan import Planner
+    from nseg_infer.sources.imageio import ArraySource
+
+    p = Predictor(unet_bundle, RunConfig(block=300, margin=64))
+    src = ArraySource(mosaic)
+    plan = Planner(p.bundle, p.config).plan(src)
+    assert plan == p.plan(src) and len(plan.blocks) == 12
+    results = {b.index: p.run_block(src, b, plan) for b in reversed(plan.blocks)}
+    paster = Paster(np.zeros(mosaic.shape[:2], np.uint32))
+    for b in plan.blocks:
+        paster.paste(b, results[b.index])
+    pred = p.predict(mosaic)
+    assert paster.count == pred.max_label >= 50
+    np.testing.assert_array_equal(paster.canvas, pred.labels)
 
 def test_large_image_canvas_is_on_disk_matches_and_goes_with_its_block(unet_bundle, mosaic, tiled, tmp_path):
     ref = tiled.predict(mosaic)
@@ -226,7 +248,7 @@ def test_maskrcnn_tiles_are_the_fixed_graph_size(maskrcnn_bundle, shape):
     """The detector graph has a fixed input: every read window is exactly one tile, whatever the
     balanced grid's core sizes, and the cores still cover the image exactly once."""
     p = Predictor(maskrcnn_bundle, backend=FakeDetector())
-    tiles = p._maskrcnn_tiles(*shape)
+    tiles = p.maskrcnn_tiles(*shape)
     assert {t.read.shape for t in tiles} == {(p.tile, p.tile)}
     cover = np.zeros(shape, np.int32)
     for t in tiles:

@@ -47,9 +47,9 @@ def test_small_tiles_find_the_nuclei_one_whole_image_pass_finds(model_cfg, sampl
         h, w = s.image.shape[:2]
         side = 32 * int(np.ceil((max(h, w) + 2 * 64) / 32))
         whole = runtime_predictor(model, cfg, CPU, tile=side, overlap=64)
-        assert len(whole._maskrcnn_tiles(h, w)) == 1
+        assert len(whole.maskrcnn_tiles(h, w)) == 1
         tiled = runtime_predictor(model, cfg, CPU, tile=256, overlap=cfg.eval.halo)
-        assert len(tiled._maskrcnn_tiles(h, w)) >= 4 and cfg.eval.halo == 64
+        assert len(tiled.maskrcnn_tiles(h, w)) >= 4 and cfg.eval.halo == 64
         a = np.asarray(whole.predict(s.image).labels)
         b = np.asarray(tiled.predict(s.image).labels)
         m = match(a, b, 0.5)

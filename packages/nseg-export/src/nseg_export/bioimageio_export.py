@@ -168,15 +168,18 @@ def _cover(bundle, images: Sequence[np.ndarray]) -> bytes:
     with one image, the image beside its outlines."""
     from nseg_infer.engine.predictor import Predictor, RunConfig
     from nseg_infer.sinks.overlay import CONTOUR_RGB, boundaries, display_rgb
+    from nseg_infer.sources.imageio import ArraySource
+    from nseg_infer.sources.prepare import model_input
     from PIL import Image
 
     predictor = Predictor(bundle, RunConfig(device="cpu"))
     panels = []
     for rgb in images:
-        pred = predictor.predict(rgb)
+        inp = model_input(predictor.bundle, ArraySource(rgb))  # a bundle's `resize`, as `nseg-infer run` applies it
+        pred = predictor.predict(inp.source)
         plain = display_rgb(rgb, *pred.norm)
         outlined = plain.copy()
-        outlined[boundaries(np.pad(pred.labels, 1, mode="edge"))] = CONTOUR_RGB
+        outlined[boundaries(np.pad(inp.to_input(pred.labels)[0], 1, mode="edge"))] = CONTOUR_RGB
         panels.extend([plain, outlined] if len(images) == 1 else [outlined])
     cover = Image.new("RGB", (2 * COVER_SIDE, COVER_SIDE))
     for i, p in enumerate(panels):

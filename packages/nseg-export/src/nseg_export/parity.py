@@ -327,6 +327,24 @@ def cases_for(bundle: Any, data_dir: Path | None, max_images: int, seed: int) ->
 # ---------------------------------------------------------------- the driver
 
 
+def runtime_outputs(predictor: Any, image: np.ndarray) -> tuple[Any, np.ndarray]:
+    """One model pass of `predictor` on `image` as `nseg-infer run` makes it (the bundle's whole-image
+    `resize` applied by the Source decorator): (what the model gave: a UNet's fields per instance
+    block, or a detector's raw tile detections; the labels at the image's size: the instance step
+    on those outputs, which is `predict`'s at every image size)."""
+    from nseg_infer.sources.imageio import ArraySource
+    from nseg_infer.sources.prepare import model_input
+
+    inp = model_input(predictor.bundle, ArraySource(image))
+    if predictor.bundle.kind == "unet":
+        found = predictor.probabilities(inp.source)
+        labels = predictor.instances(found, modality=found.plan.modality)
+    else:
+        found = predictor.detections(inp.source)
+        labels = predictor.merge_detections(found, inp.source.shape)[0]
+    return found, inp.to_input(labels)[0]
+
+
 def predictor_target(target: TargetReport, cases: Cases, bundle: Any, ref: Any, test: Any) -> None:
     """Two Predictors on one bundle's metadata, differing only in their backend (`ref`, `test`:
     objects with `run(NCHW) -> {output: array}`, as nseg_infer.engine.backends has them)."""
@@ -339,19 +357,18 @@ def predictor_target(target: TargetReport, cases: Cases, bundle: Any, ref: Any, 
     for name, image in cases.images:
         try:
             # One model pass per side and image: the labels are the instance step on the very
-            # field or detections compared (tested equal to `predict`), not a second run.
-            h, w = image.shape[:2]
+            # fields or detections compared (`runtime_outputs`: `predict`'s labels), not a second run.
+            rf, rl = runtime_outputs(ref_p, image)
+            tf, tl = runtime_outputs(test_p, image)
             if bundle.kind == "unet":
-                n_tiles = len(ref_p._grid(h, w).tiles)
-                rf, tf = ref_p.probabilities(image), test_p.probabilities(image)
-                target.tensors.append(compare_arrays(name, "field", rf, tf, rtol=tol.rtol, atol=tol.atol,
-                                                     note=f"{n_tiles} tiles"))
-                rl, tl = ref_p.instances(rf, (h, w)), test_p.instances(tf, (h, w))
+                n_tiles = len(rf.plan.grid.tiles)
+                for k, (r, t) in enumerate(zip(rf.fields, tf.fields, strict=True)):
+                    case = name if len(rf.fields) == 1 else f"{name}#block{k}"
+                    target.tensors.append(compare_arrays(case, "field", r, t, rtol=tol.rtol, atol=tol.atol,
+                                                         note=f"{n_tiles} tiles"))
             else:
-                rd, td = ref_p.detections(image), test_p.detections(image)
-                for (tile, r), (_, t) in zip(rd, td, strict=True):
+                for (tile, r), (_, t) in zip(rf, tf, strict=True):
                     target.tensors += compare_detections(f"{name}#tile{tile.index}", r, t, tol, thr)
-                rl, tl = ref_p.merge_detections(rd, (h, w))[0], test_p.merge_detections(td, (h, w))[0]
             target.instances.append(compare_instances(name, rl, tl, tol.min_f1))
         except Exception as e:
             target.errors.append(f"{name}: {type(e).__name__}: {e}")

@@ -9,7 +9,7 @@ watch) stays light.
 __version__ = "0.1.0"
 _API = ("Segmentation", "segment")
 _CLUSTER = ("ClusterOptions", "ClusterReport", "run_on_cluster")
-_ENGINE = {"Predictor": "predictor", "RunConfig": "predictor", "Prediction": "predictor", "load_bundle": "bundle", "Bundle": "bundle"}
+_ENGINE = {"Predictor": "predictor", "RunConfig": "config", "Prediction": "predictor", "load_bundle": "bundle", "Bundle": "bundle"}
 __all__ = [*_API, *_CLUSTER, *_ENGINE]
 
 

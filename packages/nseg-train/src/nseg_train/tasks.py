@@ -12,6 +12,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from nseg_data.sample import Sample
+from nseg_infer.engine.predictor import Predictor
+from nseg_infer.sources.imageio import ArraySource
+from nseg_infer.sources.prepare import ModelInput, model_input
 
 from nseg_train.config import TrainConfig
 from nseg_train.datasets import CropDataset, prepare
@@ -36,10 +39,18 @@ class Task(Protocol):
     def predict(self, model: torch.nn.Module, sample: Sample, cfg: TrainConfig, device: torch.device) -> np.ndarray: ...
 
 
+def runtime_input(predictor: Predictor, image: np.ndarray) -> ModelInput:
+    """An in-memory image as `nseg-infer run` hands it to the Predictor (`source`: the bundle's
+    whole-image `resize` applied), with the way back to the image's size (`to_input`)."""
+    return model_input(predictor.bundle, ArraySource(image))
+
+
 def runtime_labels(model: torch.nn.Module, sample: Sample, cfg: TrainConfig, device: torch.device) -> np.ndarray:
     """Validation labels from the runtime's own Predictor (normalisation, resize, tiling, blending,
     instance step), the model standing in for the exported graph: a validation score is a user's."""
-    return runtime_predictor(model, cfg, device).predict(sample.image).labels
+    predictor = runtime_predictor(model, cfg, device)
+    inp = runtime_input(predictor, sample.image)
+    return inp.to_input(predictor.predict(inp.source).labels)[0]
 
 
 class UNetTask:

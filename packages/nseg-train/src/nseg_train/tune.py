@@ -28,6 +28,7 @@ from nseg_data.split import load_splits
 
 from nseg_train.checkpoint import load_checkpoint, load_model, save_atomic
 from nseg_train.deploy import runtime_predictor
+from nseg_train.tasks import runtime_input
 
 # min_seed_area matters most for large, elongated H&E nuclei, whose distance maps break into
 # several small cores that would each seed a nucleus.
@@ -214,10 +215,14 @@ def tune_checkpoint(
     else:
         grid = grid or DEFAULT_GRID
         it = progress(res.samples, "predict") if progress else res.samples
-        # The runtime's own normalisation, tiling, blending and instance step, as validation and
-        # `nseg-infer run` use.
+        # The runtime's own normalisation, resize, tiling, blending and instance step, as
+        # validation and `nseg-infer run` use: the fields of each image's instance blocks, on which
+        # the instance step gives exactly `predict`'s labels at every image size.
         predictor = runtime_predictor(model, cfg, device)
-        probs = [(s.labels, predictor.probabilities(s.image)) for s in it]
+        probs = []
+        for s in it:
+            inp = runtime_input(predictor, s.image)
+            probs.append((s.labels, inp, predictor.probabilities(inp.source)))
         modalities = [predictor.modality(s.image) for s in res.samples]
 
         memo: dict[tuple, float] = {}  # the searches revisit parameter sets; each image is scored once per set
@@ -226,8 +231,8 @@ def tune_checkpoint(
             key = tuple(sorted(params.items()))
             for i in idx:
                 if (key, i) not in memo:
-                    gt, field = probs[i]
-                    memo[key, i] = dsb_score(gt, predictor.instances(field, gt.shape, **params))
+                    gt, inp, fields = probs[i]
+                    memo[key, i] = dsb_score(gt, inp.to_input(predictor.instances(fields, **params))[0])
             return [memo[key, i] for i in idx]
 
         def score(params: dict) -> float:

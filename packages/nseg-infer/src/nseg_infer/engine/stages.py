@@ -1,6 +1,6 @@
 """The runtime's pipeline stages: a bounded reader thread (`background`) and a bounded consumer
 thread (`Worker`), so reading, the model and merging overlap while memory stays bounded. Used
-twice over: within one image (tiles read -> model -> merger, `Predictor._run_model`) and across
+twice over: within one image (tiles read -> model -> merger, `Predictor.tile_outputs`) and across
 the files of a batch (file read -> segmentation -> products writer, `FileRunner.process_many`)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`nseg_infer.segment`: one call from an image (array or file) to labels and measurements.
 
-The same path as `nseg-infer run` (`prepare.segment_source`, `outputs.measure_all`), so a script,
+The same path as `nseg-infer run` (`files.segment_source`, `outputs.measure_all`), so a script,
 a notebook or the napari plugin gets exactly the labels and table rows the command line writes.
 The model (an ONNX Runtime session) is loaded once per (bundle, device) and reused.
 """
@@ -21,7 +21,7 @@ from nseg_infer.sources.imageio import ArraySource, ImageSource, open_image
 
 if TYPE_CHECKING:
     from nseg_infer.engine.predictor import Predictor
-    from nseg_infer.sources.prepare import InputOptions
+    from nseg_infer.sources.options import InputOptions
 
 PathLike = str | os.PathLike
 
@@ -90,7 +90,7 @@ def segment(image: PathLike | np.ndarray, *, model: PathLike | None = None, chan
     (default: the packaged model). `name` fills the table's `image` column (default: the file's
     name, or "<array>")."""
     from nseg_infer.sources.channels import PYTHON, ChannelChoice
-    from nseg_infer.sources.prepare import InputOptions
+    from nseg_infer.sources.options import InputOptions
 
     opts = InputOptions(ChannelChoice.parse(channel, channels, wording=PYTHON), pixel_size, diameter)
     return segment_with(_predictor(str(model) if model is not None else None, device), image, opts,
@@ -100,11 +100,11 @@ def segment(image: PathLike | np.ndarray, *, model: PathLike | None = None, chan
 def segment_with(predictor: Predictor, image: PathLike | np.ndarray | ImageSource, opts: InputOptions, *,
                  channel_axis: int | None = None, name: str | None = None) -> Segmentation:
     """`segment` with a Predictor the caller made (its own backend, e.g. one that reports
-    progress) and `prepare.InputOptions` (whose `choice.wording` names the caller's options in
+    progress) and `options.InputOptions` (whose `choice.wording` names the caller's options in
     errors)."""
+    from nseg_infer.runners.files import segment_source
     from nseg_infer.runners.inputs import stem
     from nseg_infer.sinks.outputs import MeasureOptions, measure_all
-    from nseg_infer.sources.prepare import segment_source
 
     src = _source(image, name, channel_axis)
     label = name or (stem(Path(image)) if isinstance(image, str | os.PathLike) else "<array>")

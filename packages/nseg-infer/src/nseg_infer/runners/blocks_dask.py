@@ -6,8 +6,9 @@ Files: `file_task` is `FileRunner.process_file`, so a file's products are byte f
 A large image (UNet bundle, no whole-image `resize`, no rescaling) is split into the runtime's own
 instance blocks (`tiling.block_grid` with `RunConfig.block` and `margin`), one task each:
 
-    client: whole-image normalisation and modality once (`Predictor.block_inputs`) -> LargeImage
-    block_task (one per block): the block's region read by the worker -> `Predictor.block_labels`
+    client: the image's plan once (`Planner.plan`: blocks, whole-image normalisation, modality;
+        no model on the client) -> LargeImage
+    block_task (one per block): the block's region read by the worker -> `Predictor.run_block`
         -> the nuclei it owns, numbered 1..n, saved beside the output (`block-NNNNNN.npz`)
     client: global ids = prefix sum of n in block order (so completion order never matters)
     assemble_task (one per block core = one zarr chunk): the owned labels of the blocks whose
@@ -38,9 +39,11 @@ from pathlib import Path
 import numpy as np
 from nseg_data.atomic import atomic_path
 
-from nseg_infer.engine.predictor import BlockInputs, Predictor, RunConfig
+from nseg_infer.engine.config import RunConfig
+from nseg_infer.engine.plan import Plan, Planner
+from nseg_infer.engine.predictor import Predictor
 from nseg_infer.engine.stitch import paste_block
-from nseg_infer.engine.tiling import Block, Window, block_grid
+from nseg_infer.engine.tiling import Block, Window
 from nseg_infer.runners.files import FileRunner, failed, sink_options
 from nseg_infer.runners.inputs import FileResult, stem
 from nseg_infer.sinks.base import LabelledImage
@@ -117,18 +120,25 @@ class LargeImage:
     """A large image's block plan, made once on the client and sent with each of its tasks."""
 
     path: Path
-    shape: tuple[int, int]
-    blocks: tuple[Block, ...]
-    inputs: BlockInputs
+    layout: Plan                     # `Planner.plan` of the image: blocks, normalisation, modality
     pixel_size_um: tuple[float, float] | None
     work: Path                       # its folder under OUT/.nseg-cluster
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.layout.shape
+
+    @property
+    def blocks(self) -> tuple[Block, ...]:
+        return self.layout.blocks
 
     @property
     def plan(self) -> str:
         """What the manifest's block records are valid for."""
         h, w = self.shape
-        b = self.blocks[0]
-        return f"{h}x{w}/block {b.core.shape}/outer {b.outer.shape}/norm {self.inputs}"
+        b, lay = self.blocks[0], self.layout
+        return (f"{h}x{w}/block {b.core.shape}/outer {b.outer.shape}/tile {lay.tile} halo {lay.halo}"
+                f"/norm {lay.tile_norm} modality {lay.modality}")
 
     def block_file(self, index: int) -> Path:
         return self.work / f"block-{index:06d}.npz"
@@ -138,7 +148,7 @@ class LargeImage:
         return self.work / "labels.ome.zarr"
 
 
-def plan_large_image(planner: Predictor, path: Path, out_dir: Path) -> LargeImage | str:
+def plan_large_image(planner: Planner, path: Path, out_dir: Path) -> LargeImage | str:
     """The block plan of `path`, or why it runs as one file task instead. Reads the whole image
     once (the normalisation statistics `predict` computes over it)."""
     c = planner.config
@@ -147,17 +157,15 @@ def plan_large_image(planner: Predictor, path: Path, out_dir: Path) -> LargeImag
     if planner.bundle.preprocessing.resize is not None:
         return "the bundle resizes whole images"
     with open_image(path, region_threshold_px=c.region_px, max_pixels=c.max_pixels) as raw:
-        inp = model_input(planner, raw, c.input_options)
+        inp = model_input(planner.bundle, raw, c.input_options)
         if not inp.rescale.identity:
             return "the image is rescaled for the model (--diameter / pixel size)"
-        h, w = inp.source.shape
-        if max(h, w) <= c.block:
+        if max(inp.source.shape) <= c.block:
             return "the image is one instance block"
-        inputs = planner.block_inputs(inp.source)
+        layout = planner.plan(inp.source)
         px = inp.pixel_size_um
     key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
-    return LargeImage(path, (h, w), block_grid(h, w, c.block, c.margin), inputs, px,
-                      out_dir / WORK_DIR / f"{stem(path)}-{key}")
+    return LargeImage(path, layout, px, out_dir / WORK_DIR / f"{stem(path)}-{key}")
 
 
 def label_offsets(counts: Sequence[int]) -> list[int]:
@@ -182,7 +190,7 @@ class BlockDone:
 def _model_source(predictor: Predictor, path: Path) -> Iterator:
     with open_image(path, region_threshold_px=predictor.config.region_px,
                     max_pixels=predictor.config.max_pixels) as raw:
-        yield raw, model_input(predictor, raw, predictor.config.input_options)
+        yield raw, model_input(predictor.bundle, raw, predictor.config.input_options)
 
 
 def block_task(bundle: str, config: RunConfig, image: LargeImage, index: int) -> BlockDone:
@@ -191,13 +199,11 @@ def block_task(bundle: str, config: RunConfig, image: LargeImage, index: int) ->
     t0 = time.perf_counter()
     predictor = worker_predictor(bundle, config)
     with _model_source(predictor, image.path) as (_, inp):
-        if inp.source.shape != image.shape:
-            raise ValueError(f"{image.path}: image is {inp.source.shape}, planned as {image.shape}; was it replaced?")
-        labels, cut = predictor.block_labels(inp.source, image.blocks[index], image.inputs)
+        result = predictor.run_block(inp.source, image.blocks[index], image.layout)
     image.work.mkdir(parents=True, exist_ok=True)
     with atomic_path(image.block_file(index)) as tmp:
-        np.savez_compressed(tmp, labels=labels)
-    return BlockDone(index, int(labels.max()), cut, time.perf_counter() - t0, predictor.backend_name)
+        np.savez_compressed(tmp, labels=result.labels)
+    return BlockDone(index, result.n, result.cut, time.perf_counter() - t0, predictor.backend_name)
 
 
 def assemble_chunk(image: LargeImage, index: int, offsets: Sequence[int]) -> np.ndarray:
@@ -239,7 +245,7 @@ def parts_stem(image: LargeImage, index: int) -> Path:
 
 def _labelled(image: LargeImage, inp: ModelInput, array: str, total: int) -> LabelledImage:
     """The image as the sinks see it: the assembled zarr labels over the channels the model saw."""
-    return LabelledImage(stem(image.path), open_labels(Path(array)), total, inp.view, image.inputs.norm, inp.channels,
+    return LabelledImage(stem(image.path), open_labels(Path(array)), total, inp.view, image.layout.norm, inp.channels,
                          None, inp.pixel_size_um)
 
 

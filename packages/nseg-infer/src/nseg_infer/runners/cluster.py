@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nseg_data.atomic import clean_temp_files, exclusive_lock, publish_dir
+from nseg_data.atomic import clean_temp_files, exclusive_lock
 
 from nseg_infer.engine.bundle import load_bundle
-from nseg_infer.engine.predictor import Predictor, RunConfig
+from nseg_infer.engine.config import RunConfig
+from nseg_infer.engine.plan import Planner
 from nseg_infer.runners.blocks_dask import (
     WORK_DIR,
     BlockDone,
@@ -53,7 +54,7 @@ from nseg_infer.runners.cluster_manifest import MANIFEST_NAME, Manifest, fingerp
 from nseg_infer.runners.files import sink_options
 from nseg_infer.runners.inputs import FileResult, expand_inputs, failure_message, stem
 from nseg_infer.sinks.labels import label_dtype
-from nseg_infer.sinks.omezarr import create_labels
+from nseg_infer.sinks.omezarr import create_labels, publish_store
 from nseg_infer.sinks.outputs import part_sinks, product_blocks, write_summary
 from nseg_infer.sources.imageio import JPEG, PNG, TIFF
 
@@ -95,15 +96,6 @@ class ClusterReport:
     @property
     def failed(self) -> tuple[FileResult, ...]:
         return tuple(r for r in self.results if not r.ok)
-
-
-class _NoModel:
-    """The client plans and never runs the model: no session is loaded on it."""
-
-    name = "none"
-
-    def run(self, batch):  # pragma: no cover - a planning bug, not a user error
-        raise RuntimeError("the client of a cluster run does not run the model")
 
 
 @dataclass
@@ -154,8 +146,9 @@ def run_on_cluster(client: Client, inputs: Sequence[str | os.PathLike], out_dir:
     each file's result as it finishes, `on_start` with the number of files found."""
     config = config or RunConfig()
     b = load_bundle(bundle)
-    # Validates the settings against the bundle here, before any task is sent.
-    planner = Predictor(b, config, backend=_NoModel())
+    # Validates the settings against the bundle here, before any task is sent; the client plans
+    # large images and never runs the model, so no session is loaded on it.
+    planner = Planner(b, config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files, missing = expand_inputs(inputs)
@@ -183,7 +176,7 @@ def run_on_cluster(client: Client, inputs: Sequence[str | os.PathLike], out_dir:
 class _Run:
     """The client's loop: submit, collect as tasks finish, submit what a finished step unlocks."""
 
-    def __init__(self, client: Client, planner: Predictor, bundle: str, out: Path, options: ClusterOptions,
+    def __init__(self, client: Client, planner: Planner, bundle: str, out: Path, options: ClusterOptions,
                  manifest: Manifest, progress: Callable[[FileResult], None] | None) -> None:
         self.client, self.planner, self.bundle, self.out = client, planner, bundle, out
         self.config = planner.config
@@ -305,8 +298,7 @@ class _Run:
             return [self._products(job)] if job.pending == 0 else []
         # products; the zarr labels go last, where `zarr` is among the products (PRODUCTS' order)
         if value.ok:
-            zarr = self.out / f"{stem(job.image.path)}.ome.zarr"
-            publish_dir(job.image.zarr_work, zarr)
+            zarr = publish_store(job.image.zarr_work, self.out / f"{stem(job.image.path)}.ome.zarr")
             value = dataclasses.replace(value, outputs=(*value.outputs, zarr))
             shutil.rmtree(job.image.work, ignore_errors=True)
         cut = _cut(job)

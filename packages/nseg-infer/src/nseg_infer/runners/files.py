@@ -28,9 +28,23 @@ from nseg_infer.runners.inputs import FileResult, expand_inputs, failure_message
 from nseg_infer.sinks.base import LabelledImage
 from nseg_infer.sinks.outputs import ProductPaths, SinkOptions, write_products, write_summary
 from nseg_infer.sources.imageio import ImageSource, open_image
-from nseg_infer.sources.prepare import ModelInput, Segmented, model_input, segment_source, segmented
+from nseg_infer.sources.options import InputOptions
+from nseg_infer.sources.prepare import ModelInput, Segmented, model_input, segmented
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def segment_source(predictor: Predictor, raw: ImageSource, opts: InputOptions = InputOptions(), *,
+                   work_dir: Path | None = None) -> Iterator[Segmented]:
+    """Source -> Predictor, for one opened image: `raw` read with `opts` as the model sees it
+    (`prepare.model_input`), predicted, and brought back at its own size (`prepare.segmented`).
+    Disk-backed canvases of large images live until the block ends."""
+    inp = model_input(predictor.bundle, raw, opts)
+    with predictor.canvas(inp.source.shape, work_dir=work_dir) as canvas:
+        pred = predictor.predict(inp.source, labels=canvas)
+        with segmented(predictor, inp, pred, work_dir=work_dir) as seg:
+            yield seg
 
 
 @dataclass(frozen=True)
@@ -114,7 +128,7 @@ class FileRunner:
                 try:
                     raw = stack.enter_context(open_image(p, region_threshold_px=self.config.region_px, max_pixels=self.config.max_pixels))
                     shape = raw.shape
-                    opened.append((p, Path(out), shape, model_input(self.predictor, raw, self.config.input_options)))
+                    opened.append((p, Path(out), shape, model_input(self.predictor.bundle, raw, self.config.input_options)))
                 except Exception as e:  # reported in this file's result, as process_file does
                     opened.append((p, Path(out), shape, e))
             inputs = [inp for *_, inp in opened if isinstance(inp, ModelInput)]

@@ -255,7 +255,7 @@ def segment_layer(image: "napari.layers.Image", model: str | Path | None = None,
     pixel size in its metadata."""
     from nseg_infer.runners.api import segment_with
     from nseg_infer.sources.channels import NAPARI, ChannelChoice
-    from nseg_infer.sources.prepare import InputOptions
+    from nseg_infer.sources.options import InputOptions
 
     data = np.asarray(image.data)
     rgb = bool(getattr(image, "rgb", False))

@@ -464,7 +464,7 @@ class Watcher:
             return None
         # Grouped by the tile shape the model sees, after rescaling and the bundle's resize.
         p = self.predictor
-        shape = model_shape(p, job.shape, p.config.input_options)
+        shape = model_shape(p.bundle, job.shape, p.config.input_options)
         if shape is None:
             return None
         grid = tile_grid(*shape, p.tile, p.halo, p.bundle.preprocessing.size_divisor)

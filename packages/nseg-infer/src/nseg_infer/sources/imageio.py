@@ -59,6 +59,11 @@ class ImageSource:
     dtype: np.dtype
     is_region_reader: bool = False
     info: ImageInfo = ImageInfo()
+    # A source whose pixels come normalised already (a bundle's `resize`: `scale.ResizedSource`)
+    # carries the whole-image (low, high) and modality of the image they came from; the engine's
+    # plan takes them instead of measuring its own pixels.
+    normalised: tuple[float, float] | None = None
+    modality: str | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -12,6 +12,10 @@ resampled image, and large images are still read region by region. Labels come b
 exact size by nearest neighbour at pixel centres (input pixel y takes model row
 floor((y + 0.5) * H' / H)), then are renumbered 1..n in order, dropping nuclei too small to
 survive the round trip.
+
+A bundle's `preprocessing.resize` (the seed study's setup) is the other decorator here:
+`ResizedSource` is the whole image normalised by its own statistics and resized to a fixed square,
+as training prepared its images; its labels come back the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import numpy as np
 from nseg_data.errors import DataError
 
 from nseg_infer.engine.bundle import ScaleSpec
+from nseg_infer.engine.plan import image_stats
+from nseg_infer.engine.preprocess import Normalization, apply_norm, as_rgb, resize_image
 from nseg_infer.engine.tiling import Window
 from nseg_infer.sources.imageio import ImageSource
 
@@ -121,6 +127,26 @@ class RescaledSource(ImageSource):
         if a.ndim == 2:
             a = a[..., None]
         return _apply(_apply(a, 0, iy, wy, r0), 1, ix, wx, c0)
+
+
+class ResizedSource(ImageSource):
+    """`src` as a bundle with `preprocessing.resize` sees it: the whole image normalised by its own
+    whole-image (low, high) (`norm`), then resized to size x size (bilinear, no anti-aliasing:
+    `preprocess.resize_image`), float32 in memory. Its pixels come normalised: `normalised` holds
+    the (low, high) they were normalised by and `modality` the image's own, which the engine's
+    plan takes instead of measuring the resized pixels."""
+
+    def __init__(self, src: ImageSource, size: int, norm: Normalization) -> None:
+        lo, hi, modality = image_stats(src, norm, modality=True)
+        self.pixels = resize_image(apply_norm(as_rgb(src.read_all(), source=str(src.path)), lo, hi), size)
+        self.path, self.info = src.path, src.info
+        self.height = self.width = size
+        self.channels = 3
+        self.dtype = np.dtype(np.float32)
+        self.normalised, self.modality = (lo, hi), modality
+
+    def read(self, window: Window) -> np.ndarray:
+        return self.pixels[window.slices]
 
 
 def _nearest(n_model: int, n_in: int, start: int, stop: int) -> np.ndarray:
