@@ -32,14 +32,14 @@ SINGLE = ("labels", "csv", "overlay", "geojson", "rois")
 
 
 def _write(predictor, seg, out: Path, products: tuple[str, ...], h: int, w: int) -> int:
+    from nseg_infer.runners.files import sink_options
     from nseg_infer.sinks.base import LabelledImage
-    from nseg_infer.sinks.outputs import ProductPaths, SinkOptions, write_products
+    from nseg_infer.sinks.outputs import ProductPaths, write_products
 
-    c = predictor.config
     paths = ProductPaths.for_input("bench", out, products)
     image = LabelledImage("bench", seg.labels, seg.max_label, seg.view, seg.norm, seg.channels, seg.scores,
                           seg.pixel_size_um)
-    return write_products(paths, image, SinkOptions(h * w > c.large_px, c.block, c.margin, c.overview_side))
+    return write_products(paths, image, sink_options(predictor.config, (h, w)))
 
 
 def product_costs(predictor, files: list[Path], out: Path, repeat: int, profile: str | None = None) -> dict:
