@@ -5,8 +5,11 @@ labels, --products, and the sinks that write them."""
 from __future__ import annotations
 
 import csv
+import errno
 import gzip
+import io
 import json
+import os
 import sys
 import uuid
 
@@ -14,16 +17,21 @@ import numpy as np
 import pytest
 import tifffile
 from infer_testkit import synthetic_blobs
+from nseg_data.atomic import WriteFailed
 from typer.testing import CliRunner
 
 from nseg_infer.engine.predictor import Predictor, RunConfig
+from nseg_infer.engine.tiling import block_grid
 from nseg_infer.runners.cli import app
 from nseg_infer.runners.files import FileRunner
 from nseg_infer.sinks import labelstiff
+from nseg_infer.sinks.base import BlockData, LabelledImage
 from nseg_infer.sinks.measure import COLUMNS, UM_COLUMNS
 from nseg_infer.sinks.omezarr import array_path, open_labels
 from nseg_infer.sinks.outputs import PRODUCTS, parse_products, write_labels
+from nseg_infer.sinks.table import CsvSink
 from nseg_infer.sources.imageinfo import tiff_pixel_size
+from nseg_infer.sources.imageio import ArraySource
 
 PX = 0.5
 
@@ -210,3 +218,31 @@ def test_zarr_without_the_dask_extra_names_it(unet_bundle, stained, tmp_path, mo
     res = CliRunner().invoke(app, ["run", str(stained[0]), "--out", str(tmp_path / "x"), "--model", str(unet_bundle),
                                    "--products", "labels,zarr"])
     assert res.exit_code == 2 and "nseg-infer[dask]" in res.output and not (tmp_path / "x").exists()
+
+
+class _FullDisk(io.RawIOBase):
+    def write(self, b) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_sink_publishes_only_when_closed_and_names_its_file_when_a_write_fails(tmp_path):
+    img, _ = synthetic_blobs((64, 64), 5, seed=3)
+    lab = (img > 100).astype(np.uint32)
+    image = LabelledImage("a", lab, 1, ArraySource(img), (0.0, 255.0))
+    block = BlockData(image, block_grid(64, 64, 64, 0)[0], polygons=False)
+    with pytest.raises(RuntimeError), CsvSink.open(tmp_path / "a.csv", image) as sink:
+        sink.add_block(block)
+        raise RuntimeError("the image failed mid-way")
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temp file
+    with CsvSink.open(tmp_path / "a.csv", image) as sink:
+        sink.add_block(block)
+        sink.fh = _FullDisk()
+        with pytest.raises(WriteFailed, match=r"a\.csv: not written: No space left on device"):
+            sink.add_block(block)
+    assert list(tmp_path.iterdir()) == []
+    with CsvSink.open(tmp_path / "a.csv", image) as sink:
+        sink.add_block(block)
+        assert sink.close() == (tmp_path / "a.csv",)
+    assert (tmp_path / "a.csv").read_text().splitlines()[1].startswith("a,1,")
+    with pytest.raises(ValueError, match="labels of shape"):
+        LabelledImage("a", lab[:10], 1, ArraySource(img), (0.0, 255.0))

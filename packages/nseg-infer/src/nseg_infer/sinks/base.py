@@ -41,6 +41,13 @@ class LabelledImage:
     scores: np.ndarray | None = None    # per label (Mask R-CNN): the CSV's score column
     pixel_size_um: tuple[float, float] | None = None
 
+    def __post_init__(self) -> None:
+        if tuple(self.labels.shape) != tuple(self.view.shape):
+            raise ValueError(f"{self.name}: labels of shape {tuple(self.labels.shape)} for an image of "
+                             f"{tuple(self.view.shape)}")
+        if self.max_label < 0:
+            raise ValueError(f"{self.name}: max_label must be >= 0, got {self.max_label}")
+
     @property
     def shape(self) -> tuple[int, int]:
         return self.view.shape
