@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nseg_data.atomic import clean_temp_files, exclusive_lock
+from nseg_data.atomic import clean_temp_files, exclusive_lock, publish_dir
 
 from nseg_infer.engine.bundle import load_bundle
 from nseg_infer.engine.config import RunConfig
@@ -54,7 +54,7 @@ from nseg_infer.runners.cluster_manifest import MANIFEST_NAME, Manifest, fingerp
 from nseg_infer.runners.files import sink_options
 from nseg_infer.runners.inputs import FileResult, expand_inputs, failure_message, stem
 from nseg_infer.sinks.labels import label_dtype
-from nseg_infer.sinks.omezarr import create_labels, publish_store
+from nseg_infer.sinks.omezarr import create_labels
 from nseg_infer.sinks.outputs import part_sinks, product_blocks, write_summary
 from nseg_infer.sources.imageio import JPEG, PNG, TIFF
 
@@ -298,7 +298,8 @@ class _Run:
             return [self._products(job)] if job.pending == 0 else []
         # products; the zarr labels go last, where `zarr` is among the products (PRODUCTS' order)
         if value.ok:
-            zarr = publish_store(job.image.zarr_work, self.out / f"{stem(job.image.path)}.ome.zarr")
+            zarr = self.out / f"{stem(job.image.path)}.ome.zarr"
+            publish_dir(job.image.zarr_work, zarr)
             value = dataclasses.replace(value, outputs=(*value.outputs, zarr))
             shutil.rmtree(job.image.work, ignore_errors=True)
         cut = _cut(job)
