@@ -237,6 +237,24 @@ class CountingBackend:
         return self.backend.run(batch)
 
 
+
+def test_a_merger_error_surfaces_and_stops_the_tile_reader(unet_bundle):
+    """A block step that fails (here on outputs of the wrong size) raises from `predict`, and the
+    reader thread feeding the model is stopped with it, not left reading tiles."""
+    import threading
+
+    class WrongSize:
+        name = "wrong-size"
+
+        def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+            return {"probs": np.zeros((len(batch), 2, 8, 8), np.float32)}
+
+    img, _ = synthetic_blobs((300, 420), 40, seed=2)
+    p = Predictor(unet_bundle, RunConfig(tile=128, batch=1, block=128, margin=32), backend=WrongSize())
+    with pytest.raises(ValueError):
+        p.predict(img)
+    assert not [t for t in threading.enumerate() if t.name in ("nseg-reader", "nseg-merger")]
+
 def test_predict_many_shares_model_calls_and_gives_each_image_predicts_labels(unet_bundle):
     shapes = [(60, 80), (60, 80), (90, 70), (60, 80), (300, 420)]
     images = [synthetic_blobs(s, 6, seed=i)[0] for i, s in enumerate(shapes)]

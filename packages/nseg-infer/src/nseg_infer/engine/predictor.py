@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +84,7 @@ class Predictor(Planner):
 
     # -- the one road to the model ----------------------------------------------------------------
 
-    def tile_outputs(self, reads: Iterable[TileRead]) -> Iterator[tuple[TileRead, np.ndarray | dict[str, np.ndarray]]]:
+    def tile_outputs(self, reads: Iterable[TileRead]) -> Generator[tuple[TileRead, np.ndarray | dict[str, np.ndarray]], None, None]:
         """Each read with its output, in order: tiles are read, normalised and batched (consecutive
         tiles of one shape share a batch of up to `batch`) in a reader thread, the model runs on
         this thread. A UNet tile's output is its [C, h, w] float32 field (the channels the instance
@@ -102,12 +102,14 @@ class Predictor(Planner):
                     (r,) = chunk
                     yield r, out
 
-    def _drain(self, outputs: Iterator, consume: Callable[[tuple], None]) -> None:
-        """`consume` each tile output on a merger thread while the model runs on this one."""
+    def _drain(self, outputs: Generator, consume: Callable[[tuple], None]) -> None:
+        """`consume` each tile output on a merger thread while the model runs on this one. On an
+        error the outputs are closed at once, which stops their reader thread."""
         worker = Worker(consume, self.config.queue_depth * self.batch)
         try:
-            for item in outputs:
-                worker.put(item)
+            with contextlib.closing(outputs):
+                for item in outputs:
+                    worker.put(item)
         finally:
             worker.close()
 
@@ -154,8 +156,9 @@ class Predictor(Planner):
             raise ValueError(f"{src.path}: image is {src.shape}, planned as {plan.shape}; was it replaced?")
         grid = plan.grid
         ids = block_tiles(grid, block)
-        outputs = {r.tile.index: out for r, out in
-                   self.tile_outputs(TileRead(None, src, grid.tiles[i], plan.tile_norm) for i in ids)}
+        reads = (TileRead(None, src, grid.tiles[i], plan.tile_norm) for i in ids)
+        with contextlib.closing(self.tile_outputs(reads)) as tiles:  # closed, its reader stopped, on error too
+            outputs = {r.tile.index: out for r, out in tiles}
         field = block_field(grid, block, outputs, self.field_channels, ids)
         return field_instances(field, block, plan.shape, self.params_for(plan.modality))
 
