@@ -284,8 +284,8 @@ def bundle_variant(src, dst, **sections):
 def test_resize_and_components_reproduce_the_seed_setup(unet_bundle, tmp_path):
     """`preprocessing.resize`: the whole image normalised, resized for the model and its labels
     brought back by nearest neighbour; `components`: connected components of the foreground."""
-    from nseg_infer.engine.plan import image_stats
     from nseg_infer.engine.preprocess import normalize, resize_image
+    from nseg_infer.engine.stats import image_stats
     from nseg_infer.runners.files import segment_source
     from nseg_infer.sources.imageio import ArraySource
     from nseg_infer.sources.prepare import model_input

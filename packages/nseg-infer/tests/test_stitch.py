@@ -42,7 +42,7 @@ def test_naive_per_tile_labelling_fails_the_same_check(one_pass, unet_bundle, mo
     p = untiled(unet_bundle, mosaic)
     field = p.backend.run(np.zeros((1, 3, 32, 32), np.float32))  # warm session; real field below
     assert field["probs"].shape == (1, 2, 32, 32)
-    from nseg_infer.engine.plan import image_stats
+    from nseg_infer.engine.stats import image_stats
     from nseg_infer.engine.tiles import read_tile
     from nseg_infer.sources.imageio import ArraySource
 
@@ -65,7 +65,7 @@ def test_naive_per_tile_labelling_fails_the_same_check(one_pass, unet_bundle, mo
 def test_blockwise_instances_equal_one_pass(one_pass, unet_bundle, mosaic):
     p = untiled(unet_bundle, mosaic)
     side = p.tile
-    from nseg_infer.engine.plan import image_stats
+    from nseg_infer.engine.stats import image_stats
     from nseg_infer.engine.tiles import read_tile
     from nseg_infer.sources.imageio import ArraySource
 

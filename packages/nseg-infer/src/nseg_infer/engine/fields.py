@@ -2,7 +2,7 @@
 searches the instance parameters on and what parity compares across backends.
 
 `Predictor.probabilities(image)` gives the `Fields` of the image's plan, each block's field
-computed exactly as `predict` computes it; `labels(fields, params)` runs the instance step per
+computed exactly as `predict` computes it; `instance_labels(fields, params)` runs the instance step per
 block with the margin rule and pastes as `predict` pastes, so with the bundle's parameters it
 gives `predict`'s labels at every image size, and with others what `predict` would give with them.
 """
@@ -31,7 +31,7 @@ class Fields:
             raise ValueError(f"{len(self.fields)} fields for {len(self.plan.blocks)} blocks")
 
 
-def labels(fields: Fields, params: InstanceParams) -> np.ndarray:
+def instance_labels(fields: Fields, params: InstanceParams) -> np.ndarray:
     """HxW uint32 labels at the plan's shape: each block's owned nuclei, numbered in block order."""
     plan = fields.plan
     paster = Paster(np.zeros(plan.shape, np.uint32))

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from nseg_infer.engine import fields as fieldsmod
 from nseg_infer.engine.backends import Backend, FlipAverage, create_backend
 from nseg_infer.engine.blocks import (
     BlockResult,
@@ -41,7 +40,7 @@ from nseg_infer.engine.blocks import (
 from nseg_infer.engine.bundle import Bundle, load_bundle
 from nseg_infer.engine.canvas import label_canvas
 from nseg_infer.engine.config import RunConfig
-from nseg_infer.engine.fields import Fields
+from nseg_infer.engine.fields import Fields, instance_labels
 from nseg_infer.engine.instances import instance_params
 from nseg_infer.engine.plan import Plan, Planner, as_source
 from nseg_infer.engine.stages import Worker, background
@@ -212,7 +211,7 @@ class Predictor(Planner):
         the bundle's post-processing for `modality` (None: its base parameters; `fields.plan.modality`
         for what `predict` picks) or `overrides` of it (what `nseg-train tune` searches); labels at
         the plan's shape."""
-        return fieldsmod.labels(fields, instance_params({**self.bundle.postprocessing, **overrides}, modality))
+        return instance_labels(fields, instance_params({**self.bundle.postprocessing, **overrides}, modality))
 
     # -- Mask R-CNN --------------------------------------------------------------------------------
 

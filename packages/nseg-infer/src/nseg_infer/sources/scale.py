@@ -28,8 +28,8 @@ import numpy as np
 from nseg_data.errors import DataError
 
 from nseg_infer.engine.bundle import ScaleSpec
-from nseg_infer.engine.plan import image_stats
 from nseg_infer.engine.preprocess import Normalization, apply_norm, as_rgb, resize_image
+from nseg_infer.engine.stats import image_stats
 from nseg_infer.engine.tiling import Window
 from nseg_infer.sources.imageio import ImageSource
 
