@@ -144,11 +144,11 @@ def test_onnx_cli_with_simplify(unet_ckpt, tmp_path):
 
 def test_the_seed_setup_exports_and_its_bundle_segments_as_validation_does(tmp_path):
     """unet-paper (scale_range, resize to 512, connected components): the bundle says so, and the
-    runtime segments an image as training's validation does (the same Predictor over torch)."""
+    runtime's Python API segments an image as training's validation does (the same Predictor over torch)."""
     import torch
     from conftest import disc_sample, make_unet_checkpoint
     from nseg_data.sample import Modality, Sample
-    from nseg_infer.engine.predictor import Predictor, RunConfig
+    from nseg_infer import segment
     from nseg_train.checkpoint import load_model
     from nseg_train.config import load_config
     from nseg_train.tasks import TASKS
@@ -164,7 +164,7 @@ def test_the_seed_setup_exports_and_its_bundle_segments_as_validation_does(tmp_p
     assert check_metadata(meta, cfg, ckpt_dict) == []
     image, _ = disc_sample(np.random.default_rng(3), 90, 120, 5)
     val = TASKS["unet"](cfg).predict(model, Sample("s", image, None, Modality.FLUORESCENCE, "synthetic"), cfg, torch.device("cpu"))
-    run = Predictor(tmp_path / "b", RunConfig(device="cpu")).predict(image).labels
+    run = segment(image, model=tmp_path / "b", device="cpu").labels
     assert val.shape == run.shape == (90, 120)
     check = compare_instances("seed", val, run, min_f1=0.99)
     assert check.passed and check.n_ref == check.n_test > 0, check

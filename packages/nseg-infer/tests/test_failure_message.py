@@ -1,4 +1,4 @@
-"""One rule turns an exception into the message a user reads about a file: `run`, the cluster and
+"""One rule turns an exception into the message a user reads about a file: the file runner, the cluster and
 the folder watch's settle check all use `failure_message`."""
 
 import errno
@@ -7,8 +7,7 @@ from pathlib import Path
 from nseg_data.atomic import WriteFailed
 from nseg_data.errors import DataError
 
-from nseg_infer.engine import predictor as run
-from nseg_infer.runners import cluster, settle
+from nseg_infer.runners import cluster, files, settle
 from nseg_infer.runners.inputs import failure_message
 
 P = Path("in/a.tif")
@@ -29,7 +28,7 @@ def test_any_other_error_gets_the_file_and_its_type():
 
 
 def test_every_runner_uses_the_one_rule():
-    for module in (run, cluster, settle):
+    for module in (files, cluster, settle):
         assert module.failure_message is failure_message
 
 

@@ -15,7 +15,7 @@ from infer_testkit import synthetic_blobs, write_bundle
 from nseg_data.errors import DataError
 from typer.testing import CliRunner
 
-from nseg_infer.engine import predictor as run
+from nseg_infer.engine import plan
 from nseg_infer.engine.bundle import BundleError, load_bundle
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.runners.cli import app
@@ -182,7 +182,7 @@ def test_absurd_tiff_tile_counts_are_refused(tmp_path, monkeypatch):
 def test_absurd_model_tile_grids_are_refused(unet_bundle, tmp_path, monkeypatch):
     p = _png(tmp_path, (300, 300))
     pred = Predictor(unet_bundle, RunConfig(device="cpu"))
-    monkeypatch.setattr(run, "MAX_TILES", 3)
+    monkeypatch.setattr(plan, "MAX_TILES", 3)
     r = FileRunner(pred).process_file(p, tmp_path / "out")
     assert not r.ok and str(p) in r.error and "tiles, above the limit of 3" in r.error
 

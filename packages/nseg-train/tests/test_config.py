@@ -41,6 +41,8 @@ def test_unknown_key_is_an_error(tmp_path: Path):
         ({"optim": {"lr": -1}}, "positive"),
         ({"augment": {"invert_p": 2}}, "probability"),
         ({"model": {"deep_supervision": 4}}, "deep_supervision"),
+        ({"data": {"modalities": ["histolgy"]}}, "data.modalities"),
+        ({"data": {"modalities": []}}, "data.modalities"),
     ],
 )
 def test_invalid_values_rejected(patch, msg):
@@ -65,3 +67,10 @@ def test_deep_supervision_round_trips_and_stays_out_of_plain_configs():
     deep = config_from_dict({**plain.to_dict(), "model": {**plain.to_dict()["model"], "deep_supervision": 2}})
     assert deep.to_dict()["model"]["deep_supervision"] == 2
     assert config_from_dict(deep.to_dict()) == deep
+
+
+def test_expert_modalities_round_trip_and_stay_out_of_plain_configs():
+    cfg = config_from_dict({"name": "x", "data": {"modalities": ["histology"]}})
+    assert cfg.data.modalities == ("histology",)
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert "modalities" not in load_config("unet").to_dict()["data"]

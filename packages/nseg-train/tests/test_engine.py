@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from nseg_train.checkpoint import load_checkpoint, load_model
 from nseg_train.cli import app
 from nseg_train.config import load_config
-from nseg_train.engine import RunOptions, TrainError, train
+from nseg_train.engine import RunOptions, TrainError, load_split_samples, train
 
 runner = CliRunner()
 
@@ -232,3 +232,18 @@ def test_weight_averaging_validates_the_average_and_resumes_exactly(synth_data, 
     # What ships from the run loads as a plain model of the averaged weights.
     model, _, _ = load_model(tmp_path / "a" / "last.pt")
     torch.testing.assert_close(model.state_dict()["model.0.conv.unit0.conv.weight"], ca["model"]["model.0.conv.unit0.conv.weight"])
+
+
+def test_an_expert_trains_and_validates_on_its_modalities_only(synth_data):
+    from nseg_data.split import load_splits
+
+    data, splits_file = synth_data
+    splits = load_splits(splits_file)
+    opts = RunOptions(data_dir=data, splits_file=splits_file, out_dir=data.parent / "unused")
+    _, whole = load_split_samples(opts, ("train", "val"), {})
+    _, expert = load_split_samples(opts, ("train", "val"), {}, ("fluorescence",))
+    for name in ("train", "val"):
+        want = [i for i in splits[name] if splits.modality[i] == "fluorescence"]
+        assert want and [s.id for s in expert[name]] == want
+        assert {str(s.modality) for s in expert[name]} == {"fluorescence"}
+    assert len(expert["train"]) < len(whole["train"])  # the synthetic set mixes modalities

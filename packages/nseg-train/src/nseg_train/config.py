@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from nseg_data.sample import Modality
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -29,6 +30,8 @@ class DataConfig:
     crops_per_image: int = 2
     crop_sampler: Literal["random", "pos_neg"] = "random"
     modality_balance: float = 0.5  # sampling weight per image ∝ count(modality) ** -balance
+    # Train and validate only on these modalities (as the split records them): an expert, e.g. for H&E.
+    modalities: tuple[str, ...] | None = None
     num_workers: int = 2
 
     def __post_init__(self) -> None:
@@ -38,6 +41,11 @@ class DataConfig:
             raise ConfigError("data.crops_per_image must be >= 1")
         if not 0 <= self.modality_balance <= 1:
             raise ConfigError("data.modality_balance must be in [0, 1]")
+        if self.modalities is not None:
+            known = {m.value for m in Modality}
+            if not self.modalities or set(self.modalities) - known:
+                raise ConfigError(f"data.modalities must be a non-empty list of {', '.join(sorted(known))}; "
+                                  f"got {list(self.modalities)}")
         if not 0 <= self.low_percentile < self.high_percentile <= 100:
             raise ConfigError("data percentiles must satisfy 0 <= low < high <= 100")
 
@@ -299,6 +307,8 @@ class TrainConfig:
             del d["model"]["deep_supervision"]
         if not self.optim.ema:
             del d["optim"]["ema"]
+        if self.data.modalities is None:
+            del d["data"]["modalities"]
         return d
 
     def replace(self, **sections: Any) -> TrainConfig:

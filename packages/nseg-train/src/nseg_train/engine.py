@@ -132,11 +132,14 @@ def resolve_splits(opts: RunOptions) -> tuple[Splits, Path, dict[str, Sample]]:
     return splits, kept, {s.id: s for s in samples}
 
 
-def load_split_samples(opts: RunOptions, names: tuple[str, ...], limits: dict[str, int | None]):
+def load_split_samples(opts: RunOptions, names: tuple[str, ...], limits: dict[str, int | None],
+                       modalities: tuple[str, ...] | None = None):
     splits, source, decoded = resolve_splits(opts)
     out = {}
     for name in names:
         ids = list(splits[name])
+        if name in ("train", "val") and modalities:
+            ids = [i for i in ids if splits.modality.get(i) in modalities]
         if limits.get(name):
             ids = ids[: limits[name]]
         if not ids:
@@ -209,7 +212,8 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
         raise TrainError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
     init_path = resolve_init(opts.init, cfg.model.kind)
     seed_everything(cfg.seed + info.rank)
-    splits, data = load_split_samples(opts, ("train", "val"), {"train": opts.limit_train, "val": opts.limit_val})
+    splits, data = load_split_samples(opts, ("train", "val"), {"train": opts.limit_train, "val": opts.limit_val},
+                                      cfg.data.modalities)
     if cfg.eval.max_val_images:
         data["val"] = data["val"][: cfg.eval.max_val_images]
 
