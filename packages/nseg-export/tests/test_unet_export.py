@@ -175,6 +175,8 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     assert res.exit_code == 1 and "does not exist" in res.output
     rep = run_parity(tmp_path / "nope.pt", tmp_path / "b")
     assert not rep.passed and rep.errors
+    # Paths outside the working directory are recorded by name only: a report names no machine's folders.
+    assert (rep.checkpoint, rep.bundle) == ("nope.pt", "b")
 
 
 def test_compare_arrays_applies_allclose_rule():

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from nseg_data.paths import recorded_path
 
 # FP32 ONNX Runtime vs torch: torchvision's own ONNX export tests use rtol 1e-3, atol 1e-5.
 # FP16 / TensorRT: fp16 keeps ~3 significant digits per op and errors accumulate over a deep
@@ -424,7 +425,8 @@ def _variant_path(bundle: Any, variant: dict[str, Any]) -> Path:
 def run_parity(checkpoint: Path, bundle_dir: Path, *, data_dir: Path | None = None, max_images: int = 6,
                seed: int = 0, variants: Sequence[str] | None = None, threads: int | None = None) -> ParityReport:
     """torch (checkpoint) vs ONNX Runtime (bundle) for model.onnx and every listed ONNX variant."""
-    report = ParityReport(checkpoint=str(checkpoint), bundle=str(bundle_dir))
+    # Recorded relative to the working directory, so a shipped report names no machine's paths.
+    report = ParityReport(checkpoint=recorded_path(checkpoint), bundle=recorded_path(bundle_dir))
     try:
         from nseg_infer.engine.bundle import BundleError, load_bundle
         from nseg_train.checkpoint import load_model
