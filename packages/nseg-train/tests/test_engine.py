@@ -164,6 +164,20 @@ def test_tune_picks_best_on_val_and_refuses_locked(synth_data, tiny_config, tmp_
     assert tuned_cfg.eval.fg_threshold == r.best["fg_threshold"] and "optimizer" not in ck
     with pytest.raises(ValueError, match="locked"):
         tune_checkpoint(tmp_path / "run" / "best.pt", data=data, splits=None, out=tmp_path / "x.pt", cache=None, split="locked")
+    assert r.images == len(load_splits(splits)["val"])
+
+
+def test_an_expert_is_tuned_on_its_modalities_only(synth_data, tiny_config, tmp_path):
+    from nseg_train.tune import tune_checkpoint
+
+    data, splits = synth_data
+    cfg = load_config(tiny_config)
+    expert = cfg.replace(data=dataclasses.replace(cfg.data, modalities=("fluorescence",)))
+    train(expert, RunOptions(data_dir=data, splits_file=splits, out_dir=tmp_path / "run", epochs=1, progress=False))
+    grid = {"fg_threshold": (0.5,), "seed_threshold": (0.5,), "min_size": (4,)}
+    r = tune_checkpoint(tmp_path / "run" / "best.pt", data=data, splits=None, out=tmp_path / "tuned.pt", cache=None, grid=grid)
+    sp = load_splits(splits)
+    assert r.images == sum(sp.modality[i] == "fluorescence" for i in sp["val"]) < len(sp["val"])
 
 
 def test_init_starts_from_weights_and_refuses_misfits(synth_data, tiny_config, tmp_path):
@@ -235,8 +249,6 @@ def test_weight_averaging_validates_the_average_and_resumes_exactly(synth_data, 
 
 
 def test_an_expert_trains_and_validates_on_its_modalities_only(synth_data):
-    from nseg_data.split import load_splits
-
     data, splits_file = synth_data
     splits = load_splits(splits_file)
     opts = RunOptions(data_dir=data, splits_file=splits_file, out_dir=data.parent / "unused")

@@ -185,6 +185,7 @@ class TuneResult:
     table: list[dict]
     by_modality: dict[str, dict] | None = None
     ablation: Ablation | None = None
+    images: int = 0  # validation images tuned on
 
 
 def tune_checkpoint(
@@ -201,6 +202,9 @@ def tune_checkpoint(
     ckpt = load_checkpoint(checkpoint)
     sp = load_splits(splits) if splits else None
     ids = list(sp[split]) if sp else list(ckpt["splits"]["splits"][split])
+    if cfg.data.modalities:  # an expert is tuned on the images it is for, as it was validated
+        modality = sp.modality if sp else ckpt["splits"]["modality"]
+        ids = [i for i in ids if modality.get(i) in cfg.data.modalities]
     if limit:
         ids = ids[:limit]
     res = open_dataset(data, cache_dir=cache, ids=ids)
@@ -271,4 +275,4 @@ def tune_checkpoint(
         report["ablation"] = dataclasses.asdict(ablation)
     write_text_atomic(out.parent / f"{out.stem}.tuning.json", json.dumps(report, indent=1))
     return TuneResult(best=best, best_dsb=best_dsb, baseline_dsb=baseline, table=rows, by_modality=by_modality,
-                      ablation=ablation)
+                      ablation=ablation, images=len(res.samples))
