@@ -32,6 +32,7 @@ SINGLE = ("labels", "csv", "overlay", "geojson", "rois")
 
 
 def _write(predictor, seg, out: Path, products: tuple[str, ...], h: int, w: int) -> int:
+    from nseg_infer.runners.file_config import FileConfig
     from nseg_infer.runners.files import sink_options
     from nseg_infer.sinks.base import LabelledImage
     from nseg_infer.sinks.outputs import ProductPaths, write_products
@@ -39,11 +40,12 @@ def _write(predictor, seg, out: Path, products: tuple[str, ...], h: int, w: int)
     paths = ProductPaths.for_input("bench", out, products)
     image = LabelledImage("bench", seg.labels, seg.max_label, seg.view, seg.norm, seg.channels, seg.scores,
                           seg.pixel_size_um)
-    return write_products(paths, image, sink_options(predictor.config, (h, w)))
+    return write_products(paths, image, sink_options(predictor.config, FileConfig(), (h, w)))
 
 
 def product_costs(predictor, files: list[Path], out: Path, repeat: int, profile: str | None = None) -> dict:
     """Seconds per product set, summed over `files` (each segmented once, outside the timing)."""
+    from nseg_infer.runners.file_config import FileConfig
     from nseg_infer.runners.files import segment_source
     from nseg_infer.sinks.outputs import DEFAULT_PRODUCTS
     from nseg_infer.sources.imageio import open_image
@@ -52,10 +54,11 @@ def product_costs(predictor, files: list[Path], out: Path, repeat: int, profile:
     sets["default"] = DEFAULT_PRODUCTS
     seconds = dict.fromkeys(sets, 0.0)
     mpx = nuclei = 0
+    settings = FileConfig()  # how `nseg-infer run` reads files by default
     prof = cProfile.Profile() if profile else None
     for f in files:
-        with open_image(f, region_threshold_px=predictor.config.region_px) as raw, \
-                segment_source(predictor, raw, predictor.config.input_options, work_dir=out) as seg:
+        with open_image(f, region_threshold_px=settings.region_px) as raw, \
+                segment_source(predictor, raw, settings.inputs, work_dir=out) as seg:
             h, w = raw.shape
             mpx += h * w / 1e6
             for name, products in sets.items():

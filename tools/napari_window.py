@@ -101,8 +101,11 @@ def main() -> None:
     from napari.settings import get_settings
 
     get_settings().application.gui_notification_level = "none"
-    from nseg_infer.engine.predictor import Predictor, RunConfig
+    from nseg_infer.engine.predictor import Predictor
+    from nseg_infer.runners.file_config import FileConfig
     from nseg_infer.runners.files import FileRunner
+    from nseg_infer.sources.channels import ChannelChoice
+    from nseg_infer.sources.options import InputOptions
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
@@ -167,7 +170,7 @@ def main() -> None:
     viewer.close()
 
     # -- 2. nseg-infer run's labels file opened beside its image -------------------------------
-    res = FileRunner(Predictor(None, RunConfig(channel=0))).process_file(plate, args.out)
+    res = FileRunner(Predictor(None), FileConfig(InputOptions(ChannelChoice(channel=0)))).process_file(plate, args.out)
     if not res.ok:
         raise SystemExit(res.error)
     viewer = napari.Viewer(title="nseg outputs in napari", show=True)

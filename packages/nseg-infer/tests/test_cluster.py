@@ -26,7 +26,8 @@ from nseg_infer.runners.cli import app
 from nseg_infer.runners.cluster import ClusterOptions, run_on_cluster
 from nseg_infer.runners.cluster_cli import parse_cluster
 from nseg_infer.runners.cluster_manifest import MANIFEST_NAME
-from nseg_infer.runners.files import run
+from nseg_infer.runners.file_config import FileConfig
+from nseg_infer.runners.files import FileRunner, run
 from nseg_infer.sinks.omezarr import array_path, open_labels
 from nseg_infer.sinks.outputs import PRODUCTS
 from nseg_infer.sources.imageio import open_image
@@ -36,7 +37,8 @@ pytest.importorskip("zarr", reason="needs the dask extra: pip install 'nseg-infe
 
 CONFIG = RunConfig(threads=1)
 # Small blocks so a 256 px image has 3 x 3 of them; TIFFs read region by region.
-BLOCKS = RunConfig(threads=1, block=96, margin=32, region_px=10_000)
+BLOCKS = RunConfig(threads=1, block=96, margin=32)
+REGIONS = FileConfig(region_px=10_000)
 SPLIT = ClusterOptions(split_px=100 * 100)
 
 
@@ -133,7 +135,7 @@ def test_cluster_spec_is_parsed_or_refused():
 
 def test_files_match_single_process_in_any_submission_order(client, folder, tmp_path):
     single = tmp_path / "single"
-    run([folder], single, predictor=Predictor(None, CONFIG))
+    run([folder], single, runner=FileRunner(Predictor(None, CONFIG)))
     out = tmp_path / "dist"
     before = client.run(predictor_loads)
     report = run_on_cluster(client, [folder], out, config=CONFIG, options=ClusterOptions(shuffle_seed=7))
@@ -160,7 +162,7 @@ def test_large_image_blocks_equal_predict_with_nuclei_on_four_block_corners(clie
     src = tmp_path / "big.tif"
     tifffile.imwrite(src, img, tile=(64, 64))
     predictor = Predictor(None, BLOCKS)
-    with open_image(src, region_threshold_px=BLOCKS.region_px) as im:
+    with open_image(src, region_threshold_px=REGIONS.region_px) as im:
         assert im.is_region_reader
         expected = predictor.predict(im)
     for cy, cx in corners:  # one nucleus across the four blocks, not four pieces
@@ -169,9 +171,9 @@ def test_large_image_blocks_equal_predict_with_nuclei_on_four_block_corners(clie
     small = tmp_path / "small.png"  # below split_px: one file task beside the blocks
     Image.fromarray(synthetic_blobs((90, 100), 8, seed=5)[0]).save(small)
     single = tmp_path / "single"
-    run([src, small], single, predictor=predictor)
+    run([src, small], single, runner=FileRunner(predictor, REGIONS))
     out = tmp_path / "dist"
-    report = run_on_cluster(client, [src, small], out, config=BLOCKS,
+    report = run_on_cluster(client, [src, small], out, config=BLOCKS, file_config=REGIONS,
                             options=ClusterOptions(split_px=100 * 100, shuffle_seed=3))
     assert not report.failed, report.failed
     assert report.blocks_computed == 9 and report.blocks_reused == 0
@@ -195,14 +197,15 @@ def test_split_image_every_product_equals_single_process(client, tmp_path):
     parts concatenated by one task, equals a single-process run's: CSV and GeoJSON byte for byte,
     ROIs entry by entry, labels TIFF, overlay and OME-Zarr labels. A 4x overview trims the 90 px
     instance blocks to 88 px product blocks, so the two grids differ here."""
-    cfg = RunConfig(threads=1, block=90, margin=32, overview_side=64, products=PRODUCTS)
+    cfg = RunConfig(threads=1, block=90, margin=32)
+    files = FileConfig(overview_side=64, products=PRODUCTS)
     img = corner_image(256, [(90, 90), (88, 176), (176, 88), (180, 180)], radius=7, seed=6)
     src = tmp_path / "big.png"
     Image.fromarray(img).save(src)
     single = tmp_path / "single"
-    [expected] = run([src], single, predictor=Predictor(None, cfg))
+    [expected] = run([src], single, runner=FileRunner(Predictor(None, cfg), files))
     out = tmp_path / "dist"
-    report = run_on_cluster(client, [src], out, config=cfg, options=ClusterOptions(split_px=100 * 100, shuffle_seed=5))
+    report = run_on_cluster(client, [src], out, config=cfg, file_config=files, options=ClusterOptions(split_px=100 * 100, shuffle_seed=5))
     assert not report.failed, report.failed
     assert report.blocks_computed == 9
     [r] = report.results
@@ -236,7 +239,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(client, fo
     import cluster_testkit
 
     single = tmp_path / "single"
-    run([folder], single, predictor=Predictor(None, CONFIG))
+    run([folder], single, runner=FileRunner(Predictor(None, CONFIG)))
     marker = tmp_path / "killed"
     client.register_plugin(cluster_testkit.KillOnce("nseg-file-", str(marker)))
     try:
@@ -269,7 +272,7 @@ def test_killed_block_fails_its_image_and_a_rerun_redoes_only_the_missing_blocks
     allowed, sched.allowed_failures = sched.allowed_failures, 0  # a death fails the task at once
     client.register_plugin(cluster_testkit.KillOnce("nseg-block-", str(marker)))
     try:
-        first = run_on_cluster(client, [src], out, config=BLOCKS, options=SPLIT)
+        first = run_on_cluster(client, [src], out, config=BLOCKS, file_config=REGIONS, options=SPLIT)
     finally:
         client.unregister_worker_plugin(cluster_testkit.KillOnce.name)
         sched.allowed_failures = allowed
@@ -278,7 +281,7 @@ def test_killed_block_fails_its_image_and_a_rerun_redoes_only_the_missing_blocks
     assert 1 <= first.blocks_computed < 9
     assert not (out / "big.ome.zarr").exists()
     client.wait_for_workers(2, timeout=60)
-    second = run_on_cluster(client, [src], out, config=BLOCKS, options=SPLIT)
+    second = run_on_cluster(client, [src], out, config=BLOCKS, file_config=REGIONS, options=SPLIT)
     assert not second.failed
     assert second.blocks_reused == first.blocks_computed
     assert second.blocks_computed == 9 - first.blocks_computed
@@ -308,7 +311,8 @@ def test_resume_recomputes_only_unfinished_files(client, folder, tmp_path):
     third = run_on_cluster(client, [folder], out, config=CONFIG)
     assert third.reused == tuple(files)
     # Other settings: the record does not apply, every file is done again.
-    fourth = run_on_cluster(client, [folder], out, config=RunConfig(threads=1, products="labels,csv"))
+    fourth = run_on_cluster(client, [folder], out, config=CONFIG,
+                            file_config=FileConfig(products="labels,csv"))
     assert fourth.reused == ()
     assert len(_summary(out / "summary.csv")) == len(files)
     assert os.path.exists(out / MANIFEST_NAME)

@@ -20,6 +20,7 @@ from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.runners.cli import app
 from nseg_infer.runners.cluster import LOCK_NAME, ClusterError, ClusterOptions, run_on_cluster
 from nseg_infer.runners.cluster_cli import connect
+from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.watch import LOCK_NAME as WATCH_LOCK
 from nseg_infer.runners.watch import WatchConfig, Watcher, WatchError
 from nseg_infer.sinks.omezarr import array_path, open_labels
@@ -28,7 +29,8 @@ from nseg_infer.sources.imageio import open_image
 distributed = pytest.importorskip("distributed", reason="needs the dask extra: pip install 'nseg-infer[dask]'")
 pytest.importorskip("zarr", reason="needs the dask extra: pip install 'nseg-infer[dask]'")
 
-BLOCKS = RunConfig(threads=1, block=96, margin=32, region_px=10_000)
+BLOCKS = RunConfig(threads=1, block=96, margin=32)
+REGIONS = FileConfig(region_px=10_000)
 SPLIT = ClusterOptions(split_px=100 * 100)
 
 
@@ -98,7 +100,7 @@ def test_a_worker_dying_mid_block_is_retried_elsewhere_with_identical_labels(cli
     marker = tmp_path / "died"
     client.register_plugin(cluster_testkit.KillOnce("nseg-block-", str(marker)))
     try:
-        report = run_on_cluster(client, [src], tmp_path / "out", config=BLOCKS, options=SPLIT)
+        report = run_on_cluster(client, [src], tmp_path / "out", config=BLOCKS, file_config=REGIONS, options=SPLIT)
     finally:
         client.unregister_worker_plugin(cluster_testkit.KillOnce.name)
     assert marker.exists(), "no worker died: the test did not test anything"
@@ -168,7 +170,7 @@ def test_a_worker_out_of_memory_mid_block_is_restarted_and_the_block_rerun(tmp_p
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   memory_limit="1GiB") as cluster, distributed.Client(cluster) as cl:
         cl.register_plugin(cluster_oom_kit.OutOfMemoryOnce("nseg-block-", str(marker)))
-        report = run_on_cluster(cl, [src], tmp_path / "out", config=BLOCKS, options=SPLIT)
+        report = run_on_cluster(cl, [src], tmp_path / "out", config=BLOCKS, file_config=REGIONS, options=SPLIT)
     assert marker.exists(), "no block ran out of memory: the test did not test anything"
     assert not (tmp_path / "oom.not-killed").exists(), "the worker outgrew its limit but was not killed"
     assert not report.failed, report.failed

@@ -31,14 +31,15 @@ def test_manifest_is_valid_and_installed():
 def outputs(unet_bundle, tmp_path_factory):
     import tifffile
 
-    from nseg_infer.engine.predictor import Predictor, RunConfig
+    from nseg_infer.engine.predictor import Predictor
+    from nseg_infer.runners.file_config import FileConfig
     from nseg_infer.runners.files import FileRunner
 
     d = tmp_path_factory.mktemp("napari")
     img, _ = synthetic_blobs((100, 130), 15, seed=4)
     tifffile.imwrite(d / "field.ome.tif", img, ome=True, metadata={"axes": "YX", "PhysicalSizeX": 0.5,
                                                                    "PhysicalSizeY": 0.5})
-    r = FileRunner(Predictor(unet_bundle, RunConfig(products="labels,csv,geojson"))).process_file(d / "field.ome.tif", d)
+    r = FileRunner(Predictor(unet_bundle), FileConfig(products="labels,csv,geojson")).process_file(d / "field.ome.tif", d)
     assert r.ok, r.error
     return r
 

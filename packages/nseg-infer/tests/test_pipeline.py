@@ -19,6 +19,7 @@ from PIL import Image
 
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.engine.stages import Worker
+from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner
 from nseg_infer.sinks.outputs import PRODUCTS
 
@@ -72,14 +73,15 @@ def _same_products(a, b):
 @pytest.mark.parametrize("large", [False, True])
 def test_pipelined_batch_equals_one_file_at_a_time(unet_bundle, batch, tmp_path, large):
     # large: every image's labels go to a disk-backed canvas, and each waits for an idle writer.
-    config = RunConfig(products=PRODUCTS, **({"large_px": 10_000, "block": 128, "margin": 48} if large else {}))
+    config = RunConfig(**({"large_px": 10_000, "block": 128, "margin": 48} if large else {}))
     predictor = Predictor(unet_bundle, config)
+    files = FileConfig(products=PRODUCTS)
     one, many = tmp_path / "one", tmp_path / "many"
     _block_writing(one)
     _block_writing(many)
-    singles = [FileRunner(predictor).process_file(p, one) for p in batch]
+    singles = [FileRunner(predictor, files).process_file(p, one) for p in batch]
     seen = []
-    results = FileRunner(predictor).process_many(batch, many, progress=seen.append)
+    results = FileRunner(predictor, files).process_many(batch, many, progress=seen.append)
     assert [r.input for r in results] == [r.input for r in seen] == batch
     for r, s in zip(results, singles, strict=True):
         assert (r.ok, r.n_nuclei, r.height, r.width) == (s.ok, s.n_nuclei, s.height, s.width)

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.engine.tiling import block_grid
 from nseg_infer.runners.cli import app
+from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner
 from nseg_infer.sinks import labelstiff
 from nseg_infer.sinks.base import BlockData, LabelledImage
@@ -30,6 +31,7 @@ from nseg_infer.sinks.measure import COLUMNS, UM_COLUMNS
 from nseg_infer.sinks.omezarr import array_path, open_labels
 from nseg_infer.sinks.outputs import PRODUCTS, parse_products, write_labels
 from nseg_infer.sinks.table import CsvSink
+from nseg_infer.sources.channels import ChannelChoice
 from nseg_infer.sources.imageinfo import tiff_pixel_size
 from nseg_infer.sources.imageio import ArraySource
 
@@ -58,7 +60,7 @@ def stained(tmp_path_factory):
 def products(unet_bundle, stained, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     # Every product but the OME-Zarr labels (the dask extra; tested below): outputs[0..5].
-    r = FileRunner(Predictor(unet_bundle, RunConfig(products=PRODUCTS[:-1]))).process_file(stained[0], out)
+    r = FileRunner(Predictor(unet_bundle), FileConfig(products=PRODUCTS[:-1])).process_file(stained[0], out)
     assert r.ok, r.error
     return r
 
@@ -144,17 +146,18 @@ def test_roi_set_reads_back_in_roifile(products):
 
 
 def test_products_choice(unet_bundle, stained, tmp_path):
-    r = FileRunner(Predictor(unet_bundle, RunConfig(products=("rois", "labels")))).process_file(stained[0], tmp_path)
+    r = FileRunner(Predictor(unet_bundle), FileConfig(products=("rois", "labels"))).process_file(stained[0], tmp_path)
     assert [p.name for p in r.outputs] == ["well A1.labels.tif", "well A1.rois.zip"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["well A1.labels.tif", "well A1.rois.zip"]
     assert r.summary_row()["labels"].endswith("well A1.labels.tif") and r.n_nuclei > 30
-    only = FileRunner(Predictor(unet_bundle, RunConfig(products="overlay"))).process_file(stained[0], tmp_path / "o")
+    only = FileRunner(Predictor(unet_bundle), FileConfig(products="overlay")).process_file(stained[0], tmp_path / "o")
     assert [p.name for p in only.outputs] == ["well A1.overlay.png"] and only.summary_row()["labels"] == ""
     assert only.n_nuclei == r.n_nuclei
     assert parse_products("geojson, labels") == ("labels", "geojson")
-    assert RunConfig(channels="1,0").channels == (1, 0) and RunConfig(products="rois").products == ("rois",)
+    assert ChannelChoice.parse(channels="1,0").channels == (1, 0)
+    assert FileConfig(products="rois").products == ("rois",)
     with pytest.raises(ValueError, match="channels must be"):
-        RunConfig(channels="dapi")
+        ChannelChoice.parse(channels="dapi")
     with pytest.raises(ValueError, match="unknown product 'shapes'"):
         parse_products("labels,shapes")
     res = CliRunner().invoke(app, ["run", str(stained[0]), "--out", str(tmp_path / "x"), "--model", str(unet_bundle),
@@ -188,9 +191,9 @@ def test_bad_channel_and_unreadable_vendor_file_do_not_stop_the_batch(unet_bundl
 def test_zarr_labels_are_the_tiff_labels_as_napari_reads_them(unet_bundle, stained, tmp_path):
     pytest.importorskip("zarr", reason="needs the dask extra: pip install 'nseg-infer[dask]'")
     # Blocks smaller than the image, so the store is written block by block into several chunks.
-    cfg = RunConfig(products="zarr,labels", block=96, margin=32)
+    cfg = RunConfig(block=96, margin=32)
     for _ in range(2):  # the second run replaces the store
-        r = FileRunner(Predictor(unet_bundle, cfg)).process_file(stained[0], tmp_path)
+        r = FileRunner(Predictor(unet_bundle, cfg), FileConfig(products="zarr,labels")).process_file(stained[0], tmp_path)
         assert r.ok, r.error
     assert [p.name for p in r.outputs] == ["well A1.labels.tif", "well A1.ome.zarr"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["well A1.labels.tif", "well A1.ome.zarr"]  # no temp folders
@@ -212,7 +215,7 @@ def test_zarr_labels_are_the_tiff_labels_as_napari_reads_them(unet_bundle, stain
 
 def test_zarr_without_the_dask_extra_names_it(unet_bundle, stained, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "zarr", None)  # import zarr now raises ImportError
-    r = FileRunner(Predictor(unet_bundle, RunConfig(products="labels,zarr"))).process_file(stained[0], tmp_path)
+    r = FileRunner(Predictor(unet_bundle), FileConfig(products="labels,zarr")).process_file(stained[0], tmp_path)
     assert not r.ok and str(stained[0]) in r.error and "pip install 'nseg-infer[dask]'" in r.error
     assert list(tmp_path.iterdir()) == []  # the labels TIFF was not published either
     res = CliRunner().invoke(app, ["run", str(stained[0]), "--out", str(tmp_path / "x"), "--model", str(unet_bundle),

@@ -16,6 +16,7 @@ from nseg_infer.engine import backends
 from nseg_infer.engine.bundle import load_bundle
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.runners.cli import app
+from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner
 from nseg_infer.runners.inputs import expand_inputs
 from nseg_infer.sinks.measure import COLUMNS
@@ -110,8 +111,8 @@ def test_products_are_readable_by_others_as_umask_allows(predictor, images, tmp_
 def test_large_image_writes_tiled_bigtiff_and_overview(unet_bundle, images, tmp_path):
     d, _ = images
     small = FileRunner(Predictor(unet_bundle)).process_file(d / "a.png", tmp_path / "ref")
-    p = Predictor(unet_bundle, RunConfig(large_px=10_000, block=128, margin=48, overview_side=200))
-    r = FileRunner(p).process_file(d / "a.png", tmp_path / "big")
+    p = Predictor(unet_bundle, RunConfig(large_px=10_000, block=128, margin=48))
+    r = FileRunner(p, FileConfig(overview_side=200)).process_file(d / "a.png", tmp_path / "big")
     assert r.ok, r.error
     with tifffile.TiffFile(r.outputs[0]) as tf:
         assert tf.is_bigtiff and tf.pages[0].is_tiled and tf.pages[0].compression != 1
@@ -176,8 +177,8 @@ def test_region_read_tiff_end_to_end_matches_in_memory(unet_bundle, tmp_path, mo
     tifffile.imwrite(p, img, tile=(128, 128), bigtiff=True, compression="zlib", ome=True)
     ref = FileRunner(Predictor(unet_bundle)).process_file(p, tmp_path / "ref")
     monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda *a, **k: pytest.fail("decoded the whole page"))
-    cfg = RunConfig(region_px=10_000, large_px=10_000, block=256, margin=48)
-    r = FileRunner(Predictor(unet_bundle, cfg)).process_file(p, tmp_path / "big")
+    cfg = RunConfig(large_px=10_000, block=256, margin=48)
+    r = FileRunner(Predictor(unet_bundle, cfg), FileConfig(region_px=10_000)).process_file(p, tmp_path / "big")
     assert r.ok, r.error
     assert [q.name for q in r.outputs] == ["scan.labels.tif", "scan.csv", "scan.overlay.png", "scan.geojson"]
     monkeypatch.undo()

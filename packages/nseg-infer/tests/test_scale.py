@@ -11,9 +11,10 @@ from infer_testkit import f1_and_counts, same_partition, synthetic_blobs
 from nseg_data.errors import DataError
 
 from nseg_infer.engine.bundle import ScaleSpec, default_bundle_path, load_bundle
-from nseg_infer.engine.predictor import Predictor, RunConfig
+from nseg_infer.engine.predictor import Predictor
 from nseg_infer.engine.tiling import Window
-from nseg_infer.runners.files import segment_source
+from nseg_infer.runners.file_config import FileConfig
+from nseg_infer.runners.files import FileRunner, segment_source
 from nseg_infer.sources.imageio import ArraySource
 from nseg_infer.sources.options import InputOptions
 from nseg_infer.sources.scale import RescaledSource, labels_to_input, rescale_for
@@ -81,10 +82,32 @@ def test_diameter_rescales_and_returns_input_sized_labels(unet_bundle, tmp_path)
         f1, n_gt, n_pred = f1_and_counts(gt2, np.asarray(seg.labels))
     assert f1 > 0.9 and abs(n_pred - n_gt) <= 3
     with pytest.raises(ValueError, match="training scale"):
-        Predictor(unet_bundle, RunConfig(diameter=20))
+        FileRunner(Predictor(unet_bundle), FileConfig(InputOptions(diameter=20)))
 
 
 def test_default_bundle_records_its_training_scale():
     s = load_bundle(default_bundle_path(), verify_sha256=False).scale
     assert s.nucleus_diameter_px is not None and 10 < s.nucleus_diameter_px < 40
     assert s.pixel_size_um is None  # the DSB images carry no pixel size
+
+
+def test_cli_refuses_diameter_without_training_scale_before_any_image(unet_bundle, tmp_path):
+    """`run` and `watch` refuse `--diameter` for a model without a recorded nucleus diameter at
+    start-up (exit 2, one error line), not once per image."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from nseg_infer.runners.cli import app
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Image.fromarray(synthetic_blobs((64, 64), 5, seed=1)[0]).save(inp / "a.png")
+    expected = (f"error: --diameter needs a model that records its training scale; {unet_bundle / 'metadata.json'} "
+                "has no 'scale': {'nucleus_diameter_px': ...}")
+    for args in (["run", str(inp / "a.png")], ["watch", str(inp), "--once"]):
+        out = tmp_path / args[0]
+        res = CliRunner().invoke(app, [*args, "--out", str(out), "--model", str(unet_bundle), "--device", "cpu",
+                                       "--diameter", "20"])
+        assert res.exit_code == 2, res.output
+        assert expected in " ".join(res.output.split()), res.output
+        assert not (out / "a.labels.tif").exists()

@@ -19,6 +19,7 @@ from nseg_infer.engine import plan
 from nseg_infer.engine.bundle import BundleError, load_bundle
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.runners.cli import app
+from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner
 from nseg_infer.runners.files import run as run_files
 from nseg_infer.sources import imageio
@@ -212,7 +213,7 @@ def test_batch_goes_on_past_refused_files_and_cli_option(unet_bundle, tmp_path):
     d.mkdir()
     good = _png(d, name="good.png")
     bomb = _forged_png(d / "bomb.png", 100_000, 100_000)
-    results = run_files([d], tmp_path / "out", predictor=Predictor(unet_bundle, RunConfig(device="cpu")))
+    results = run_files([d], tmp_path / "out", runner=FileRunner(Predictor(unet_bundle, RunConfig(device="cpu"))))
     by = {r.input.name: r for r in results}
     assert by["good.png"].ok and not by["bomb.png"].ok and str(bomb) in by["bomb.png"].error
     # The command line's --max-pixels: the 64 x 64 image is refused below 4096 pixels, the batch goes on.
@@ -225,9 +226,9 @@ def test_batch_goes_on_past_refused_files_and_cli_option(unet_bundle, tmp_path):
     assert res.exit_code == 0, res.output
 
 
-def test_run_config_validates_max_pixels():
+def test_file_config_validates_max_pixels():
     with pytest.raises(ValueError, match="max_pixels"):
-        RunConfig(max_pixels=0)
+        FileConfig(max_pixels=0)
 
 
 def test_watch_records_a_refused_file_and_goes_on(unet_bundle, tmp_path):

@@ -7,14 +7,17 @@ import json
 import shutil
 from pathlib import Path
 
-from nseg_infer.engine.predictor import Predictor, RunConfig
+from nseg_infer.engine.predictor import Predictor
 from nseg_infer.engine.tiling import tile_grid
+from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.watch import Job, WatchConfig, Watcher
+from nseg_infer.sources.options import InputOptions
 
 
-def watcher(bundle: Path, tmp_path: Path, **config) -> Watcher:
+def watcher(bundle: Path, tmp_path: Path, **inputs) -> Watcher:
     (tmp_path / "in").mkdir(parents=True, exist_ok=True)
-    return Watcher(Predictor(bundle, RunConfig(**config)), WatchConfig(tmp_path / "in", tmp_path / "out"))
+    return Watcher(Predictor(bundle), WatchConfig(tmp_path / "in", tmp_path / "out"),
+                   FileConfig(InputOptions(**inputs)))
 
 
 def key(w: Watcher, shape: tuple[int, int]):
@@ -55,5 +58,5 @@ def test_batch_key_follows_the_bundles_resize(unet_bundle, tmp_path):
 def test_no_group_when_the_scale_comes_from_each_files_pixel_size(unet_bundle, tmp_path):
     bundle = variant(unet_bundle, tmp_path / "um", scale={"pixel_size_um": 0.5})
     assert key(watcher(bundle, tmp_path / "a"), (60, 60)) is None
-    told = watcher(bundle, tmp_path / "b", pixel_size=0.25)  # the same for every file: halved
+    told = watcher(bundle, tmp_path / "b", pixel_size_um=0.25)  # the same for every file: halved
     assert key(told, (100, 100)) == grid_shape(told, 50, 50)

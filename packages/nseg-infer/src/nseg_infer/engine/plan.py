@@ -76,9 +76,6 @@ class Planner:
                                 for m in check_by_modality(b.postprocessing.get("by_modality"))}
             # The watershed needs foreground and distance; connected components the foreground only.
             self.field_channels = 2 if isinstance(self.params, WatershedParams) else 1
-        if c.diameter is not None and b.scale.nucleus_diameter_px is None:
-            raise ValueError(f"--diameter needs a model that records its training scale; {b.path / 'metadata.json'} "
-                             "has no 'scale': {'nucleus_diameter_px': ...}")
 
     def check_tiles(self, height: int, width: int) -> None:
         """Refuse an absurd grid (a tiny tile on a huge image) before its tile list is built."""

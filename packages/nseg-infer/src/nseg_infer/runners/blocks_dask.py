@@ -39,11 +39,13 @@ from pathlib import Path
 import numpy as np
 from nseg_data.atomic import atomic_path
 
+from nseg_infer.engine.bundle import Bundle
 from nseg_infer.engine.config import RunConfig
 from nseg_infer.engine.plan import Plan, Planner
 from nseg_infer.engine.predictor import Predictor
 from nseg_infer.engine.stitch import paste_block
 from nseg_infer.engine.tiling import Block, Window
+from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner, failed, sink_options
 from nseg_infer.runners.inputs import FileResult, stem
 from nseg_infer.sinks.base import LabelledImage
@@ -58,7 +60,7 @@ from nseg_infer.sinks.outputs import (
     product_blocks,
     write_products,
 )
-from nseg_infer.sources.imageio import open_image
+from nseg_infer.sources.imageio import ImageSource, open_image
 from nseg_infer.sources.prepare import ModelInput, model_input
 
 log = logging.getLogger(__name__)
@@ -107,8 +109,8 @@ def predictor_loads(dask_worker: object | None = None) -> int:
     return int(holder.__dict__.get("_nseg_predictor_loads", 0))
 
 
-def file_task(bundle: str, config: RunConfig, path: str, out_dir: str) -> FileResult:
-    return FileRunner(worker_predictor(bundle, config)).process_file(path, out_dir)
+def file_task(bundle: str, config: RunConfig, file_config: FileConfig, path: str, out_dir: str) -> FileResult:
+    return FileRunner(worker_predictor(bundle, config), file_config).process_file(path, out_dir)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,24 +150,29 @@ class LargeImage:
         return self.work / "labels.ome.zarr"
 
 
-def plan_large_image(planner: Planner, path: Path, out_dir: Path) -> LargeImage | str:
-    """The block plan of `path`, or why it runs as one file task instead. Reads the whole image
-    once (the normalisation statistics `predict` computes over it)."""
-    c = planner.config
+def plan_large_image(planner: Planner, file_config: FileConfig, path: Path, out_dir: Path) -> LargeImage | str:
+    """The block plan of `path` (read as `file_config` says), or why it runs as one file task
+    instead. Reads the whole image once (the normalisation statistics `predict` computes over it)."""
     if planner.bundle.kind != "unet":
         return f"a {planner.bundle.kind} bundle segments a large image as one task"
     if planner.bundle.preprocessing.resize is not None:
         return "the bundle resizes whole images"
-    with open_image(path, region_threshold_px=c.region_px, max_pixels=c.max_pixels) as raw:
-        inp = model_input(planner.bundle, raw, c.input_options)
+    with _model_source(planner.bundle, file_config, path) as (_, inp):
         if not inp.rescale.identity:
             return "the image is rescaled for the model (--diameter / pixel size)"
-        if max(inp.source.shape) <= c.block:
+        if max(inp.source.shape) <= planner.config.block:
             return "the image is one instance block"
         layout = planner.plan(inp.source)
         px = inp.pixel_size_um
     key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
     return LargeImage(path, layout, px, out_dir / WORK_DIR / f"{stem(path)}-{key}")
+
+
+@contextlib.contextmanager
+def _model_source(bundle: Bundle, file_config: FileConfig, path: Path) -> Iterator[tuple[ImageSource, ModelInput]]:
+    """The file opened as `file_config` says, and what the model is given of it."""
+    with open_image(path, region_threshold_px=file_config.region_px, max_pixels=file_config.max_pixels) as raw:
+        yield raw, model_input(bundle, raw, file_config.inputs)
 
 
 def label_offsets(counts: Sequence[int]) -> list[int]:
@@ -186,19 +193,12 @@ class BlockDone:
     backend: str
 
 
-@contextlib.contextmanager
-def _model_source(predictor: Predictor, path: Path) -> Iterator:
-    with open_image(path, region_threshold_px=predictor.config.region_px,
-                    max_pixels=predictor.config.max_pixels) as raw:
-        yield raw, model_input(predictor.bundle, raw, predictor.config.input_options)
-
-
-def block_task(bundle: str, config: RunConfig, image: LargeImage, index: int) -> BlockDone:
+def block_task(bundle: str, config: RunConfig, file_config: FileConfig, image: LargeImage, index: int) -> BlockDone:
     """One block: the worker reads the regions it needs, labels the nuclei it owns and saves them
     (atomically: a retried or repeated task rewrites the same file)."""
     t0 = time.perf_counter()
     predictor = worker_predictor(bundle, config)
-    with _model_source(predictor, image.path) as (_, inp):
+    with _model_source(predictor.bundle, file_config, image.path) as (_, inp):
         result = predictor.run_block(inp.source, image.blocks[index], image.layout)
     image.work.mkdir(parents=True, exist_ok=True)
     with atomic_path(image.block_file(index)) as tmp:
@@ -249,22 +249,24 @@ def _labelled(image: LargeImage, inp: ModelInput, array: str, total: int) -> Lab
                          None, inp.pixel_size_um)
 
 
-def measure_task(bundle: str, config: RunConfig, image: LargeImage, index: int, array: str, total: int) -> PartsDone:
+def measure_task(bundle: str, config: RunConfig, file_config: FileConfig, image: LargeImage, index: int, array: str,
+                 total: int) -> PartsDone:
     """One product block: the nuclei it owns measured from the zarr labels and the image's region,
     rendered into the parts of the chosen products (CSV rows, GeoJSON features, ROIs) and saved
     atomically in the work folder (a retried task rewrites the same files)."""
     t0 = time.perf_counter()
     predictor = worker_predictor(bundle, config)
-    with _model_source(predictor, image.path) as (_, inp):
+    with _model_source(predictor.bundle, file_config, image.path) as (_, inp):
         labelled = _labelled(image, inp, array, total)
-        block = product_blocks(image.shape, sink_options(config, image.shape))[index]
-        parts = block_parts(config.products, block_data(labelled, block, config.products))
+        block = product_blocks(image.shape, sink_options(config, file_config, image.shape))[index]
+        products = file_config.products
+        parts = block_parts(products, block_data(labelled, block, products))
     parts.save(parts_stem(image, index))
     return PartsDone(index, parts.nuclei, parts.cut, time.perf_counter() - t0)
 
 
-def products_task(bundle: str, config: RunConfig, image: LargeImage, out_dir: str, array: str, total: int,
-                  parts: Sequence[PartsDone], seconds: float) -> FileResult:
+def products_task(bundle: str, config: RunConfig, file_config: FileConfig, image: LargeImage, out_dir: str,
+                  array: str, total: int, parts: Sequence[PartsDone], seconds: float) -> FileResult:
     """`nseg-infer run`'s products of the image through its sinks: the labels TIFF and overlay from
     the zarr labels, the CSV, GeoJSON and ROIs from the block tasks' parts, concatenated in block
     order. The zarr labels themselves are published by the client. `seconds` is the worker time
@@ -275,10 +277,10 @@ def products_task(bundle: str, config: RunConfig, image: LargeImage, out_dir: st
     h = w = 0
     done = {d.index: d for d in parts}
     try:
-        with _model_source(predictor, p) as (raw, inp):
+        with _model_source(predictor.bundle, file_config, p) as (raw, inp):
             h, w = raw.shape
             labelled = _labelled(image, inp, array, total)
-            products = tuple(x for x in config.products if x != "zarr")
+            products = tuple(x for x in file_config.products if x != "zarr")
             if not products:
                 return FileResult(p, (), count_labels(labelled.labels), seconds + time.perf_counter() - t0, None,
                                   h, w, predictor.backend_name)
@@ -289,7 +291,7 @@ def products_task(bundle: str, config: RunConfig, image: LargeImage, out_dir: st
                 d = done[block.index]
                 return Parts.load(parts_stem(image, block.index), names, d.nuclei, d.cut)
 
-            n = write_products(paths, labelled, sink_options(config, (h, w)), parts=load if names else None)
+            n = write_products(paths, labelled, sink_options(config, file_config, (h, w)), parts=load if names else None)
         return FileResult(p, paths.all(), n, seconds + time.perf_counter() - t0, None, h, w, predictor.backend_name)
     except Exception as e:  # as process_file: reported in the result, naming the file
         return failed(p, e, seconds + time.perf_counter() - t0, h, w, predictor.backend_name)

@@ -6,8 +6,12 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from nseg_infer.runners.file_config import FileConfig
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Torch-free nuclei segmentation: labels, measurements, overlays and GeoJSON.")
@@ -33,6 +37,17 @@ _FLIPS = typer.Option(False, "--flips", help="UNet test-time flips: the mean of 
 _MAX_PIXELS = typer.Option(1 << 32, "--max-pixels", metavar="N", min=1,
                            help="Refuse an image whose header claims more pixels than this, before decoding it "
                                 "(default 65536 x 65536).")
+
+
+def file_config(channel: int | None, channels: str | None, pixel_size: float | None, diameter: float | None,
+                products: str, max_pixels: int) -> FileConfig:
+    """The file settings of `run` and `watch` from their shared options."""
+    from nseg_infer.runners.file_config import FileConfig
+    from nseg_infer.sources.channels import ChannelChoice
+    from nseg_infer.sources.options import InputOptions
+
+    inputs = InputOptions(ChannelChoice.parse(channel, channels), pixel_size, diameter)
+    return FileConfig(inputs, max_pixels=max_pixels, products=products)
 
 
 @app.command()
@@ -67,13 +82,13 @@ def run(
 
     from nseg_infer.engine.backends import BackendError
     from nseg_infer.engine.predictor import Predictor, RunConfig
+    from nseg_infer.runners.files import FileRunner
     from nseg_infer.runners.files import run as run_inputs
 
     try:
-        config = RunConfig(tile=tile, overlap=overlap, batch=batch, device=device, channel=channel,
-                           channels=channels, pixel_size=pixel_size, diameter=diameter, products=products,
-                           flips=flips, max_pixels=max_pixels)
-        if "zarr" in config.products:  # refused before any image is segmented, naming the extra
+        files = file_config(channel, channels, pixel_size, diameter, products, max_pixels)
+        config = RunConfig(tile=tile, overlap=overlap, batch=batch, device=device, flips=flips)
+        if "zarr" in files.products:  # refused before any image is segmented, naming the extra
             from nseg_infer.sinks.omezarr import require_zarr
 
             require_zarr()
@@ -82,14 +97,15 @@ def run(
             from nseg_infer.runners.cluster_cli import cli_run
 
             options = ClusterOptions() if split_px is None else ClusterOptions(split_px=split_px)
-            code = cli_run(inputs, out, model, config, cluster, options)
+            code = cli_run(inputs, out, model, config, files, cluster, options)
         else:
-            predictor = Predictor(model, config)
+            runner = FileRunner(Predictor(model, config), files)
     except (DataError, BackendError, ValueError, OSError, ImportError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from e
     if cluster is not None:
         raise typer.Exit(code)
+    predictor = runner.predictor
     typer.echo(f"model: {predictor.bundle.path} ({predictor.bundle.kind}), backend: {predictor.backend_name}, "
                f"tile {predictor.tile}, overlap {predictor.halo}, batch {predictor.batch}", err=True)
     mpx = 0.0
@@ -107,7 +123,7 @@ def run(
 
     summary_error = None
     try:
-        results = run_inputs(inputs, out, predictor=predictor, progress=progress, on_start=lambda n: bar.reset(total=n))
+        results = run_inputs(inputs, out, runner=runner, progress=progress, on_start=lambda n: bar.reset(total=n))
     except OSError as e:  # summary.csv not written; the images' own results come with the error
         if getattr(e, "results", None) is None:
             bar.close()
@@ -171,10 +187,9 @@ def watch(
     try:
         config = WatchConfig(in_dir, out, pattern=pattern, recursive=recursive, poll=poll, settle=settle,
                              fail_after=fail_after, once=once, retry_failed=retry_failed, events=events)
-        run_config = RunConfig(batch=batch, device=device, channel=channel, channels=channels,
-                               pixel_size=pixel_size, diameter=diameter, products=products, flips=flips,
-                               max_pixels=max_pixels)
-        watcher = Watcher(Predictor(model, run_config), config)
+        files = file_config(channel, channels, pixel_size, diameter, products, max_pixels)
+        run_config = RunConfig(batch=batch, device=device, flips=flips)
+        watcher = Watcher(Predictor(model, run_config), config, files)
         code = watcher.run()
     except (DataError, BackendError, WatchError, ValueError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)

@@ -51,12 +51,14 @@ from nseg_infer.runners.blocks_dask import (
     products_task,
 )
 from nseg_infer.runners.cluster_manifest import MANIFEST_NAME, Manifest, fingerprint
+from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import sink_options
 from nseg_infer.runners.inputs import FileResult, expand_inputs, failure_message, stem
 from nseg_infer.sinks.labels import label_dtype
 from nseg_infer.sinks.omezarr import create_labels
 from nseg_infer.sinks.outputs import part_sinks, product_blocks, write_summary
 from nseg_infer.sources.imageio import JPEG, PNG, TIFF
+from nseg_infer.sources.prepare import check_options
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -133,22 +135,23 @@ def _plane_pixels(path: Path) -> int | None:
 
 def run_on_cluster(client: Client, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                    bundle: str | os.PathLike | None = None, config: RunConfig | None = None,
-                   options: ClusterOptions = ClusterOptions(),
+                   file_config: FileConfig | None = None, options: ClusterOptions = ClusterOptions(),
                    progress: Callable[[FileResult], None] | None = None,
                    on_start: Callable[[int], None] | None = None) -> ClusterReport:
     """Segment `inputs` (files, folders, globs) on the workers of `client` into `out_dir`, with
-    the products and summary.csv of `nseg-infer run` (same `bundle` and `config`).
+    the products and summary.csv of `nseg-infer run` (same `bundle`, `config` and `file_config`).
 
     Each file is one task; an image above `options.split_px` pixels is split into its instance
     blocks (UNet bundles; others run it as one task, with a warning) and also gets
     `NAME.ome.zarr`, its label image as OME-Zarr. Finished files and blocks are recorded in
     `OUT/nseg-cluster.json`; a run started again redoes only the rest. `progress` is called with
     each file's result as it finishes, `on_start` with the number of files found."""
-    config = config or RunConfig()
+    config, file_config = config or RunConfig(), file_config or FileConfig()
     b = load_bundle(bundle)
     # Validates the settings against the bundle here, before any task is sent; the client plans
     # large images and never runs the model, so no session is loaded on it.
     planner = Planner(b, config)
+    check_options(b, file_config.inputs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files, missing = expand_inputs(inputs)
@@ -160,8 +163,9 @@ def run_on_cluster(client: Client, inputs: Sequence[str | os.PathLike], out_dir:
         clean_temp_files(out)  # leftovers of tasks killed in an earlier run
         if (out / WORK_DIR).is_dir():
             clean_temp_files(out / WORK_DIR)
-        run = _Run(client, planner, str(b.path.resolve()), out, options,
-                   Manifest(out / MANIFEST_NAME, fingerprint(b.sha256, config, split_px=options.split_px)), progress)
+        run = _Run(client, planner, file_config, str(b.path.resolve()), out, options,
+                   Manifest(out / MANIFEST_NAME, fingerprint(b.sha256, config, file_config, split_px=options.split_px)),
+                   progress)
         report = run.execute(files)
         clean_temp_files(out)  # of workers that died in this one
         if (out / WORK_DIR).is_dir():
@@ -176,16 +180,16 @@ def run_on_cluster(client: Client, inputs: Sequence[str | os.PathLike], out_dir:
 class _Run:
     """The client's loop: submit, collect as tasks finish, submit what a finished step unlocks."""
 
-    def __init__(self, client: Client, planner: Planner, bundle: str, out: Path, options: ClusterOptions,
-                 manifest: Manifest, progress: Callable[[FileResult], None] | None) -> None:
+    def __init__(self, client: Client, planner: Planner, file_config: FileConfig, bundle: str, out: Path,
+                 options: ClusterOptions, manifest: Manifest, progress: Callable[[FileResult], None] | None) -> None:
         self.client, self.planner, self.bundle, self.out = client, planner, bundle, out
-        self.config = planner.config
+        self.config, self.file_config = planner.config, file_config
         self.options, self.manifest, self.progress = options, manifest, progress
         self.token = uuid.uuid4().hex[:12]  # task keys unique on a shared scheduler
         self.results: dict[int, FileResult] = {}
         self.tasks: dict[str, tuple[str, int, int]] = {}  # key -> (kind, file order, block)
         self.large: dict[int, _Large] = {}
-        self.files: list[Path] = []
+        self.paths: list[Path] = []
         self.warnings: list[str] = []
         self.reused: list[Path] = []
         self.blocks_computed = self.blocks_reused = 0
@@ -202,7 +206,7 @@ class _Run:
         return [self._submit(*t) for t in tasks]
 
     def _file_args(self, i: int) -> tuple:
-        return ("file", i, 0, file_task, self.bundle, self.config, str(self.files[i].resolve()),
+        return ("file", i, 0, file_task, self.bundle, self.config, self.file_config, str(self.paths[i].resolve()),
                 str(self.out.resolve()))
 
     def _warn(self, msg: str) -> None:
@@ -212,7 +216,7 @@ class _Run:
     def execute(self, files: list[Path]) -> ClusterReport:
         from distributed import as_completed
 
-        self.files = files
+        self.paths = files
         rng = random.Random(self.options.shuffle_seed) if self.options.shuffle_seed is not None else None
         small: list[int] = []
         large: list[int] = []
@@ -238,7 +242,8 @@ class _Run:
                         if image.block_file(k).exists()}
             self.blocks_reused += len(job.done)
             job.pending = len(image.blocks) - len(job.done)
-            futures += self._submit_all([("block", i, blk.index, block_task, self.bundle, self.config, image, blk.index)
+            futures += self._submit_all([("block", i, blk.index, block_task, self.bundle, self.config, self.file_config, image,
+                                          blk.index)
                                          for blk in image.blocks if blk.index not in job.done], rng)
             if job.pending == 0:  # every block finished in an earlier run
                 futures += self._assemble(job)
@@ -256,12 +261,12 @@ class _Run:
         self.manifest.save()
         return ClusterReport(tuple(self.results[i] for i in range(len(files))), tuple(self.reused),
                              self.blocks_computed, self.blocks_reused,
-                             tuple((self.files[j.order], c) for j in self.large.values() if (c := _cut(j))),
+                             tuple((self.paths[j.order], c) for j in self.large.values() if (c := _cut(j))),
                              tuple(self.warnings))
 
     def _plan(self, p: Path) -> LargeImage | None:
         try:
-            plan = plan_large_image(self.planner, p.resolve(), self.out.resolve())
+            plan = plan_large_image(self.planner, self.file_config, p.resolve(), self.out.resolve())
         except Exception as e:  # the file task will report it, naming the file
             log.debug("%s: no block plan (%s); one task", p, e)
             return None
@@ -284,7 +289,7 @@ class _Run:
             job.done[block] = value
             job.seconds += value.seconds
             self.blocks_computed += 1
-            self.manifest.record_block(self.files[order], job.image.plan, block, value.n, value.cut)
+            self.manifest.record_block(self.paths[order], job.image.plan, block, value.n, value.cut)
         if job.failed:
             return []
         job.pending -= 1
@@ -304,7 +309,7 @@ class _Run:
             shutil.rmtree(job.image.work, ignore_errors=True)
         cut = _cut(job)
         if cut:
-            self._warn(f"{self.files[order]}: {cut} foreground clumps exceed the block margin "
+            self._warn(f"{self.paths[order]}: {cut} foreground clumps exceed the block margin "
                        f"({self.config.margin} px); they may differ from a one-pass result")
         self._file_done(order, value)
         return []
@@ -312,7 +317,7 @@ class _Run:
     def _file_done(self, order: int, r: FileResult) -> None:
         # Workers were sent absolute paths (their working folder may differ); the summary names
         # inputs and products as the user gave them, as `nseg-infer run` does.
-        r = dataclasses.replace(r, input=self.files[order], outputs=tuple(self.out / o.name for o in r.outputs))
+        r = dataclasses.replace(r, input=self.paths[order], outputs=tuple(self.out / o.name for o in r.outputs))
         self.results[order] = r
         if r.ok:
             self.manifest.record_file(r)
@@ -325,7 +330,7 @@ class _Run:
             if job.failed:
                 return []
             job.failed = True
-        p = self.files[order]
+        p = self.paths[order]
         msg = failure_message(p, e)
         log.error("%s", msg)
         self._file_done(order, FileResult(p, error=msg))
@@ -355,18 +360,19 @@ class _Run:
     def _measure(self, job: _Large) -> list[Future]:
         """The zarr labels complete: one task per product block measures the nuclei it owns (when
         a chosen product takes them: CSV, GeoJSON, ROIs), else the products at once."""
-        if not part_sinks(self.config.products):
+        if not part_sinks(self.file_config.products):
             return [self._products(job)]
         image = job.image
-        blocks = product_blocks(image.shape, sink_options(self.config, image.shape))
+        blocks = product_blocks(image.shape, sink_options(self.config, self.file_config, image.shape))
         job.pending = len(blocks)
         array, total = str(self._array(job)), self._total(job)
-        return [self._submit("measure", job.order, b.index, measure_task, self.bundle, self.config, image, b.index,
+        return [self._submit("measure", job.order, b.index, measure_task, self.bundle, self.config, self.file_config, image,
+                             b.index,
                              array, total) for b in blocks]
 
     def _products(self, job: _Large) -> Future:
         """The files of the image, from the zarr labels and its blocks' parts, by one task."""
-        return self._submit("products", job.order, 0, products_task, self.bundle, self.config, job.image,
+        return self._submit("products", job.order, 0, products_task, self.bundle, self.config, self.file_config, job.image,
                             str(self.out.resolve()), str(self._array(job)), self._total(job),
                             tuple(job.parts[k] for k in sorted(job.parts)), job.seconds)
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from nseg_infer.engine.predictor import RunConfig
 from nseg_infer.runners.cluster import ClusterError, ClusterOptions, run_on_cluster
+from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.inputs import FileResult
 
 if TYPE_CHECKING:
@@ -98,8 +99,8 @@ def local_threads(spec: str, config: RunConfig) -> RunConfig:
     return dataclasses.replace(config, threads=max(1, cores // target))
 
 
-def cli_run(inputs: Sequence[str], out: Path, model: Path | None, config: RunConfig, spec: str,
-            options: ClusterOptions) -> int:
+def cli_run(inputs: Sequence[str], out: Path, model: Path | None, config: RunConfig, file_config: FileConfig,
+            spec: str, options: ClusterOptions) -> int:
     """`nseg-infer run --cluster SPEC`: the exit code (0 all segmented, 1 some failed)."""
     from tqdm import tqdm
 
@@ -114,7 +115,7 @@ def cli_run(inputs: Sequence[str], out: Path, model: Path | None, config: RunCon
         with connect(spec, quiet=not log.isEnabledFor(logging.DEBUG)) as client:
             print(f"cluster: {spec} ({len(client.nthreads())} workers now), dashboard {client.dashboard_link}",
                   file=sys.stderr)
-            report = run_on_cluster(client, inputs, out, bundle=model, config=config, options=options,
+            report = run_on_cluster(client, inputs, out, bundle=model, config=config, file_config=file_config, options=options,
                                     progress=progress, on_start=lambda k: bar.reset(total=k))
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)

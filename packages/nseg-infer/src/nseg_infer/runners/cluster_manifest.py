@@ -29,10 +29,12 @@ FORMAT = "nseg-cluster-manifest/1"
 _NEUTRAL = ("threads", "queue_depth")
 
 
-def fingerprint(bundle_sha256: str, config: object, **extra: object) -> str:
-    """sha256 of the model and every setting that changes a product (a frozen dataclass)."""
+def fingerprint(bundle_sha256: str, config: object, file_config: object, **extra: object) -> str:
+    """sha256 of the model and every setting that changes a product: the model settings
+    (`RunConfig`) and the file settings (`FileConfig`), both frozen dataclasses."""
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NEUTRAL}
-    text = json.dumps({"model": bundle_sha256, "config": fields, **extra}, sort_keys=True, default=str)
+    text = json.dumps({"model": bundle_sha256, "config": fields, "files": dataclasses.asdict(file_config), **extra},
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

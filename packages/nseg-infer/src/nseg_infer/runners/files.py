@@ -1,7 +1,7 @@
 """The file runner: files -> Source -> Predictor -> Sinks, one file at a time or overlapped
 across files, with a result per file (its outputs, or the error that names it).
 
-`FileRunner(predictor)` runs `process_file`, `process_files` (small images sharing model calls,
+`FileRunner(predictor, file_config)` runs `process_file`, `process_files` (small images sharing model calls,
 the folder watch) and `process_many` (the `nseg-infer run` pipeline); `run` expands the inputs
 and writes summary.csv. One bad file never stops a batch: its error is in its result.
 
@@ -24,12 +24,13 @@ from nseg_data.atomic import WriteFailed
 
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.engine.stages import Worker, background
+from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.inputs import FileResult, expand_inputs, failure_message, stem
 from nseg_infer.sinks.base import LabelledImage
 from nseg_infer.sinks.outputs import ProductPaths, SinkOptions, write_products, write_summary
 from nseg_infer.sources.imageio import ImageSource, open_image
 from nseg_infer.sources.options import InputOptions
-from nseg_infer.sources.prepare import ModelInput, Segmented, model_input, segmented
+from nseg_infer.sources.prepare import ModelInput, Segmented, check_options, model_input, segmented
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,13 @@ class _Job:
 
 
 class FileRunner:
-    """Files through one `Predictor` (its `config` says which products and how inputs are read)."""
+    """Files through one `Predictor`; `file_config` says how inputs are read and which products are
+    written. Input options the model cannot honour are refused here, before any file is read."""
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: Predictor, file_config: FileConfig | None = None) -> None:
         self.predictor = predictor
-        self.config = predictor.config
+        self.file_config = file_config or FileConfig()
+        check_options(predictor.bundle, self.file_config.inputs)
 
     def process_file(self, path: str | os.PathLike, out_dir: str | os.PathLike) -> FileResult:
         """Segment one file and write its products. Never raises for a bad input: the error is in
@@ -82,7 +85,7 @@ class FileRunner:
                 out.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise WriteFailed(out, e) from e
-            raw: ImageSource | Exception = open_image(p, region_threshold_px=self.config.region_px, max_pixels=self.config.max_pixels)
+            raw: ImageSource | Exception = open_image(p, region_threshold_px=self.file_config.region_px, max_pixels=self.file_config.max_pixels)
         except Exception as e:
             # Deliberately broad, here and in the other stages: decoders and runtimes raise their
             # own types for corrupt input, and one bad file must never stop a batch.
@@ -99,7 +102,7 @@ class FileRunner:
         with contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(raw)
-                seg = stack.enter_context(segment_source(self.predictor, raw, self.config.input_options, work_dir=out))
+                seg = stack.enter_context(segment_source(self.predictor, raw, self.file_config.inputs, work_dir=out))
             except Exception as e:
                 return self.failure(p, e, seconds + time.perf_counter() - t0, h, w)
             return _Job(p, out, seg, h, w, seconds + time.perf_counter() - t0, stack.pop_all())
@@ -126,9 +129,9 @@ class FileRunner:
             for path, out in jobs:
                 p, shape = Path(path), (0, 0)
                 try:
-                    raw = stack.enter_context(open_image(p, region_threshold_px=self.config.region_px, max_pixels=self.config.max_pixels))
+                    raw = stack.enter_context(open_image(p, region_threshold_px=self.file_config.region_px, max_pixels=self.file_config.max_pixels))
                     shape = raw.shape
-                    opened.append((p, Path(out), shape, model_input(self.predictor.bundle, raw, self.config.input_options)))
+                    opened.append((p, Path(out), shape, model_input(self.predictor.bundle, raw, self.file_config.inputs)))
                 except Exception as e:  # reported in this file's result, as process_file does
                     opened.append((p, Path(out), shape, e))
             inputs = [inp for *_, inp in opened if isinstance(inp, ModelInput)]
@@ -160,11 +163,11 @@ class FileRunner:
 
     def write(self, p: Path, out: Path, seg: Segmented, h: int, w: int) -> tuple[tuple[Path, ...], int]:
         """The products of input `p`'s segmentation into `out`, through the sinks of
-        `config.products`: (paths written, nuclei)."""
-        paths = ProductPaths.for_input(stem(p), out, self.config.products)
+        `file_config.products`: (paths written, nuclei)."""
+        paths = ProductPaths.for_input(stem(p), out, self.file_config.products)
         image = LabelledImage(stem(p), seg.labels, seg.max_label, seg.view, seg.norm, seg.channels, seg.scores,
                               seg.pixel_size_um)
-        return paths.all(), write_products(paths, image, sink_options(self.config, (h, w)))
+        return paths.all(), write_products(paths, image, sink_options(self.predictor.config, self.file_config, (h, w)))
 
     def failure(self, p: Path, e: Exception, seconds: float, h: int, w: int) -> FileResult:
         return failed(p, e, seconds, h, w, self.predictor.backend_name)
@@ -193,7 +196,7 @@ class FileRunner:
         writer = Worker(finish, 1, name="nseg-writer")
         try:
             for p, o, raw, seconds in background((self._open(Path(p), out) for p in paths), 1):
-                if isinstance(raw, ImageSource) and raw.height * raw.width > self.config.large_px:
+                if isinstance(raw, ImageSource) and raw.height * raw.width > self.predictor.config.large_px:
                     writer.wait()
                 writer.put(self._segment(p, o, raw, seconds))
         finally:
@@ -203,11 +206,11 @@ class FileRunner:
         return results
 
 
-def sink_options(config: RunConfig, shape: tuple[int, int]) -> SinkOptions:
-    """How the products of an image of `shape` are written under `config` (the file runner's and
-    the cluster's, so both cut the same product blocks)."""
+def sink_options(config: RunConfig, file_config: FileConfig, shape: tuple[int, int]) -> SinkOptions:
+    """How the products of an image of `shape` are written under `config` and `file_config` (the file
+    runner's and the cluster's, so both cut the same product blocks)."""
     h, w = shape
-    return SinkOptions(h * w > config.large_px, config.block, config.margin, config.overview_side)
+    return SinkOptions(h * w > config.large_px, config.block, config.margin, file_config.overview_side)
 
 
 def failed(p: Path, e: BaseException, seconds: float, h: int, w: int, backend: str) -> FileResult:
@@ -219,15 +222,15 @@ def failed(p: Path, e: BaseException, seconds: float, h: int, w: int, backend: s
     return FileResult(p, (), 0, seconds, msg, h, w, backend, e.errno if isinstance(e, WriteFailed) else None)
 
 
-def run(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, predictor: Predictor | None = None,
+def run(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, runner: FileRunner | None = None,
         progress: Callable[[FileResult], None] | None = None,
         on_start: Callable[[int], None] | None = None) -> list[FileResult]:
     """`nseg-infer run`: expand inputs (files, folders, glob patterns), segment them all with
-    `predictor` (default: the default model), write summary.csv. Failures, including inputs that
+    `runner` (default: the default model, default file settings), write summary.csv. Failures, including inputs that
     name nothing, are in the returned list with their error. `on_start` is told how many files
     were found before the first one is segmented."""
     files, missing = expand_inputs(inputs)
-    runner = FileRunner(predictor or Predictor())
+    runner = runner or FileRunner(Predictor())
     if on_start is not None:
         on_start(len(files))
     results = missing + runner.process_many(files, out_dir, progress=progress, summary=False)

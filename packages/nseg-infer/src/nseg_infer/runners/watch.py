@@ -49,6 +49,7 @@ from nseg_data.atomic import clean_temp_files, exclusive_lock, write_bytes_atomi
 from nseg_infer.engine.bundle import sha256_file
 from nseg_infer.engine.predictor import Predictor
 from nseg_infer.engine.tiling import tile_grid
+from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner
 from nseg_infer.runners.inputs import FileResult
 from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
@@ -155,9 +156,14 @@ def fsync_files(paths: Sequence[Path]) -> None:
 
 
 class Watcher:
-    def __init__(self, predictor: Predictor, config: WatchConfig) -> None:
+    """The folder watch: `predictor` segments, `file_config` says how files are read and which
+    products are written (as for `nseg-infer run`), `config` what is watched and how."""
+
+    def __init__(self, predictor: Predictor, config: WatchConfig, file_config: FileConfig | None = None) -> None:
         self.predictor = predictor
         self.config = config
+        self.runner = FileRunner(predictor, file_config)  # refuses options the model cannot honour
+        self.file_config = self.runner.file_config
         self.in_dir = Path(config.in_dir).resolve()
         self.out_dir = Path(config.out_dir).resolve()
         if not self.in_dir.is_dir():
@@ -296,8 +302,8 @@ class Watcher:
         c = self.config
         scanner = FolderScanner(self.in_dir, pattern=c.pattern, recursive=c.recursive,
                                 exclude=[self.out_dir], settle=c.settle, fail_after=c.fail_after,
-                                region_px=self.predictor.config.region_px,
-                                max_pixels=self.predictor.config.max_pixels)
+                                region_px=self.file_config.region_px,
+                                max_pixels=self.file_config.max_pixels)
         for row in ledger.current():
             if row.state in ("done", "failed"):
                 scanner.mark_known(Path(row.path), (row.size, row.mtime_ns))
@@ -420,7 +426,7 @@ class Watcher:
                 continue
             if (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
                 continue  # changed since: the scanner records the new version after it settles
-            shape, error = check_decodes(p, self.predictor.config.region_px, self.predictor.config.max_pixels)
+            shape, error = check_decodes(p, self.file_config.region_px, self.file_config.max_pixels)
             scanner.mark_known(p, (row.size, row.mtime_ns))
             scanner.settling.pop(p, None)
             self.enqueued.add(row.id)
@@ -464,7 +470,7 @@ class Watcher:
             return None
         # Grouped by the tile shape the model sees, after rescaling and the bundle's resize.
         p = self.predictor
-        shape = model_shape(p.bundle, job.shape, p.config.input_options)
+        shape = model_shape(p.bundle, job.shape, self.file_config.inputs)
         if shape is None:
             return None
         grid = tile_grid(*shape, p.tile, p.halo, p.bundle.preprocessing.size_divisor)
@@ -490,8 +496,8 @@ class Watcher:
 
     def _results(self, group: list[Job]) -> Iterator[FileResult]:
         if len(group) > 1:
-            return FileRunner(self.predictor).process_files([(j.path, self._out_for(j.path)) for j in group])
-        return (FileRunner(self.predictor).process_file(j.path, self._out_for(j.path)) for j in group)
+            return self.runner.process_files([(j.path, self._out_for(j.path)) for j in group])
+        return (self.runner.process_file(j.path, self._out_for(j.path)) for j in group)
 
     def _process_group(self, ledger: Ledger, group: list[Job]) -> None:
         try:

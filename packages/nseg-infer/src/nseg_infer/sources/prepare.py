@@ -76,6 +76,14 @@ class ModelInput:
         return labels, scores
 
 
+def check_options(bundle: Bundle, opts: InputOptions) -> None:
+    """Refuse, before any file is read, input options `bundle` cannot honour (every file would
+    fail the same way): `--diameter` with a model that records no nucleus diameter."""
+    if opts.diameter is not None and bundle.scale.nucleus_diameter_px is None:
+        raise ValueError(f"--diameter needs a model that records its training scale; {bundle.path / 'metadata.json'} "
+                         "has no 'scale': {'nucleus_diameter_px': ...}")
+
+
 def model_input(bundle: Bundle, raw: ImageSource, opts: InputOptions = InputOptions()) -> ModelInput:
     view = model_view(raw, opts.choice)
     px = pixel_size(raw, opts.pixel_size_um)
