@@ -21,8 +21,9 @@ from nseg_infer.runners.cli import app
 from nseg_infer.runners.cluster import LOCK_NAME, ClusterError, ClusterOptions, run_on_cluster
 from nseg_infer.runners.cluster_cli import connect
 from nseg_infer.runners.file_config import FileConfig
-from nseg_infer.runners.watch import LOCK_NAME as WATCH_LOCK
-from nseg_infer.runners.watch import WatchConfig, Watcher, WatchError
+from nseg_infer.runners.watch import Watcher
+from nseg_infer.runners.watch_config import LOCK_NAME as WATCH_LOCK
+from nseg_infer.runners.watch_config import WatchConfig, WatchError
 from nseg_infer.sinks.omezarr import array_path, open_labels
 from nseg_infer.sources.imageio import open_image
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from nseg_infer.engine.predictor import Predictor
 from nseg_infer.engine.tiling import tile_grid
 from nseg_infer.runners.file_config import FileConfig
-from nseg_infer.runners.watch import Job, WatchConfig, Watcher
+from nseg_infer.runners.watch import Watcher
+from nseg_infer.runners.watch_config import Job, WatchConfig
 from nseg_infer.sources.options import InputOptions
 
 
@@ -21,7 +22,7 @@ def watcher(bundle: Path, tmp_path: Path, **inputs) -> Watcher:
 
 
 def key(w: Watcher, shape: tuple[int, int]):
-    return w._batch_key(Job(1, Path("x.png"), 1, shape, None))
+    return w.batch_key(Job(1, Path("x.png"), 1, shape, None))
 
 
 def grid_shape(w: Watcher, h: int, wd: int) -> tuple[int, int]:

@@ -31,7 +31,8 @@ from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.runners import ledger as ledger_mod
 from nseg_infer.runners.cli import app
 from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
-from nseg_infer.runners.watch import WatchConfig, Watcher
+from nseg_infer.runners.watch import Watcher
+from nseg_infer.runners.watch_config import WatchConfig
 
 FAST = ["--settle", "0.2", "--fail-after", "0.4", "--poll", "0.1"]
 DONE_RE = re.compile(r" (done|failed) (\S+) ")
@@ -242,7 +243,7 @@ def test_watch_pauses_on_an_output_fault_and_resumes_when_writable(predictor, in
         fault.publish_errno = code
         for i, n in enumerate(names):
             (inputs / n).write_bytes(png(i))
-        wait_for(lambda: w.paused_since is not None, what="pause")
+        wait_for(lambda: w.guard.paused_since is not None, what="pause")
         # Recorded failed with the OS reason while paused; nothing done, nothing half-written.
         wait_for(lambda: any(r.state == "failed" for r in current(out).values()), what="failure recorded")
         seen["failed"] = [r for r in current(out).values() if r.state == "failed"]
@@ -258,7 +259,7 @@ def test_watch_pauses_on_an_output_fault_and_resumes_when_writable(predictor, in
     assert seen["files"] == [] and not temp_files(out)
     cur = current(out)
     assert all(cur[n].state == "done" and not cur[n].output_fault for n in names)
-    assert w.pauses >= 1 and not w.held
+    assert w.guard.pauses >= 1 and not w.guard.held
     check_products(out, names)
     log = (out / "watch.log").read_text()
     done = collections.Counter(m.group(2) for m in DONE_RE.finditer(log) if m.group(1) == "done")
@@ -273,7 +274,7 @@ def test_watch_survives_a_ledger_commit_that_finds_the_disk_full(predictor, inpu
     def control(w):
         fault.ledger_full = True
         (inputs / "a.png").write_bytes(png(3))
-        wait_for(lambda: w.paused_since is not None, what="pause")
+        wait_for(lambda: w.guard.paused_since is not None, what="pause")
         assert current(out)["a.png"].state == "running"  # the commit failed: the row kept its state
         fault.ledger_full = False
         wait_for(lambda: all_done(out, ["a.png"]), what="done")
@@ -452,7 +453,7 @@ def test_once_that_cannot_write_its_outputs_exits_1(predictor, inputs, tmp_path,
 
 def test_ledgers_from_before_output_faults_are_read_and_upgraded(tmp_path):
     from nseg_infer.runners.ledger import SCHEMA, _statements
-    from nseg_infer.runners.watch import status_report
+    from nseg_infer.runners.watch_report import status_report
 
     old = SCHEMA.replace("    output_fault INTEGER NOT NULL DEFAULT 0,\n", "")
     assert old != SCHEMA
@@ -472,7 +473,7 @@ def test_ledgers_from_before_output_faults_are_read_and_upgraded(tmp_path):
 
 def test_a_file_whose_outputs_keep_failing_while_out_is_writable_is_failed_for_good(predictor, inputs, tmp_path,
                                                                                      monkeypatch):
-    from nseg_infer.runners.watch import MAX_HOLDS
+    from nseg_infer.runners.outguard import MAX_HOLDS
 
     real = atomic._publish
 
@@ -492,4 +493,4 @@ def test_a_file_whose_outputs_keep_failing_while_out_is_writable_is_failed_for_g
     assert cur["fine.png"].state == "done"
     stuck = cur["stuck.png"]
     assert stuck.state == "failed" and not stuck.output_fault and f"after {MAX_HOLDS} tries" in stuck.error
-    assert os.strerror(errno.EFBIG) in stuck.error and not w.held
+    assert os.strerror(errno.EFBIG) in stuck.error and not w.guard.held

@@ -182,7 +182,8 @@ def watch(
 
     from nseg_infer.engine.backends import BackendError
     from nseg_infer.engine.predictor import Predictor, RunConfig
-    from nseg_infer.runners.watch import WatchConfig, Watcher, WatchError
+    from nseg_infer.runners.watch import Watcher
+    from nseg_infer.runners.watch_config import WatchConfig, WatchError
 
     try:
         config = WatchConfig(in_dir, out, pattern=pattern, recursive=recursive, poll=poll, settle=settle,
@@ -210,7 +211,7 @@ def status(
     """Counts by state, the latest failures with their errors, and throughput over the last hour."""
     import sqlite3
 
-    from nseg_infer.runners.watch import compact_ledger, status_report
+    from nseg_infer.runners.watch_report import compact_ledger, status_report
 
     try:
         if compact:
