@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from infer_testkit import synthetic_blobs
+from infer_testkit import FakeDetector, synthetic_blobs
 
 npe2 = pytest.importorskip("npe2", reason="the napari extra (npe2) is not installed")
 MANIFEST = Path(__file__).resolve().parents[1] / "src" / "nseg_infer" / "napari.yaml"
@@ -153,6 +153,25 @@ def test_progress_counts_every_model_tile(unet_bundle):
         assert sum(seen) == expected_tiles(default, img.shape, 7.0, None) == 6
     finally:
         default.backend.on_tiles = None
+
+
+def test_progress_counts_every_detector_tile(maskrcnn_bundle):
+    pytest.importorskip("napari", reason="the napari extra is not installed")
+    from napari.layers import Image
+
+    from nseg_infer.engine.bundle import load_bundle
+    from nseg_infer.engine.predictor import Predictor, RunConfig
+    from nseg_infer.runners.napari_plugin import TileCounter, expected_tiles, segment_layer
+
+    seen: list[int] = []
+    counter = TileCounter(FakeDetector())
+    counter.on_tiles = seen.append
+    predictor = Predictor(load_bundle(maskrcnn_bundle), RunConfig(device="cpu"), backend=counter)
+    for shape in ((300, 420), (90, 1000), (40, 50)):
+        seen.clear()
+        img, _ = synthetic_blobs(shape, 10, seed=3)
+        segment_layer(Image(img, name="d"), predictor=predictor)
+        assert sum(seen) == expected_tiles(predictor, shape, None, None) >= 1, shape
 
 
 def test_segment_command_on_an_image_layer(unet_bundle):

@@ -239,9 +239,8 @@ def expected_tiles(predictor, shape: tuple[int, int], diameter: float | None, pi
     else:
         px = (pixel_size, pixel_size) if pixel_size else None
         h, w = rescale_for(Path("<layer>"), b.scale, diameter=diameter, pixel_size_um=px).model_shape(*shape)
-    if b.kind == "maskrcnn":
-        t = predictor.tile - 2 * predictor.halo
-        return max(1, -(-h // t) * -(-w // t))
+    if b.kind == "maskrcnn":  # the detector's own fixed-size tiles, as `predict` runs them
+        return len(predictor.maskrcnn_tiles(h, w))
     return len(tile_grid(h, w, predictor.tile, predictor.halo, b.preprocessing.size_divisor).tiles)
 
 
