@@ -105,6 +105,16 @@ def test_flip_average_undoes_each_flip_and_means_the_outputs():
     mean_ramp = (ramp + ramp[::-1]) / 2  # the ramp is fixed in output space: flipped back, half of it reverses
     np.testing.assert_allclose(out, x[:, :1] + mean_ramp[None, None, None, :], rtol=1e-6)
     assert inner.calls == 4 and FlipAverage(inner).name == "fake+flips"
+    # A subset: the batch and its horizontal flip only, two calls.
+    inner.calls = 0
+    two = FlipAverage(inner, flips=((), (3,))).run(x)["probs"]
+    np.testing.assert_allclose(two, x[:, :1] + mean_ramp[None, None, None, :], rtol=1e-6)
+    assert inner.calls == 2
+    inner.calls = 0
+    vertical = FlipAverage(inner, flips=((), (2,))).run(x)["probs"]  # the ramp runs along x: untouched
+    np.testing.assert_allclose(vertical, x[:, :1] + ramp[None, None, None, :], rtol=1e-6)
+    with pytest.raises(ValueError, match="axes"):
+        FlipAverage(inner, flips=((1,),))
 
 
 def test_flips_refused_for_a_detector_bundle(tmp_path):

@@ -40,22 +40,25 @@ def _cpu_threads() -> int:
 class FlipAverage:
     """Test-time augmentation for dense (UNet) outputs: the mean of the outputs for the batch, its
     horizontal, vertical and double flip, each flipped back. Four model calls per batch; the flips
-    keep every tile's shape, so any backend and any tiling work unchanged."""
+    keep every tile's shape, so any backend and any tiling work unchanged. `flips`: another set of
+    NCHW axes to flip (`()`: the batch as it is), e.g. for measuring what each flip adds."""
 
-    FLIPS = ((), (3,), (2,), (2, 3))
+    FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
 
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
+    def __init__(self, backend: Backend, flips: tuple[tuple[int, ...], ...] = FLIPS) -> None:
+        if not flips or any(set(a) - {2, 3} for a in flips):
+            raise ValueError(f"flips must be a non-empty set of image axes (2, 3) to flip, got {flips}")
+        self.backend, self.flips = backend, tuple(tuple(a) for a in flips)
         self.name = f"{getattr(backend, 'name', type(backend).__name__)}+flips"
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         total: dict[str, np.ndarray] = {}
-        for axes in self.FLIPS:
+        for axes in self.flips:
             x = np.ascontiguousarray(np.flip(batch, axes)) if axes else batch
             for k, v in self.backend.run(x).items():
                 v = np.flip(v, axes) if axes else v
                 total[k] = total[k] + v if k in total else v.astype(np.float32, copy=True)
-        return {k: v / len(self.FLIPS) for k, v in total.items()}
+        return {k: v / len(self.flips) for k, v in total.items()}
 
 
 class OrtBackend:

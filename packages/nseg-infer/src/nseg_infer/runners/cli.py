@@ -33,6 +33,9 @@ _DIAMETER = typer.Option(None, "--diameter", metavar="PX",
 _PRODUCTS = typer.Option("labels,csv,overlay,geojson", "--products",
                          help="Comma-separated, from: labels, csv, overlay, geojson, geojson.gz, rois, zarr "
                               "(NAME.ome.zarr: the labels as OME-Zarr, needs the dask extra).")
+_MODEL = typer.Option(None, "--model", "-m", help="Bundle folder, a bioimage.io package made by nseg-export (MODEL.zip "
+                      "or its folder), or a packaged bundle: default (UNet) or maskrcnn.")
+_DEVICE = typer.Option("auto", help="auto | cpu | cuda | trt")
 _FLIPS = typer.Option(False, "--flips", help="UNet test-time flips: the mean of 4 flipped passes (about 4x slower).")
 _MAX_PIXELS = typer.Option(1 << 32, "--max-pixels", metavar="N", min=1,
                            help="Refuse an image whose header claims more pixels than this, before decoding it "
@@ -54,12 +57,11 @@ def file_config(channel: int | None, channels: str | None, pixel_size: float | N
 def run(
     inputs: list[str] = typer.Argument(..., help="Image files, folders and glob patterns."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    model: Path | None = typer.Option(None, "--model", "-m", help="Bundle folder, a bioimage.io package made by nseg-export (MODEL.zip or its folder), "
-                                                                    "or a packaged bundle: default (UNet) or maskrcnn."),
+    model: Path | None = _MODEL,
     tile: int | None = typer.Option(None, help="Tile side in pixels (default: from the bundle)."),
     overlap: int | None = typer.Option(None, help="Halo in pixels on each side of a tile (default: bundle)."),
     batch: int | None = typer.Option(None, help="Tiles per model call (default: bundle)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | trt"),
+    device: str = _DEVICE,
     channel: int | None = _CHANNEL,
     channels: str | None = _CHANNELS,
     pixel_size: float | None = _PIXEL_SIZE,
@@ -162,10 +164,9 @@ def watch(
     poll: float = typer.Option(2.0, help="Seconds between folder scans (network shares deliver no events)."),
     settle: float = typer.Option(1.5, help="Seconds a file's size and mtime must stay unchanged before it is read."),
     fail_after: float = typer.Option(30.0, help="Seconds a stable file that does not decode waits before it fails."),
-    model: Path | None = typer.Option(None, "--model", "-m", help="Bundle folder, a bioimage.io package made by nseg-export (MODEL.zip or its folder), "
-                                                                    "or a packaged bundle: default (UNet) or maskrcnn."),
+    model: Path | None = _MODEL,
     batch: int | None = typer.Option(None, help="Images (small ones) or tiles per model call (default: bundle)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | trt"),
+    device: str = _DEVICE,
     once: bool = typer.Option(False, "--once", help="Process what is there (once settled), then exit."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Process failed files again."),
     events: bool = typer.Option(True, "--events/--no-events", help="Use filesystem events to wake early."),

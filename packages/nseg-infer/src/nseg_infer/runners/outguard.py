@@ -68,22 +68,21 @@ class QuietFileHandler(logging.FileHandler):
         self.stream = None  # reopened on the next line
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_files(paths: Sequence[Path]) -> None:
-    """Flush outputs to disk before the ledger says done, so `done` survives a power cut too."""
-    dirs = set()
+    """Flush outputs to disk before the ledger says done, so `done` survives a power cut too:
+    each file, then each folder holding one (its entry for the file)."""
     for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        dirs.add(p.parent)
-    for d in dirs:
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(p)
+    for d in {p.parent for p in paths}:
+        _fsync(d)
 
 
 class OutputGuard:
