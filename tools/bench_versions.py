@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="runs of each version per size")
     ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench-versions",
                     help="folder for the earlier commit's worktree (kept for reruns)")
+    ap.add_argument("--note", default="", help="extra sentence for the report (e.g. machine load)")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     if a.rounds < 1:
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             "One `nseg-infer run IMAGE --out DIR --device cpu` process per run (default products, the bundled "
             "default model), each version's own code, on a synthetic fluorescence-like tiled BigTIFF; the two "
             f"versions alternate, {a.rounds} runs each, medians shown (seconds include start-up). "
+            f"{a.note + ' ' if a.note else ''}"
             f"This version against the earlier one: {'; '.join(ratios)}.\n\n" + "\n".join(lines))
     return publish(SECTION, body, write=not a.no_write)
 
