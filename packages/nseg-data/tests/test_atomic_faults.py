@@ -166,3 +166,18 @@ def test_full_disk_folder_is_write_failed_and_keeps_the_old_one(small_disk):
         (tmp / "model.onnx").write_bytes(b"\1" * (2 << 20))  # 2 MiB onto a 1 MiB disk
     assert e.value.errno == errno.ENOSPC and str(e.value).startswith(f"{target}: not written: No space left")
     assert _only(small_disk) == ["bundle"] and (target / "model.onnx").read_text() == "old"
+
+
+def test_first_dir_keeps_the_first_writers_folder(tmp_path):
+    target = tmp_path / "entry"
+    with atomic.first_dir(target) as a, atomic.first_dir(target) as b:
+        (a / "data").write_text("a")
+        (b / "data").write_text("b")
+        assert not target.exists()
+    # `b` closed first (inner block), so its folder is the one published; `a` was dropped.
+    assert (target / "data").read_text() == "b" and _only(tmp_path) == ["entry"]
+    assert (target.stat().st_mode & 0o777) == atomic.dir_mode()
+    with pytest.raises(RuntimeError, match="unpack failed"), atomic.first_dir(tmp_path / "other") as t:
+        (t / "part").write_text("half")
+        raise RuntimeError("unpack failed")
+    assert _only(tmp_path) == ["entry"]  # nothing published, no temp folder left

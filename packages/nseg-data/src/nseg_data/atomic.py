@@ -140,6 +140,32 @@ def atomic_dir(target: str | os.PathLike, *, marker: str | None = None) -> Itera
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when published
 
 
+@contextlib.contextmanager
+def first_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """`atomic_dir` for a folder that, once there, never changes (a cache entry several processes
+    may build at once): the complete temp folder is renamed into place only if `target` does not
+    exist yet, else it is dropped and the first writer's folder kept. Failures of the output's
+    raise `WriteFailed` naming `target`."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as e:
+        raise WriteFailed(target, e) from e
+    try:
+        yield tmp
+        os.chmod(tmp, dir_mode())
+        try:
+            os.rename(tmp, target)  # fails on a non-empty folder: another writer was first
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not target.is_dir():
+                raise
+    except OSError as e:
+        raise WriteFailed(target, e) from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when published
+
+
 def dir_mode() -> int:
     return 0o777 & ~_read_umask()
 

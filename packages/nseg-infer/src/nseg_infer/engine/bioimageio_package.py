@@ -17,11 +17,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from nseg_data.atomic import WriteFailed, first_dir
 
 from nseg_infer.engine.bundle import Bundle, BundleError, parse_metadata, sha256_file
 
@@ -127,19 +128,14 @@ def _unpack(zip_path: Path, cache_dir: Path) -> Path:
             raise BundleError(zip_path, f"weights file {weights!r} must be a plain file name at the zip's top level")
         if weights not in names:
             raise BundleError(zip_path, f"the weights file {weights!r} the rdf names is not in the zip")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".unpack.", dir=target.parent))
+        # Another process unpacking the same zip at once makes an identical folder: the first stays.
         try:
-            (tmp / rdf_name).write_text(rdf_text, encoding="utf-8")
-            with zf.open(weights) as src, open(tmp / weights, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            try:
-                tmp.rename(target)
-            except OSError:  # another process unpacked the same zip first: theirs is identical
-                if _rdf_in_dir(target) is None:
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with first_dir(target) as tmp:
+                (tmp / rdf_name).write_text(rdf_text, encoding="utf-8")
+                with zf.open(weights) as src, open(tmp / weights, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        except WriteFailed as e:
+            raise BundleError(zip_path, f"cannot unpack it: {e}") from e
     return target
 
 
