@@ -28,7 +28,7 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Temp names of the runtime's writers: `atomic_path` (".NAME.XXXXXXXX.tmp.EXT") and the large-image
@@ -111,6 +111,26 @@ def _publish(tmp: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
+def _built_dir(target: Path, publish: Callable[[Path, Path], None]) -> Iterator[Path]:
+    """A hidden temp folder beside `target` (`.NAME.XXXXXXXX.tmp`) for the block to fill, then
+    `publish(tmp, target)`; removed when the block raises. Output failures are `WriteFailed`."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as e:
+        raise WriteFailed(target, e) from e
+    try:
+        yield tmp
+        publish(tmp, target)
+    except WriteFailed:
+        raise
+    except OSError as e:  # the block's own writes (a full disk) or the publish
+        raise WriteFailed(target, e) from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when published
+
+
+@contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike, *, marker: str | None = None) -> Iterator[Path]:
     """Yield an empty hidden temp folder beside `target` (`.NAME.XXXXXXXX.tmp`); when the block
     succeeds it is published as `target` by `publish_dir`, when it raises it is removed and
@@ -124,20 +144,17 @@ def atomic_dir(target: str | os.PathLike, *, marker: str | None = None) -> Itera
     if target.is_dir() and any(target.iterdir()) and not (marker and (target / marker).is_file()):
         what = f"has no {marker}" if marker else "is not empty"
         raise FileExistsError(f"{target}: exists and {what}, so it is not replaced; choose a new or empty folder")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    except OSError as e:
-        raise WriteFailed(target, e) from e
-    try:
+    with _built_dir(target, publish_dir) as tmp:
         yield tmp
-        publish_dir(tmp, target)
-    except WriteFailed:
-        raise
-    except OSError as e:  # the block's own writes (a full disk) or the publish
-        raise WriteFailed(target, e) from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already when published
+
+
+def _publish_first(tmp: Path, target: Path) -> None:
+    os.chmod(tmp, dir_mode())
+    try:
+        os.rename(tmp, target)  # fails on a non-empty folder: another writer was first
+    except OSError as e:
+        if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not target.is_dir():
+            raise
 
 
 @contextlib.contextmanager
@@ -146,24 +163,8 @@ def first_dir(target: str | os.PathLike) -> Iterator[Path]:
     may build at once): the complete temp folder is renamed into place only if `target` does not
     exist yet, else it is dropped and the first writer's folder kept. Failures of the output's
     raise `WriteFailed` naming `target`."""
-    target = Path(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    except OSError as e:
-        raise WriteFailed(target, e) from e
-    try:
+    with _built_dir(Path(target), _publish_first) as tmp:
         yield tmp
-        os.chmod(tmp, dir_mode())
-        try:
-            os.rename(tmp, target)  # fails on a non-empty folder: another writer was first
-        except OSError as e:
-            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not target.is_dir():
-                raise
-    except OSError as e:
-        raise WriteFailed(target, e) from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already when published
 
 
 def dir_mode() -> int:

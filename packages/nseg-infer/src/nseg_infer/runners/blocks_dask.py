@@ -60,7 +60,7 @@ from nseg_infer.sinks.outputs import (
     product_blocks,
     write_products,
 )
-from nseg_infer.sources.imageio import ImageSource, open_image
+from nseg_infer.sources.imageio import ImageSource
 from nseg_infer.sources.prepare import ModelInput, model_input
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def plan_large_image(planner: Planner, file_config: FileConfig, path: Path, out_
 @contextlib.contextmanager
 def _model_source(bundle: Bundle, file_config: FileConfig, path: Path) -> Iterator[tuple[ImageSource, ModelInput]]:
     """The file opened as `file_config` says, and what the model is given of it."""
-    with open_image(path, region_threshold_px=file_config.region_px, max_pixels=file_config.max_pixels) as raw:
+    with file_config.open(path) as raw:
         yield raw, model_input(bundle, raw, file_config.inputs)
 
 

@@ -9,10 +9,11 @@ and the tools take both.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from nseg_infer.sinks.outputs import DEFAULT_PRODUCTS, parse_products
-from nseg_infer.sources.imageio import MAX_PIXELS, REGION_THRESHOLD_PX
+from nseg_infer.sources.imageio import MAX_PIXELS, REGION_THRESHOLD_PX, ImageSource, open_image
 from nseg_infer.sources.options import InputOptions
 
 
@@ -37,3 +38,8 @@ class FileConfig:
                              f"{self.overview_side}")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
+
+    def open(self, path: str | os.PathLike) -> ImageSource:
+        """`path` opened under these reading limits (region reads above `region_px`, refused above
+        `max_pixels`)."""
+        return open_image(path, region_threshold_px=self.region_px, max_pixels=self.max_pixels)

@@ -28,7 +28,7 @@ from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.inputs import FileResult, expand_inputs, failure_message, stem
 from nseg_infer.sinks.base import LabelledImage
 from nseg_infer.sinks.outputs import ProductPaths, SinkOptions, write_products, write_summary
-from nseg_infer.sources.imageio import ImageSource, open_image
+from nseg_infer.sources.imageio import ImageSource
 from nseg_infer.sources.options import InputOptions
 from nseg_infer.sources.prepare import ModelInput, Segmented, check_options, model_input, segmented
 
@@ -85,7 +85,7 @@ class FileRunner:
                 out.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise WriteFailed(out, e) from e
-            raw: ImageSource | Exception = open_image(p, region_threshold_px=self.file_config.region_px, max_pixels=self.file_config.max_pixels)
+            raw: ImageSource | Exception = self.file_config.open(p)
         except Exception as e:
             # Deliberately broad, here and in the other stages: decoders and runtimes raise their
             # own types for corrupt input, and one bad file must never stop a batch.
@@ -129,7 +129,7 @@ class FileRunner:
             for path, out in jobs:
                 p, shape = Path(path), (0, 0)
                 try:
-                    raw = stack.enter_context(open_image(p, region_threshold_px=self.file_config.region_px, max_pixels=self.file_config.max_pixels))
+                    raw = stack.enter_context(self.file_config.open(p))
                     shape = raw.shape
                     opened.append((p, Path(out), shape, model_input(self.predictor.bundle, raw, self.file_config.inputs)))
                 except Exception as e:  # reported in this file's result, as process_file does
