@@ -15,7 +15,7 @@ import numpy as np
 
 from nseg_data.atomic import atomic_path
 from nseg_data.modality import infer_modality
-from nseg_data.sample import Sample
+from nseg_data.sample import Modality, Sample
 
 CACHE_VERSION = 1
 
@@ -49,8 +49,9 @@ def load_sample(path: Path) -> Sample:
             id=header["id"],
             image=image,
             labels=labels,
-            # Recomputed, not trusted from the cache: the classifier may have changed since.
-            modality=infer_modality(image),
+            # Recomputed, not trusted from the cache: the classifier may have changed since. A
+            # modality its source declares (nseg_data.sources) is kept.
+            modality=Modality(header["meta"]["modality"]) if "modality" in header.get("meta", {}) else infer_modality(image),
             source=header["source"],
             meta=header.get("meta", {}),
         )

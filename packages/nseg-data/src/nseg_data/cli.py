@@ -129,14 +129,24 @@ def split(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing, different splits file."),
     cache: Path | None = CACHE, form: str | None = FORM, part: str = PART, masks_from: str = MASKS_FROM,
     labels_csv: Path | None = LABELS_CSV, allow_unlabelled: bool = UNLABELLED,
+    keep: Path | None = typer.Option(None, "--keep", help="An existing splits JSON whose images keep their split "
+                                     "(e.g. DSB's locked set when other sources join it)."),
 ) -> None:
-    """Stratified, seeded locked/val/train split, written to JSON; prints the per-split modality table."""
-    from nseg_data.split import load_splits, make_splits, save_splits
+    """Stratified, seeded locked/val/train split, written to JSON; prints the per-split modality table.
+
+    For a sources catalogue, images are split by group (slide or patient) within each source."""
+    from nseg_data.sources import group_of, source_of
+    from nseg_data.split import load_splits, make_group_splits, make_splits, save_splits
 
     with _errors_exit():
         res = _load(path, cache, form, part, masks_from, labels_csv, require_labels=not allow_unlabelled)
-        splits = make_splits({s.id: str(s.modality) for s in res.samples}, seed=seed, locked_fraction=locked,
-                             val_fraction=val)
+        if any(source_of(s) for s in res.samples) or keep is not None:
+            items = {s.id: (source_of(s), group_of(s), str(s.modality)) for s in res.samples}
+            splits = make_group_splits(items, seed=seed, locked_fraction=locked, val_fraction=val,
+                                       keep=load_splits(keep) if keep is not None else None)
+        else:
+            splits = make_splits({s.id: str(s.modality) for s in res.samples}, seed=seed, locked_fraction=locked,
+                                 val_fraction=val)
         if out.exists():
             old = load_splits(out)
             if old.sha256() != splits.sha256() and not force:

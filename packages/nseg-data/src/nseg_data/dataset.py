@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from nseg_data import cache
+from nseg_data import cache, sources
 from nseg_data.errors import DataError
 from nseg_data.readers import kaggle_folder, kaggle_zip, label_folder, rle_csv, stage1_test
 from nseg_data.readers.entries import Entry, make_key
@@ -80,8 +80,14 @@ def _label_folder_entries(path: Path, opts: dict) -> list[Entry]:
     return label_folder.entries(path, require_labels=opts.get("require_labels", True))
 
 
+def _catalogue_entries(path: Path, opts: dict) -> list[Entry]:
+    # Each source's own form is detected; the reading options (labels required or not) pass through.
+    return sources.catalogue_entries(path, lambda p: list_entries(p, **{**opts, "labels_csv": None})[1])
+
+
 # Detection order matters: CSVs before zips (`*.csv.zip`), stage1_test before the Kaggle folder.
 FORMS: dict[str, tuple[Callable[[Path], bool], Callable[[Path, dict], list[Entry]]]] = {
+    "sources": (sources.is_catalogue, _catalogue_entries),
     "rle_csv": (rle_csv.is_rle_csv, _rle_csv_entries),
     "stage1_test": (lambda p: _is_solution_csv(p) or stage1_test.is_stage1_test(p), _stage1_test_entries),
     "kaggle_zip": (kaggle_zip.is_kaggle_zip, _kaggle_zip_entries),
@@ -99,7 +105,7 @@ def detect_form(path: Path) -> str:
             return name
     raise DataError(
         path,
-        "not a recognised dataset (expected a Kaggle stage1 folder or zip, a run-length CSV, "
+        "not a recognised dataset (expected a sources catalogue (YAML), a Kaggle stage1 folder or zip, a run-length CSV, "
         "stage1_test with stage1_solution.csv, or a folder of name.png + name.labels.tif / name_masks.png)",
     )
 

@@ -34,6 +34,9 @@ class Splits:
     val_fraction: float
     ids: dict[str, tuple[str, ...]]
     modality: dict[str, str]
+    # Several sources (nseg_data.sources): each id's source and group (slide or patient).
+    source: dict[str, str] | None = None
+    group: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
@@ -44,6 +47,13 @@ class Splits:
             if overlap:
                 raise ValueError(f"ids in more than one split, e.g. {sorted(overlap)[0]}")
             seen |= set(self.ids[name])
+        if self.group:
+            where: dict[str, str] = {}
+            for name in SPLIT_NAMES:
+                for i in self.ids[name]:
+                    g = self.group.get(i, i)
+                    if where.setdefault(g, name) != name:
+                        raise ValueError(f"group {g} is in both {where[g]} and {name}: a slide's images must stay together")
 
     def __getitem__(self, name: str) -> tuple[str, ...]:
         if name == "all":
@@ -58,20 +68,24 @@ class Splits:
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def table(self) -> dict[str, dict[str, int]]:
-        """split -> modality -> count (plus 'total')."""
+        """split -> modality (or source:modality, with several sources) -> count (plus 'total')."""
         out: dict[str, dict[str, int]] = {}
         for name in SPLIT_NAMES:
-            c = Counter(self.modality[i] for i in self.ids[name])
+            c = Counter(self._stratum(i) for i in self.ids[name])
             out[name] = {**dict(sorted(c.items())), "total": len(self.ids[name])}
         return out
 
+    def _stratum(self, i: str) -> str:
+        return f"{self.source[i]}:{self.modality[i]}" if self.source else self.modality[i]
+
     def format_table(self) -> str:
-        mods = sorted(set(self.modality.values()))
-        head = f"{'split':<8}" + "".join(f"{m:>14}" for m in mods) + f"{'total':>8}"
+        mods = sorted({self._stratum(i) for i in self.modality})
+        w = max(14, *(len(m) + 2 for m in mods))
+        head = f"{'split':<8}" + "".join(f"{m:>{w}}" for m in mods) + f"{'total':>8}"
         rows = [head]
         tab = self.table()
         for name in SPLIT_NAMES:
-            rows.append(f"{name:<8}" + "".join(f"{tab[name].get(m, 0):>14}" for m in mods) + f"{tab[name]['total']:>8}")
+            rows.append(f"{name:<8}" + "".join(f"{tab[name].get(m, 0):>{w}}" for m in mods) + f"{tab[name]['total']:>8}")
         return "\n".join(rows)
 
     def to_json(self) -> dict:
@@ -84,6 +98,8 @@ class Splits:
             "counts": self.table(),
             "splits": {n: list(self.ids[n]) for n in SPLIT_NAMES},
             "modality": dict(sorted(self.modality.items())),
+            **({"source": dict(sorted(self.source.items()))} if self.source else {}),
+            **({"group": dict(sorted(self.group.items()))} if self.group else {}),
         }
 
 
@@ -124,6 +140,62 @@ def make_splits(
     )
 
 
+def make_group_splits(
+    items: dict[str, tuple[str, str, str]], *, seed: int = 2018, locked_fraction: float = 0.10,
+    val_fraction: float = 0.30, keep: Splits | None = None,
+) -> Splits:
+    """Split several sources by group: items maps id -> (source, group, modality).
+
+    A group (a slide, a patient) never straddles two splits, so validation measures
+    generalisation to new patients, not memory of their neighbours' tiles. Each source is split on
+    its own, stratified by its groups' modality, so every source has validation and locked images.
+    Ids that `keep` already assigns stay where they are (an existing locked set never moves), and
+    new images of a group it holds join that group's split.
+    """
+    if not 0 <= locked_fraction < 1 or not 0 < val_fraction < 1:
+        raise ValueError("fractions must be in [0, 1) for locked and (0, 1) for val")
+    ids: dict[str, list[str]] = {n: [] for n in SPLIT_NAMES}
+    kept_split = {i: n for n in SPLIT_NAMES for i in (keep.ids[n] if keep else ())}
+    group_split: dict[str, str] = {}
+    for i, (_src, g, _m) in items.items():
+        if i in kept_split:
+            group_split.setdefault(g, kept_split[i])
+    strata: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for i, (src, g, mod) in sorted(items.items()):
+        if g in group_split:
+            ids[group_split[g]].append(i)
+        else:
+            strata.setdefault((src, mod), {}).setdefault(g, []).append(i)
+    for (src, mod), groups in sorted(strata.items()):
+        names = sorted(groups)
+        rng = np.random.default_rng([seed, int(hashlib.md5(f"{src}:{mod}".encode()).hexdigest()[:8], 16)])
+        order = [names[k] for k in rng.permutation(len(names))]
+        n = sum(len(groups[g]) for g in order)
+        want_locked = round(n * locked_fraction)
+        if locked_fraction and len(order) >= 3:
+            want_locked = max(want_locked, 1)
+        taken, k = 0, 0
+        while k < len(order) - 2 and taken < want_locked:  # leave at least a val and a train group
+            ids["locked"] += groups[order[k]]
+            taken += len(groups[order[k]])
+            k += 1
+        want_val = max(1, round((n - taken) * val_fraction)) if len(order) - k >= 2 else 0
+        got = 0
+        while k < len(order) - 1 and got < want_val:
+            ids["val"] += groups[order[k]]
+            got += len(groups[order[k]])
+            k += 1
+        for g in order[k:]:
+            ids["train"] += groups[g]
+    return Splits(
+        seed=seed, locked_fraction=locked_fraction, val_fraction=val_fraction,
+        ids={n: tuple(sorted(v)) for n, v in ids.items()},
+        modality={i: m for i, (_s, _g, m) in items.items()},
+        source={i: s for i, (s, _g, _m) in items.items()},
+        group={i: g for i, (_s, g, _m) in items.items()},
+    )
+
+
 def training_splits(modality: dict[str, str], *, seed: int = 2018) -> Splits:
     """The split `nseg-train` makes when it is given none: the standard locked/val/train fractions
     (10 %, then 30 % of the rest), or, below SMALL_DATASET images, no locked set and a quarter for
@@ -157,6 +229,8 @@ def load_splits(path: Path) -> Splits:
             val_fraction=float(data["val_fraction"]),
             ids={n: tuple(data["splits"][n]) for n in SPLIT_NAMES},
             modality=dict(data["modality"]),
+            source=dict(data["source"]) if data.get("source") else None,
+            group=dict(data["group"]) if data.get("group") else None,
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise DataError(path, f"malformed splits file ({exc})") from exc

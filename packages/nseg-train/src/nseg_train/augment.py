@@ -86,11 +86,14 @@ def hed_jitter(rng: np.random.Generator, img: np.ndarray, sigma: float) -> np.nd
 def photometric(rng: np.random.Generator, img: np.ndarray, cfg: AugmentConfig) -> np.ndarray:
     """img: HxWx3 float32, roughly in [0, 1] after percentile normalisation."""
     img = img.astype(np.float32, copy=True)
-    if cfg.hed and is_colour(img):
+    colour = is_colour(img)
+    if cfg.hed and colour:
         img = hed_jitter(rng, img, cfg.hed)
-    if cfg.invert_p and rng.random() < cfg.invert_p:
+    # keep_look: a stained image keeps its stain's colours and polarity (inverted or grey H&E exists
+    # in no lab); grey images may still be inverted (fluorescence <-> brightfield).
+    if cfg.invert_p and not (cfg.keep_look and colour) and rng.random() < cfg.invert_p:
         img = 1.0 - img
-    if cfg.grayscale_p and rng.random() < cfg.grayscale_p:
+    if cfg.grayscale_p and not (cfg.keep_look and colour) and rng.random() < cfg.grayscale_p:
         img[:] = img.mean(axis=2, keepdims=True)
     if cfg.colour:
         gain = 1.0 + rng.uniform(-cfg.colour, cfg.colour, size=3).astype(np.float32)

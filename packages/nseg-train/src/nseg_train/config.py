@@ -30,6 +30,9 @@ class DataConfig:
     crops_per_image: int = 2
     crop_sampler: Literal["random", "pos_neg"] = "random"
     modality_balance: float = 0.5  # sampling weight per image ∝ count(modality) ** -balance
+    # With several sources (a catalogue), a source's share of the crops ∝ its image count ** (1 - balance):
+    # 0 draws images uniformly, 1 gives every source the same share. Modality balance applies within a source.
+    source_balance: float = 0.0
     # Train and validate only on these modalities (as the split records them): an expert, e.g. for H&E.
     modalities: tuple[str, ...] | None = None
     num_workers: int = 2
@@ -41,6 +44,8 @@ class DataConfig:
             raise ConfigError("data.crops_per_image must be >= 1")
         if not 0 <= self.modality_balance <= 1:
             raise ConfigError("data.modality_balance must be in [0, 1]")
+        if not 0 <= self.source_balance <= 1:
+            raise ConfigError("data.source_balance must be in [0, 1]")
         if self.modalities is not None:
             known = {m.value for m in Modality}
             if not self.modalities or set(self.modalities) - known:
@@ -64,6 +69,8 @@ class AugmentConfig:
     invert_p: float = 0.0
     noise: float = 0.0
     blur_p: float = 0.0
+    # Inversion and grayscale only for grey images: each modality keeps its look (see augment.photometric).
+    keep_look: bool = False
 
     def __post_init__(self) -> None:
         lo, hi = self.scale
@@ -309,6 +316,10 @@ class TrainConfig:
             del d["optim"]["ema"]
         if self.data.modalities is None:
             del d["data"]["modalities"]
+        if not self.data.source_balance:
+            del d["data"]["source_balance"]
+        if not self.augment.keep_look:
+            del d["augment"]["keep_look"]
         return d
 
     def replace(self, **sections: Any) -> TrainConfig:

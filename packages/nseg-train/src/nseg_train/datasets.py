@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from nseg_data.sample import Sample
+from nseg_data.sources import source_of
 from nseg_infer.engine.preprocess import Normalization, normalize, resize_image
 from skimage.transform import resize as sk_resize
 
@@ -22,6 +23,7 @@ class Prepared:
     modality: str
     image: np.ndarray  # HxWx3 float32, normalised, possibly resized
     target: np.ndarray  # CxHxW float32
+    source: str = ""
 
 
 def normalize_for(cfg: TrainConfig, image: np.ndarray) -> np.ndarray:
@@ -46,14 +48,25 @@ def prepare(samples: list[Sample], cfg: TrainConfig) -> list[Prepared]:
         labels = s.labels
         if cfg.data.resize:
             img, labels = resize_pair(img, labels, cfg.data.resize)
-        out.append(Prepared(s.id, str(s.modality), img, make_targets(labels, cfg.model.targets)))
+        out.append(Prepared(s.id, str(s.modality), img, make_targets(labels, cfg.model.targets), source_of(s)))
     return out
 
 
-def sampling_weights(modalities: list[str], balance: float) -> np.ndarray:
-    """Per-image weights ∝ count(modality)^-balance: 0 = uniform over images, 1 = uniform over modalities."""
-    counts = Counter(modalities)
-    w = np.array([counts[m] ** -balance for m in modalities], dtype=np.float64)
+def sampling_weights(modalities: list[str], balance: float, sources: list[str] | None = None,
+                     source_balance: float = 0.0) -> np.ndarray:
+    """Per-image draw probabilities, source by source: a source's share ∝ n_source^(1 - source_balance),
+    a modality's share within its source ∝ n^(1 - balance), images uniform within. With one source this
+    is count(modality)^-balance: 0 = uniform over images, 1 = uniform over modalities."""
+    sources = sources if sources is not None else [""] * len(modalities)
+    n_src = Counter(sources)
+    n_mod = Counter(zip(sources, modalities, strict=True))
+    src_share = {s: n ** (1 - source_balance) for s, n in n_src.items()}
+    total = sum(src_share.values())
+    mod_total = Counter()
+    for (s, _m), n in n_mod.items():
+        mod_total[s] += n ** (1 - balance)
+    w = np.array([src_share[s] / total * n_mod[s, m] ** (1 - balance) / mod_total[s] / n_mod[s, m]
+                  for s, m in zip(sources, modalities, strict=True)], dtype=np.float64)
     return w / w.sum()
 
 
@@ -70,7 +83,8 @@ class CropDataset(torch.utils.data.Dataset):
         self.cfg = cfg
         self.seed = seed
         self.epoch = 0
-        self.weights = sampling_weights([p.modality for p in prepared], cfg.data.modality_balance)
+        self.weights = sampling_weights([p.modality for p in prepared], cfg.data.modality_balance,
+                                        [p.source for p in prepared], cfg.data.source_balance)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from nseg_data.sample import Sample
+from nseg_data.sources import source_of
 from scipy import ndimage as ndi
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -30,6 +31,7 @@ class DetectionItem:
     modality: str
     image: np.ndarray  # HxWx3 float32, normalised
     labels: np.ndarray  # HxW uint32 instance labels
+    source: str = ""
 
 
 def prepare_detection(samples: list[Sample], cfg: TrainConfig) -> list[DetectionItem]:
@@ -40,7 +42,7 @@ def prepare_detection(samples: list[Sample], cfg: TrainConfig) -> list[Detection
         img, labels = normalize_for(cfg, s.image), s.labels
         if cfg.data.resize:
             img, labels = resize_pair(img, labels, cfg.data.resize)
-        out.append(DetectionItem(s.id, str(s.modality), img, labels))
+        out.append(DetectionItem(s.id, str(s.modality), img, labels, source_of(s)))
     return out
 
 
@@ -156,7 +158,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.cfg = cfg
         self.seed = seed
         self.epoch = 0
-        self.weights = sampling_weights([p.modality for p in items], cfg.data.modality_balance)
+        self.weights = sampling_weights([p.modality for p in items], cfg.data.modality_balance,
+                                        [p.source for p in items], cfg.data.source_balance)
         self.augment = build_augmentation(cfg.augment)
 
     def set_epoch(self, epoch: int) -> None:

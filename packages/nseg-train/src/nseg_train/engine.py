@@ -34,7 +34,7 @@ from nseg_train.checkpoint import FORMAT, init_epochs, load_checkpoint, save_ato
 from nseg_train.config import TrainConfig
 from nseg_train.distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
 from nseg_train.evaluate import evaluate_samples, markdown_table
-from nseg_train.machine import describe
+from nseg_train.machine import cpu_bf16_native, describe
 from nseg_train.models import load_weights
 from nseg_train.tasks import TASKS
 from nseg_train.viz import plot_curves
@@ -75,6 +75,19 @@ def pick_device(name: str, info: DistInfo) -> torch.device:
     if name != "cpu":
         raise TrainError(f"unknown device {name!r} (auto, cpu or cuda)")
     return torch.device("cpu")
+
+
+def mixed_precision(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    """What `optim.amp` means on this device: fp16 autocast on a GPU, bf16 autocast on a CPU that
+    computes bf16 natively (AMX, AVX-512 BF16), and plain fp32 on any other CPU, where emulated bf16
+    would be many times slower."""
+    if not cfg.optim.amp:
+        return False, torch.float32
+    if device.type == "cuda":
+        return True, torch.float16
+    if device.type == "cpu" and cpu_bf16_native():
+        return True, torch.bfloat16
+    return False, torch.float32
 
 
 def seed_everything(seed: int) -> None:
@@ -165,7 +178,9 @@ def _read_log(path: Path) -> list[dict]:
 
 def _write_log(path: Path, rows: list[dict]) -> None:
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
+        # Per-source columns (source_columns) follow the fixed ones, in the order they first appear.
+        extra = [k for r in rows for k in r if k not in LOG_FIELDS]
+        w = csv.DictWriter(f, fieldnames=[*LOG_FIELDS, *dict.fromkeys(extra)], extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
 
@@ -243,8 +258,9 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
         opt_cls = torch.optim.AdamW if cfg.optim.optimizer == "adamw" else torch.optim.Adam
         optimizer = opt_cls(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
-    amp = cfg.optim.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    amp, amp_dtype = mixed_precision(cfg, device)
+    # bf16 keeps fp32's exponent range: only fp16 on a GPU needs loss scaling.
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
 
     start_epoch, step, best = 0, 0, -1.0
     history: list[dict] = []
@@ -293,7 +309,8 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
             print("tensorboard not installed: TensorBoard logs skipped (CSV log and curves still written)", file=sys.stderr)
         print(
             f"[nseg-train] {cfg.name}: {len(data['train'])} train / {len(data['val'])} val images, "
-            f"{steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs on {device}"
+            f"{steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs on {device} "
+            f"({str(amp_dtype).removeprefix('torch.') if amp else 'float32'})"
             + (f" x {info.world_size} ranks" if info.enabled else "")
             + (f", resuming at epoch {start_epoch}" if start_epoch else ""),
             flush=True,
@@ -314,7 +331,7 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
 
             batches = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False, mininterval=1 if sys.stderr.isatty() else 30)
         for batch in batches:
-            with torch.autocast(device_type=device.type, enabled=amp):
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
                 loss, parts = task.loss(ddp_model, batch, device)
             if not torch.isfinite(loss):
                 raise TrainError(f"loss became {float(loss)} at epoch {epoch + 1}, step {step}; lower optim.lr")
@@ -346,6 +363,7 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
                 result, _ = evaluate_samples(scored, data["val"], cfg, device, predict=task.predict)
                 ov = result.overall
                 row.update({f"val_{k}": ov[k] for k in ("dsb", "f1_50", "f1_75", "aji", "pq", "dice")})
+                row.update(source_columns(result))
                 if writer is not None:
                     for k in ("dsb", "f1_50", "f1_75", "aji", "pq", "dice"):
                         writer.add_scalar(f"val/{k}", ov[k], step)
@@ -354,9 +372,9 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
             history.append(row)
             _write_log(out / "log.csv", history)
             plot_curves(history, out / "curves.png", title=cfg.name)
-            is_best = validate and row["val_dsb"] > best
+            is_best = validate and selection_score(row) > best
             if is_best:
-                best = row["val_dsb"]
+                best = selection_score(row)
             ckpt = {
                 "format": FORMAT,
                 "kind": cfg.model.kind,
@@ -365,7 +383,8 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
                 **({"train_model": model.state_dict(), "ema_n_averaged": int(ema.n_averaged)} if ema is not None else {}),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if amp else None,
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "precision": str(amp_dtype).removeprefix("torch.") if amp else "float32",
                 "epoch": epoch,
                 "step": step,
                 "best_dsb": best,
@@ -397,6 +416,24 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
         "world_size": info.world_size,
         "weights_sha256": parameters_sha256(model),
     }
+
+
+def source_columns(result) -> dict[str, float]:
+    """With several sources, each source's validation DSB and F1@0.5, and their mean, which
+    chooses best.pt: a small source counts as much as DSB's many images."""
+    per = result.per_source()
+    if len(per) < 2:
+        return {}
+    cols = {}
+    for src, m in per.items():
+        cols[f"val_dsb_{src}"] = m["dsb"]
+        cols[f"val_f1_50_{src}"] = m["f1_50"]
+    cols["val_dsb_source_mean"] = float(np.mean([m["dsb"] for m in per.values()]))
+    return cols
+
+
+def selection_score(row: dict) -> float:
+    return row.get("val_dsb_source_mean", row["val_dsb"])
 
 
 def _weights_sha256(state: dict) -> str:
