@@ -131,3 +131,11 @@ def test_training_on_a_catalogue_logs_every_source(synth_data, tiny_config, tmp_
     mean = float(rows[-1]["val_dsb_source_mean"])
     assert mean == pytest.approx((float(rows[-1]["val_dsb_dsb"]) + float(rows[-1]["val_dsb_tissue"])) / 2)
     assert "source tissue" in (out / "val" / "latest.md").read_text()
+    # compare on the locked split: a table per source and each source's worst images, every run.
+    r = CliRunner().invoke(app, ["compare", str(out), "--split", "locked", "--data", str(cat), "--splits", str(splits),
+                                 "--out", str(tmp_path / "cmp"), "--gallery", "2"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "### source dsb" in md and "### source tissue" in md
+    assert (tmp_path / "cmp" / "worst-tissue.png").stat().st_size > 1000
+    assert (tmp_path / "cmp" / "worst-dsb.png").stat().st_size > 1000

@@ -16,6 +16,7 @@ from nseg_data.atomic import write_text_atomic
 from nseg_data.dataset import open_dataset
 from nseg_data.paths import recorded_path
 from nseg_data.sample import Sample
+from nseg_data.sources import source_of
 from nseg_data.split import Splits, load_splits
 
 from nseg_train.checkpoint import init_epochs, load_checkpoint, load_model
@@ -121,12 +122,28 @@ def markdown(runs: list[RunResult], *, split: str, sp: Splits, machine: str, dev
             f"| {r.name} | {r.kind} ({r.config_name}) | {r.params / 1e6:.1f} M | {r.epochs}{f' + {r.init_epochs} (init)' if r.init_epochs else ''} | {_hours(r.train_seconds)} | "
             f"{r.trained_on} | {r.result.seconds_per_megapixel:.2f} | " + " | ".join(f"{ov[k]:.3f}" for k, _ in METRICS) + " |"
         )
-    for m in mods:
-        lines += ["", f"### {m}", "", "| run | images | " + " | ".join(h for _, h in METRICS) + " |", "|" + "---|" * (2 + len(METRICS))]
+    sections = [(m, lambda r, m=m: r.result.per_modality()[m]) for m in mods]
+    sources = sorted(runs[0].result.per_source())
+    if len(sources) > 1:
+        sections += [(f"source {src}", lambda r, src=src: r.result.per_source()[src]) for src in sources]
+    for title, metrics in sections:
+        lines += ["", f"### {title}", "", "| run | images | " + " | ".join(h for _, h in METRICS) + " |", "|" + "---|" * (2 + len(METRICS))]
         for r in runs:
-            pm = r.result.per_modality()[m]
+            pm = metrics(r)
             lines.append(f"| {r.name} | {pm['n_images']} | " + " | ".join(f"{pm[k]:.3f}" for k, _ in METRICS) + " |")
     return "\n".join(lines) + "\n"
+
+
+def worst_by_source(runs: list[RunResult], samples: list[Sample], n: int) -> dict[str, list[Sample]]:
+    """Each source's n images the first run (the baseline) scores worst on, by DSB: where a newer
+    model must show what it changed."""
+    dsb = {r.id: r.scores.dsb for r in runs[0].result.rows}
+    by_source: dict[str, list[Sample]] = {}
+    for smp in sorted(samples, key=lambda x: (dsb[x.id], x.id)):
+        picked = by_source.setdefault(source_of(smp) or "all", [])
+        if len(picked) < n:
+            picked.append(smp)
+    return by_source
 
 
 def compare_runs(
@@ -204,6 +221,7 @@ def compare_runs(
                 "epochs": r.epochs, "init_epochs": r.init_epochs, "train_seconds": r.train_seconds, "trained_on": r.trained_on,
                 "seconds_per_megapixel": r.result.seconds_per_megapixel, "overall": r.result.overall,
                 "per_modality": r.result.per_modality(),
+                **({"per_source": r.result.per_source()} if len(r.result.per_source()) > 1 else {}),
             }
             for r in runs
         ],
@@ -214,5 +232,10 @@ def compare_runs(
         for s in pick_images(samples, gallery_images)
     ]
     gallery(rows, out / "comparison.png", title=f"image / truth / {' / '.join(r.name for r in runs)} ('{split}' split)")
+    if len(runs[0].result.per_source()) > 1:
+        for src, worst in worst_by_source(runs, samples, max(1, gallery_images // 2)).items():
+            rows = [(f"{w.id[:16]} DSB {next(x.scores.dsb for x in runs[0].result.rows if x.id == w.id):.2f}", w.image, w.labels,
+                     {r.name: r.predictions[w.id] for r in runs}) for w in worst]
+            gallery(rows, out / f"worst-{src}.png", title=f"{src}: the first run's worst '{split}' images, every run")
     plot_curves_side_by_side([(r.name, r.history) for r in runs], out / "curves.png", title="training curves")
     return runs

@@ -66,6 +66,11 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
         pts = [(int(h["epoch"]), float(h[key])) for h in history if h.get(key) not in (None, "")]
         if pts:
             a2.plot(*zip(*pts, strict=True), marker="o", label=name)
+    # A multi-source run's per-source DSB (engine.source_columns), dashed.
+    for key in dict.fromkeys(k for h in history for k in h if k.startswith("val_dsb_") and k != "val_dsb_raw"):
+        pts = [(int(h["epoch"]), float(h[key])) for h in history if h.get(key) not in (None, "")]
+        if pts:
+            a2.plot(*zip(*pts, strict=True), marker=".", linestyle="--", label=key.removeprefix("val_dsb_").replace("_", " ") + " DSB")
     a2.set_xlabel("epoch")
     a2.set_ylim(0, 1)
     a2.set_title("validation")
