@@ -5,7 +5,7 @@ import pytest
 from nseg_train.config import ConfigError, config_from_dict, load_config
 
 
-@pytest.mark.parametrize("preset", ["unet", "unet-paper", "unet-finetune", "unet-long"])
+@pytest.mark.parametrize("preset", ["unet", "unet-paper", "unet-finetune", "unet-long", "unet-multi", "maskrcnn-multi"])
 def test_presets_load(preset):
     cfg = load_config(preset)
     assert cfg.name == preset

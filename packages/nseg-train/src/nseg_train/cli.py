@@ -39,7 +39,7 @@ def _train(kind: str, config: str, data: Path, splits: Path | None, out: Path, r
     typer.echo(f"done: best validation DSB {summary['best_val_dsb']:.3f}, checkpoints in {summary['out']}")
 
 
-_CONFIG = typer.Option(..., "--config", help="YAML file or preset name (unet, unet-finetune, unet-long, unet-paper, maskrcnn, maskrcnn-paper)")
+_CONFIG = typer.Option(..., "--config", help="YAML file or preset name (unet, unet-finetune, unet-long, unet-multi, unet-paper, maskrcnn, maskrcnn-multi, maskrcnn-paper)")
 _DATA = typer.Option(..., "--data", help="dataset in any form nseg-data reads: a folder of NAME.png + NAME.labels.tif "
                      "(or Cellpose NAME_masks.png), the Kaggle stage1_train folder or zip, a run-length CSV")
 _TRAIN_SPLITS = typer.Option(None, "--splits", help="splits JSON written by `nseg-data split`; default: a new split of "
