@@ -150,3 +150,17 @@ def test_metadata_is_plain_json(package):
     assert json.loads(json.dumps(meta)) == meta
     assert "engines" not in meta and meta["model_file"] == "model.onnx"
     assert dict(load_bundle(package).postprocessing) == meta["postprocessing"]
+
+
+def test_a_multi_source_models_package_cites_every_source():
+    from types import SimpleNamespace
+
+    from nseg_export.bioimageio_export import CITATIONS, citations
+
+    tnbc = {"name": "tnbc", "licence": "CC-BY-4.0", "citation": "Naylor et al. IEEE TMI 2019. doi:10.1109/TMI.2018.2865709"}
+    plain = {"name": "lab", "licence": "CC-BY-4.0", "citation": "A lab's own images, no DOI"}
+    bundle = SimpleNamespace(metadata={"training": {"data_sources": [{"name": "dsb2018"}, tnbc, plain]}})
+    cites = citations(bundle)
+    assert cites[: len(CITATIONS)] == [dict(c) for c in CITATIONS]
+    assert cites[len(CITATIONS):] == [{"text": tnbc["citation"], "doi": "10.1109/TMI.2018.2865709"}]
+    assert citations(SimpleNamespace(metadata={})) == [dict(c) for c in CITATIONS]

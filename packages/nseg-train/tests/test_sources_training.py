@@ -139,3 +139,6 @@ def test_training_on_a_catalogue_logs_every_source(synth_data, tiny_config, tmp_
     assert "### source dsb" in md and "### source tissue" in md
     assert (tmp_path / "cmp" / "worst-tissue.png").stat().st_size > 1000
     assert (tmp_path / "cmp" / "worst-dsb.png").stat().st_size > 1000
+    # The sources learnt from travel with the checkpoint (and from there into bundles and packages).
+    from nseg_train.checkpoint import load_checkpoint
+    assert [d["name"] for d in load_checkpoint(out / "last.pt")["data_sources"]] == ["dsb", "tissue"]

@@ -23,6 +23,7 @@ import datetime as _dt
 import io
 import json
 import math
+import re
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -294,6 +295,8 @@ def _readme(bundle, name: str, description: str, metrics: dict, images: Sequence
         "## Training data\n\nThe 2018 Data Science Bowl `stage1_train` images (BBBC038v1, CC0): fluorescence, "
         "brightfield and H&E nuclei, with the community's published label fixes, split by modality into "
         "train / validation / a locked test set that no model trained or tuned on."
+        + "".join(f" Also trained on `{d['name']}` ({d.get('licence') or 'licence not recorded'}): {d.get('citation') or ''}"
+                  for d in other_sources(bundle))
         + (f" Training splits sha256: `{bundle.metadata.get('training', {}).get('splits_sha256', '')}`."
            if bundle.metadata.get("training", {}).get("splits_sha256") else ""),
         "## Validation\n\nValidation metrics stored with the model (DSB score: mean precision over IoU "
@@ -307,9 +310,26 @@ def _readme(bundle, name: str, description: str, metrics: dict, images: Sequence
         "## Limitations\n\nTrained on the DSB 2018 images only; on very different nuclei sizes, stains "
         "or modalities expect lower accuracy. Brightfield is rare in the training data.",
         "## Citation\n\n" + "\n".join(f"- {c['text']}" + (f", doi:{c['doi']}" if "doi" in c else f", {c['url']}")
-                                      for c in CITATIONS),
+                                      for c in CITATIONS)
+        + "".join(f"\n- {d['citation']}" for d in other_sources(bundle) if d.get("citation")),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def other_sources(bundle) -> list[dict]:
+    """Training sources beside DSB 2018 (a multi-source model), each with its licence and citation."""
+    return [d for d in bundle.metadata.get("training", {}).get("data_sources") or [] if d.get("name") != "dsb2018"]
+
+
+def citations(bundle) -> list[dict]:
+    """The package's citations: DSB 2018's, and each other source's with the DOI its citation
+    names (the spec wants a DOI or URL per entry; one without stays in the README's text only)."""
+    out = [dict(c) for c in CITATIONS]
+    for d in other_sources(bundle):
+        doi = re.search(r"doi:\s*(10\.[^\s,;]+[^\s,;.])", d.get("citation") or "")
+        if doi:
+            out.append({"text": d["citation"], "doi": doi.group(1)})
+    return out
 
 
 def _metrics(bundle) -> dict[str, float]:
@@ -347,7 +367,7 @@ def _rdf(bundle, opts: PackageOptions, *, name: str, description: str, opset: in
         "version": opts.version,
         "authors": [{"name": a} for a in opts.authors],
         "license": opts.license,
-        "cite": [dict(c) for c in CITATIONS],
+        "cite": citations(bundle),
         "tags": list(dict.fromkeys((*TAGS, *opts.extra_tags))),
         "covers": ["cover.png"],
         "documentation": "README.md",

@@ -64,6 +64,8 @@ def training_section(ckpt: dict[str, Any]) -> dict[str, Any]:
         "epoch": ckpt.get("epoch"),
         "step": ckpt.get("step"),
         "checkpoint_versions": _jsonable(ckpt.get("versions", {})),
+        # The data sets a multi-source model learnt from, with their licences and citations.
+        **({"data_sources": _jsonable(ckpt["data_sources"])} if ckpt.get("data_sources") else {}),
     }
 
 

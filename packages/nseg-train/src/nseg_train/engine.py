@@ -27,6 +27,7 @@ import yaml
 from nseg_data.atomic import atomic_path, write_text_atomic
 from nseg_data.dataset import LoadResult, open_dataset
 from nseg_data.sample import Sample
+from nseg_data.sources import is_catalogue, load_catalogue, source_of
 from nseg_data.split import Splits, load_splits, save_splits, training_splits
 
 from nseg_train import default_checkpoint_path
@@ -75,6 +76,16 @@ def pick_device(name: str, info: DistInfo) -> torch.device:
     if name != "cpu":
         raise TrainError(f"unknown device {name!r} (auto, cpu or cuda)")
     return torch.device("cpu")
+
+
+def trained_sources(data_dir: Path, train: list[Sample]) -> list[dict]:
+    """The catalogue sources a run learns from, with citation and licence: a CC BY source must be
+    cited wherever the model is shared, so checkpoints, bundles and packages carry the list."""
+    if not is_catalogue(data_dir):
+        return []
+    used = {source_of(s) for s in train}
+    return [{"name": sp.name, "licence": sp.licence, "citation": sp.citation}
+            for sp in load_catalogue(data_dir).sources if sp.name in used]
 
 
 def mixed_precision(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
@@ -232,6 +243,7 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
     if cfg.eval.max_val_images:
         data["val"] = data["val"][: cfg.eval.max_val_images]
 
+    data_sources = trained_sources(opts.data_dir, data["train"])
     task = TASKS[cfg.model.kind](cfg)
     dataset = task.train_dataset(data["train"], seed=cfg.seed)
     sampler = torch.utils.data.DistributedSampler(dataset, shuffle=False) if info.enabled else None
@@ -394,6 +406,7 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
                 # Including the run it started from: the compute that made these weights.
                 "train_seconds": sum(float(r.get("seconds") or 0) for r in history) + (init["train_seconds"] if init else 0.0),
                 "init": {k: v for k, v in init.items() if k != "model"} if init else None,
+                **({"data_sources": data_sources} if data_sources else {}),
                 "versions": versions(),
                 "machine": describe(str(device)),
             }
