@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.engine.tiling import block_grid
+from nseg_infer.regions import ArraySource
 from nseg_infer.runners.cli import app
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner
@@ -33,7 +34,6 @@ from nseg_infer.sinks.outputs import PRODUCTS, parse_products, write_labels
 from nseg_infer.sinks.table import CsvSink
 from nseg_infer.sources.channels import ChannelChoice
 from nseg_infer.sources.imageinfo import tiff_pixel_size
-from nseg_infer.sources.imageio import ArraySource
 
 PX = 0.5
 

@@ -287,9 +287,9 @@ def test_resize_and_components_reproduce_the_seed_setup(unet_bundle, tmp_path):
     brought back by nearest neighbour; `components`: connected components of the foreground."""
     from nseg_infer.engine.preprocess import normalize, resize_image
     from nseg_infer.engine.stats import image_stats
+    from nseg_infer.regions import ArraySource
     from nseg_infer.runners.files import segment_source
-    from nseg_infer.sources.imageio import ArraySource
-    from nseg_infer.sources.prepare import model_input
+    from nseg_infer.runners.prepare import model_input
     from nseg_infer.sources.scale import labels_to_input
 
     post = {"kind": "components", "fg_threshold": 0.5, "min_size": 4}

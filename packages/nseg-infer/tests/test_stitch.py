@@ -7,7 +7,8 @@ from infer_testkit import FakeDetector, f1_and_counts, same_partition, synthetic
 from nseg_infer.engine.instances import WatershedParams, unet_instances
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.engine.stitch import MaskRCNNMerger, UNetMerger, instances_blockwise
-from nseg_infer.engine.tiling import Tile, Window, tile_grid
+from nseg_infer.engine.tiling import Tile, tile_grid
+from nseg_infer.regions import Window
 
 
 def untiled(bundle, image) -> Predictor:
@@ -44,7 +45,7 @@ def test_naive_per_tile_labelling_fails_the_same_check(one_pass, unet_bundle, mo
     assert field["probs"].shape == (1, 2, 32, 32)
     from nseg_infer.engine.stats import image_stats
     from nseg_infer.engine.tiles import read_tile
-    from nseg_infer.sources.imageio import ArraySource
+    from nseg_infer.regions import ArraySource
 
     src = ArraySource(mosaic)
     lo, hi, _ = image_stats(src, p.bundle.preprocessing.normalization)
@@ -67,7 +68,7 @@ def test_blockwise_instances_equal_one_pass(one_pass, unet_bundle, mosaic):
     side = p.tile
     from nseg_infer.engine.stats import image_stats
     from nseg_infer.engine.tiles import read_tile
-    from nseg_infer.sources.imageio import ArraySource
+    from nseg_infer.regions import ArraySource
 
     src = ArraySource(mosaic)
     lo, hi, _ = image_stats(src, p.bundle.preprocessing.normalization)
@@ -98,7 +99,7 @@ def test_blocks_run_alone_and_pasted_in_block_order_are_predict(unet_bundle, mos
     its own (`run_block`, in any order), pasted in block order with prefix-sum ids, is `predict`."""
     from nseg_infer.engine.blocks import Paster
     from nseg_infer.engine.plan import Planner
-    from nseg_infer.sources.imageio import ArraySource
+    from nseg_infer.regions import ArraySource
 
     p = Predictor(unet_bundle, RunConfig(block=300, margin=64))
     src = ArraySource(mosaic)

@@ -47,7 +47,7 @@ from nseg_infer.engine.stages import Worker, background
 from nseg_infer.engine.stitch import MaskRCNNMerger
 from nseg_infer.engine.tiles import TileRead, tile_batches
 from nseg_infer.engine.tiling import Block, Tile
-from nseg_infer.sources.imageio import ImageSource
+from nseg_infer.regions import ImageSource
 
 __all__ = ["Prediction", "Predictor", "RunConfig"]
 

@@ -24,7 +24,8 @@ from scipy import ndimage as ndi
 
 from nseg_infer.engine.instances import InstanceParams, WatershedParams, nms
 from nseg_infer.engine.maskpaste import box_mask
-from nseg_infer.engine.tiling import Block, Tile, TileGrid, Window, blend_weights, block_grid, cut_by_margin
+from nseg_infer.engine.tiling import Block, Tile, TileGrid, blend_weights, block_grid, cut_by_margin
+from nseg_infer.regions import Window
 
 log = logging.getLogger(__name__)
 

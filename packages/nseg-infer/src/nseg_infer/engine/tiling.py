@@ -14,34 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Window:
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-
-    def __post_init__(self) -> None:
-        if self.y1 < self.y0 or self.x1 < self.x0:
-            raise ValueError(f"empty-negative window {self}")
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.y1 - self.y0, self.x1 - self.x0
-
-    @property
-    def slices(self) -> tuple[slice, slice]:
-        return slice(self.y0, self.y1), slice(self.x0, self.x1)
-
-    def clip(self, height: int, width: int) -> Window:
-        return Window(max(self.y0, 0), min(self.y1, height), max(self.x0, 0), min(self.x1, width))
-
-    def intersects(self, other: Window) -> bool:
-        return self.y0 < other.y1 and other.y0 < self.y1 and self.x0 < other.x1 and other.x0 < self.x1
-
-    def contains(self, y: float, x: float) -> bool:
-        return self.y0 <= y < self.y1 and self.x0 <= x < self.x1
+from nseg_infer.regions import Window
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nseg_infer.sources.imageinfo import ImageInfo
-from nseg_infer.sources.imageio import ArraySource, ImageSource, open_image
+from nseg_infer.regions import ArraySource, ImageInfo, ImageSource
+from nseg_infer.sources.imageio import open_image
 
 if TYPE_CHECKING:
     from nseg_infer.engine.predictor import Predictor

@@ -44,10 +44,12 @@ from nseg_infer.engine.config import RunConfig
 from nseg_infer.engine.plan import Plan, Planner
 from nseg_infer.engine.predictor import Predictor
 from nseg_infer.engine.stitch import paste_block
-from nseg_infer.engine.tiling import Block, Window
+from nseg_infer.engine.tiling import Block
+from nseg_infer.regions import ImageSource, Window
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner, failed, sink_options
 from nseg_infer.runners.inputs import FileResult, stem
+from nseg_infer.runners.prepare import ModelInput, model_input
 from nseg_infer.sinks.base import LabelledImage
 from nseg_infer.sinks.labels import count_labels
 from nseg_infer.sinks.omezarr import open_labels
@@ -60,8 +62,6 @@ from nseg_infer.sinks.outputs import (
     product_blocks,
     write_products,
 )
-from nseg_infer.sources.imageio import ImageSource
-from nseg_infer.sources.prepare import ModelInput, model_input
 
 log = logging.getLogger(__name__)
 

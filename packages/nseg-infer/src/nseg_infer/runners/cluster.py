@@ -54,11 +54,11 @@ from nseg_infer.runners.cluster_manifest import MANIFEST_NAME, Manifest, fingerp
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import sink_options
 from nseg_infer.runners.inputs import FileResult, expand_inputs, failure_message, stem
+from nseg_infer.runners.prepare import check_options
 from nseg_infer.sinks.labels import label_dtype
 from nseg_infer.sinks.omezarr import create_labels
 from nseg_infer.sinks.outputs import part_sinks, product_blocks, write_summary
-from nseg_infer.sources.imageio import JPEG, PNG, TIFF
-from nseg_infer.sources.prepare import check_options
+from nseg_infer.sources.formats import JPEG, PNG, TIFF
 
 if TYPE_CHECKING:
     from distributed import Client, Future

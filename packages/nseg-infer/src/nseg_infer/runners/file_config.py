@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from nseg_infer.regions import ImageSource
 from nseg_infer.sinks.outputs import DEFAULT_PRODUCTS, parse_products
-from nseg_infer.sources.imageio import MAX_PIXELS, REGION_THRESHOLD_PX, ImageSource, open_image
+from nseg_infer.sources.formats import MAX_PIXELS, REGION_THRESHOLD_PX
+from nseg_infer.sources.imageio import open_image
 from nseg_infer.sources.options import InputOptions
 
 

@@ -24,13 +24,13 @@ from nseg_data.atomic import WriteFailed
 
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.engine.stages import Worker, background
+from nseg_infer.regions import ImageSource
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.inputs import FileResult, expand_inputs, failure_message, stem
+from nseg_infer.runners.prepare import ModelInput, Segmented, check_options, model_input, segmented
 from nseg_infer.sinks.base import LabelledImage
 from nseg_infer.sinks.outputs import ProductPaths, SinkOptions, write_products, write_summary
-from nseg_infer.sources.imageio import ImageSource
 from nseg_infer.sources.options import InputOptions
-from nseg_infer.sources.prepare import ModelInput, Segmented, check_options, model_input, segmented
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def segment_source(predictor: Predictor, raw: ImageSource, opts: InputOptions = 
     inp = model_input(predictor.bundle, raw, opts)
     with predictor.canvas(inp.source.shape, work_dir=work_dir) as canvas:
         pred = predictor.predict(inp.source, labels=canvas)
-        with segmented(predictor, inp, pred, work_dir=work_dir) as seg:
+        with segmented(predictor.canvas, inp, pred, work_dir=work_dir) as seg:
             yield seg
 
 
@@ -155,7 +155,7 @@ class FileRunner:
                             out.mkdir(parents=True, exist_ok=True)
                         except OSError as e:
                             raise WriteFailed(out, e) from e
-                        with segmented(self.predictor, inp, pred, work_dir=out) as seg:
+                        with segmented(self.predictor.canvas, inp, pred, work_dir=out) as seg:
                             outputs, n = self.write(p, out, seg, h, w)
                         yield FileResult(p, outputs, n, shared + time.perf_counter() - t1, None, h, w, self.predictor.backend_name)
                     except Exception as e:  # as in process_file: one bad file never stops the rest

@@ -12,7 +12,7 @@ from pathlib import Path
 from nseg_data.atomic import WriteFailed
 
 from nseg_infer.sinks.outputs import PRODUCT_SUFFIXES
-from nseg_infer.sources.imageio import SUPPORTED
+from nseg_infer.sources.formats import SUPPORTED
 
 
 @dataclass(frozen=True)

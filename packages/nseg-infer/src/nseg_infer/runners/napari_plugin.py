@@ -230,18 +230,15 @@ def counted_predictor(model: str | Path | None):
 
 def expected_tiles(predictor, shape: tuple[int, int], diameter: float | None, pixel_size: float | None) -> int:
     """Model tiles of an image of `shape` (after rescaling to the model's scale), for a progress bar."""
-    from nseg_infer.engine.tiling import tile_grid
-    from nseg_infer.sources.scale import rescale_for
+    from nseg_infer.runners.prepare import model_shape
+    from nseg_infer.sources.options import InputOptions
 
-    b = predictor.bundle
-    if b.preprocessing.resize:
-        h = w = b.preprocessing.resize
-    else:
-        px = (pixel_size, pixel_size) if pixel_size else None
-        h, w = rescale_for(Path("<layer>"), b.scale, diameter=diameter, pixel_size_um=px).model_shape(*shape)
-    if b.kind == "maskrcnn":  # the detector's own fixed-size tiles, as `predict` runs them
+    # A layer's pixel size is all there is to know of it, so no pixel size means no rescaling.
+    opts = InputOptions(pixel_size_um=pixel_size or None, diameter=diameter)
+    h, w = model_shape(predictor.bundle, tuple(shape), opts) or tuple(shape)
+    if predictor.bundle.kind == "maskrcnn":  # the detector's own fixed-size tiles, as `predict` runs them
         return len(predictor.maskrcnn_tiles(h, w))
-    return len(tile_grid(h, w, predictor.tile, predictor.halo, b.preprocessing.size_divisor).tiles)
+    return len(predictor.grid(h, w))
 
 
 def segment_layer(image: "napari.layers.Image", model: str | Path | None = None, channel: int = -1,

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from nseg_infer.runners.inputs import failure_message
 from nseg_infer.sinks.outputs import PRODUCT_SUFFIXES
-from nseg_infer.sources.imageio import MAX_PIXELS, REGION_THRESHOLD_PX, SUPPORTED, open_image
+from nseg_infer.sources.formats import MAX_PIXELS, REGION_THRESHOLD_PX, SUPPORTED
+from nseg_infer.sources.imageio import open_image
 
 Stat = tuple[int, int]  # (size, mtime_ns)
 

@@ -36,16 +36,15 @@ from pathlib import Path
 from nseg_data.atomic import clean_temp_files
 
 from nseg_infer.engine.predictor import Predictor
-from nseg_infer.engine.tiling import tile_grid
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner
 from nseg_infer.runners.inputs import FileResult
 from nseg_infer.runners.ledger import Ledger
 from nseg_infer.runners.outguard import MAX_HOLDS, OutputGuard, fsync_files
+from nseg_infer.runners.prepare import model_shape
 from nseg_infer.runners.watch_config import END, Job, WatchConfig, WatchError, display, log
 from nseg_infer.runners.watch_intake import Intake
 from nseg_infer.runners.watch_report import Summary
-from nseg_infer.sources.prepare import model_shape
 
 
 class Watcher:
@@ -177,7 +176,7 @@ class Watcher:
         shape = model_shape(p.bundle, job.shape, self.file_config.inputs)
         if shape is None:
             return None
-        grid = tile_grid(*shape, p.tile, p.halo, p.bundle.preprocessing.size_divisor)
+        grid = p.grid(*shape)
         return grid.tile_shape if len(grid) == 1 else None
 
     def take_group(self, waiting: collections.deque[Job]) -> list[Job]:

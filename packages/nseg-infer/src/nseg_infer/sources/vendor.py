@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from nseg_data.errors import DataError
 
-from nseg_infer.engine.tiling import Window
-from nseg_infer.sources.imageinfo import ImageInfo, choose_planes
-from nseg_infer.sources.imageio import ArraySource, ImageSource, check_pixels
+from nseg_infer.regions import ArraySource, ImageInfo, ImageSource, Window
+from nseg_infer.sources.formats import check_pixels
+from nseg_infer.sources.imageinfo import choose_planes
 
 log = logging.getLogger(__name__)
 
