@@ -26,7 +26,7 @@ from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.engine.stages import Worker, background
 from nseg_infer.regions import ImageSource
 from nseg_infer.runners.file_config import FileConfig
-from nseg_infer.runners.inputs import FileResult, expand_inputs, failure_message, stem
+from nseg_infer.runners.inputs import FileResult, expand_inputs, failed, stem
 from nseg_infer.runners.prepare import ModelInput, Segmented, check_options, model_input, segmented
 from nseg_infer.sinks.base import LabelledImage
 from nseg_infer.sinks.outputs import ProductPaths, SinkOptions, write_products, write_summary
@@ -211,15 +211,6 @@ def sink_options(config: RunConfig, file_config: FileConfig, shape: tuple[int, i
     runner's and the cluster's, so both cut the same product blocks)."""
     h, w = shape
     return SinkOptions(h * w > config.large_px, config.block, config.margin, file_config.overview_side)
-
-
-def failed(p: Path, e: BaseException, seconds: float, h: int, w: int, backend: str) -> FileResult:
-    """The result of input `p` failing with `e`, logged once with the message users read (the
-    file runner's, and the cluster's for a split image)."""
-    msg = failure_message(p, e)
-    log.error("%s", msg)
-    log.debug("traceback for %s", p, exc_info=e)
-    return FileResult(p, (), 0, seconds, msg, h, w, backend, e.errno if isinstance(e, WriteFailed) else None)
 
 
 def run(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, runner: FileRunner | None = None,

@@ -4,6 +4,7 @@ name stem of an input, and the per-file result a batch reports."""
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from nseg_data.atomic import WriteFailed
 
 from nseg_infer.sinks.outputs import PRODUCT_SUFFIXES
 from nseg_infer.sources.formats import SUPPORTED
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,16 @@ def failure_message(path: Path, e: BaseException) -> str:
     if isinstance(e, WriteFailed):
         return f"{path}: {e}"
     return f"{path}: {type(e).__name__}: {e}"
+
+
+def failed(p: Path, e: BaseException, seconds: float, h: int, w: int, backend: str) -> FileResult:
+    """The result of input `p` failing with `e`, logged once with the message users read
+    (`failure_message`): the one rule of the file runner, the folder watch and the cluster. Only a
+    `WriteFailed` (an output not written) is an output fault, with the OS's errno."""
+    msg = failure_message(p, e)
+    log.error("%s", msg)
+    log.debug("traceback for %s", p, exc_info=e)
+    return FileResult(p, (), 0, seconds, msg, h, w, backend, e.errno if isinstance(e, WriteFailed) else None)
 
 
 def stem(path: Path) -> str:

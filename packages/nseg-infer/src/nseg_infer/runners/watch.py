@@ -38,7 +38,7 @@ from nseg_data.atomic import clean_temp_files
 from nseg_infer.engine.predictor import Predictor
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner
-from nseg_infer.runners.inputs import FileResult
+from nseg_infer.runners.inputs import FileResult, failed
 from nseg_infer.runners.ledger import Ledger
 from nseg_infer.runners.outguard import MAX_HOLDS, OutputGuard, fsync_files
 from nseg_infer.runners.prepare import model_shape
@@ -226,12 +226,9 @@ class Watcher:
                         try:
                             fsync_files(r.outputs)
                         except OSError as e:
-                            r = FileResult(job.path, (), 0, r.seconds, f"{job.path}: outputs not flushed to disk: {e}",
-                                           r.height, r.width, r.backend, e.errno)
+                            r = failed(job.path, e, r.seconds, r.height, r.width, r.backend)
                 except Exception as e:  # bad inputs are reported in the result; this is a bug or a full disk
-                    log.debug("traceback for %s", job.path, exc_info=True)
-                    r = FileResult(job.path, (), 0, 0.0, f"{job.path}: {type(e).__name__}: {e}",
-                                   output_errno=e.errno if isinstance(e, OSError) else None)
+                    r = failed(job.path, e, 0.0, 0, 0, "")
                 if r.output_errno is not None:
                     fault = r.error
                     if guard.tries(job.row_id) >= MAX_HOLDS:

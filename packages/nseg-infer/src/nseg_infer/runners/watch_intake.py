@@ -41,8 +41,7 @@ class Intake:
         c = self.config
         scanner = FolderScanner(self.in_dir, pattern=c.pattern, recursive=c.recursive,
                                 exclude=[self.out_dir], settle=c.settle, fail_after=c.fail_after,
-                                region_px=self.file_config.region_px,
-                                max_pixels=self.file_config.max_pixels)
+                                open_file=self.file_config.open)
         for row in ledger.current():
             if row.state in ("done", "failed"):
                 scanner.mark_known(Path(row.path), (row.size, row.mtime_ns))
@@ -166,7 +165,7 @@ class Intake:
                 continue
             if (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
                 continue  # changed since: the scanner records the new version after it settles
-            shape, error = check_decodes(p, self.file_config.region_px, self.file_config.max_pixels)
+            shape, error = check_decodes(p, self.file_config.open)
             scanner.mark_known(p, (row.size, row.mtime_ns))
             scanner.settling.pop(p, None)
             self.enqueued.add(row.id)

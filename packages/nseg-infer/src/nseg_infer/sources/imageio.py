@@ -24,8 +24,8 @@ from nseg_infer.sources.formats import (
     jpeg_size,
     png_size,
 )
-from nseg_infer.sources.tiff import open_tiff
-from nseg_infer.sources.vendor import open_vendor
+from nseg_infer.sources.tiff import open_tiff, tiff_shape
+from nseg_infer.sources.vendor import open_vendor, vendor_shape
 
 
 def _decode_small(path: Path) -> np.ndarray:
@@ -42,6 +42,25 @@ def _decode_small(path: Path) -> np.ndarray:
         raise DataError(path, f"cannot decode {suffix[1:].upper()} (truncated or corrupt file): {e}") from e
 
 
+def _small_shape(p: Path, max_pixels: int) -> tuple[int, int]:
+    h, w = png_size(p) if image_suffix(p) in PNG else jpeg_size(p)
+    check_pixels(p, h, w, max_pixels)
+    return h, w
+
+
+def header_shape(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) of the plane `open_image` would read, from the file's header or metadata
+    alone (no pixel decoded), refused above `max_pixels` as `open_image` refuses it."""
+    p = Path(path)
+    check_file(p)
+    suffix = image_suffix(p)
+    if suffix in TIFF:
+        return tiff_shape(p, max_pixels)
+    if suffix in VENDOR:
+        return vendor_shape(p, max_pixels)
+    return _small_shape(p, max_pixels)
+
+
 def open_image(path: str | Path, *, region_threshold_px: int = REGION_THRESHOLD_PX,
                max_pixels: int = MAX_PIXELS) -> ImageSource:
     """Open any supported image; large TIFFs come back as region readers, the rest in memory.
@@ -53,7 +72,7 @@ def open_image(path: str | Path, *, region_threshold_px: int = REGION_THRESHOLD_
         return open_tiff(p, region_threshold_px, max_pixels)
     if suffix in VENDOR:
         return open_vendor(p, region_threshold_px, max_pixels)
-    check_pixels(p, *(png_size(p) if suffix in PNG else jpeg_size(p)), max_pixels)
+    _small_shape(p, max_pixels)
     return ArraySource(_decode_small(p), p)
 
 

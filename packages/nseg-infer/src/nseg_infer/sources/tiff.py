@@ -183,19 +183,41 @@ def _plane_array(page) -> np.ndarray:
     return np.moveaxis(arr, 0, -1) if _keyframe(page).axes == "SYX" else arr
 
 
-def open_tiff(path: Path, region_threshold_px: int, max_pixels: int = MAX_PIXELS) -> ImageSource:
+def _open(path: Path):
     import tifffile
 
     try:
-        tf = tifffile.TiffFile(path)  # reads the headers (IFDs) only, no pixel data
+        return tifffile.TiffFile(path)  # reads the headers (IFDs) only, no pixel data
     except Exception as e:
         raise DataError(path, f"not a readable TIFF (truncated or corrupt file): {e}") from e
+
+
+def _planes_checked(path: Path, tf, max_pixels: int) -> tuple[list, ImageInfo, int, int]:
+    """The plane's pages, what the file holds, and its height and width, refused above
+    `max_pixels` (from the header, before any pixel is decoded)."""
+    check_ome(path, tf)
+    pages, info = _tiff_planes(path, tf)
+    key = _keyframe(pages[0])
+    h, w = int(key.shape[key.axes.index("Y")]), int(key.shape[key.axes.index("X")])
+    check_pixels(path, h, w, max_pixels, "TIFF header")
+    return pages, info, h, w
+
+
+def tiff_shape(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) of the plane `open_tiff` reads, from the header alone."""
+    with _open(path) as tf:
+        try:
+            return _planes_checked(path, tf, max_pixels)[2:]
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(path, f"cannot read TIFF (truncated or corrupt file): {e}") from e
+
+
+def open_tiff(path: Path, region_threshold_px: int, max_pixels: int = MAX_PIXELS) -> ImageSource:
+    tf = _open(path)
     try:
-        check_ome(path, tf)
-        pages, info = _tiff_planes(path, tf)
-        key = _keyframe(pages[0])
-        h, w = key.shape[key.axes.index("Y")], key.shape[key.axes.index("X")]
-        check_pixels(path, int(h), int(w), max_pixels, "TIFF header")
+        pages, info, h, w = _planes_checked(path, tf, max_pixels)
         for note in info.notes:
             log.info("%s: %s", path, note)
         if h * w > region_threshold_px:
