@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nseg_infer.engine.tiling import blend_weights, block_grid, cut_by_margin, tile_grid
+from nseg_infer.engine.blend import blend_weights
+from nseg_infer.engine.tiling import block_grid, cut_by_margin, tile_grid
 from nseg_infer.regions import Window
 
 

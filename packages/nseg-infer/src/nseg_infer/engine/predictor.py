@@ -40,11 +40,11 @@ from nseg_infer.engine.blocks import (
 from nseg_infer.engine.bundle import Bundle, load_bundle
 from nseg_infer.engine.canvas import label_canvas
 from nseg_infer.engine.config import RunConfig
+from nseg_infer.engine.detections import MaskRCNNMerger
 from nseg_infer.engine.fields import Fields, instance_labels
 from nseg_infer.engine.instances import instance_params
 from nseg_infer.engine.plan import Plan, Planner, as_source
 from nseg_infer.engine.stages import Worker, background
-from nseg_infer.engine.stitch import MaskRCNNMerger
 from nseg_infer.engine.tiles import TileRead, tile_batches
 from nseg_infer.engine.tiling import Block, Tile
 from nseg_infer.regions import ImageSource
@@ -147,7 +147,7 @@ class Predictor(Planner):
         """One instance block of `source` on its own, exactly as `predict` labels it: the model on
         the tiles whose read windows meet `block.outer`, blended in index order, then the instance
         step with the margin ownership rule. `predict`'s labels are these pasted in block order
-        (`stitch.paste_block`), each offset by the nuclei of the blocks before it."""
+        (`blocks.paste_owned`), each offset by the nuclei of the blocks before it."""
         if self.bundle.kind != "unet":
             raise ValueError(f"block-wise prediction needs a UNet bundle, this one is {self.bundle.kind!r}")
         src = as_source(source)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from nseg_infer.regions import Window
 
 
@@ -78,19 +76,6 @@ def tile_grid(height: int, width: int, tile: int, halo: int, divisor: int = 1) -
         for rx, cx0, cx1 in xs:
             tiles.append(Tile(len(tiles), Window(ry, ry + sy, rx, rx + sx), Window(cy0, cy1, cx0, cx1)))
     return TileGrid(height, width, (sy, sx), halo, tuple(tiles))
-
-
-def blend_weights(shape: tuple[int, int], halo: int) -> np.ndarray:
-    """Per-pixel weights for one tile's output: zero in the outer quarter of the halo, where
-    the network saw the artificial tile edge, then a cosine ramp up to 1 at the core."""
-    def ramp(n: int) -> np.ndarray:
-        if halo == 0:
-            return np.ones(n, np.float32)
-        d = np.minimum(np.arange(n), np.arange(n)[::-1]).astype(np.float64) + 0.5
-        dead = halo / 4.0
-        t = np.clip((d - dead) / (halo - dead), 0.0, 1.0)
-        return (0.5 - 0.5 * np.cos(np.pi * t)).astype(np.float32)
-    return np.outer(ramp(shape[0]), ramp(shape[1]))
 
 
 @dataclass(frozen=True)
