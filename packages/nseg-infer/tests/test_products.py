@@ -16,7 +16,7 @@ import uuid
 import numpy as np
 import pytest
 import tifffile
-from infer_testkit import synthetic_blobs
+from infer_testkit import synthetic_blobs, write_labels_tiff
 from nseg_data.atomic import WriteFailed
 from typer.testing import CliRunner
 
@@ -30,7 +30,7 @@ from nseg_infer.sinks import labelstiff
 from nseg_infer.sinks.base import BlockData, LabelledImage
 from nseg_infer.sinks.measure import COLUMNS, UM_COLUMNS
 from nseg_infer.sinks.omezarr import array_path, open_labels
-from nseg_infer.sinks.outputs import PRODUCTS, parse_products, write_labels
+from nseg_infer.sinks.outputs import PRODUCTS, parse_products
 from nseg_infer.sinks.table import CsvSink
 from nseg_infer.sources.channels import ChannelChoice
 from nseg_infer.sources.imageinfo import tiff_pixel_size
@@ -99,7 +99,7 @@ def test_pyramid_for_large_labels(tmp_path, monkeypatch):
     lab = np.zeros((520, 610), np.uint32)
     lab[10:300, 20:400] = 3
     lab[301:515, 5:600] = 70000
-    p = write_labels(tmp_path / "big.labels.tif", lab, 70000, tiled=False, pixel_size_um=(0.25, 0.25))
+    p = write_labels_tiff(tmp_path / "big.labels.tif", lab, 70000, tiled=False, pixel_size_um=(0.25, 0.25))
     with tifffile.TiffFile(p) as tf:
         levels = tf.series[0].levels
         assert [lv.shape for lv in levels] == [(520, 610), (260, 305), (130, 153), (65, 77)]

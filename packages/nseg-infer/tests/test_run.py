@@ -9,7 +9,7 @@ import imagecodecs
 import numpy as np
 import pytest
 import tifffile
-from infer_testkit import same_partition, synthetic_blobs
+from infer_testkit import same_partition, synthetic_blobs, write_labels_tiff
 from typer.testing import CliRunner
 
 from nseg_infer.engine import backends
@@ -20,7 +20,7 @@ from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner
 from nseg_infer.runners.inputs import expand_inputs
 from nseg_infer.sinks.measure import COLUMNS
-from nseg_infer.sinks.outputs import SUMMARY_COLUMNS, write_labels
+from nseg_infer.sinks.outputs import SUMMARY_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +118,8 @@ def test_large_image_writes_tiled_bigtiff_and_overview(unet_bundle, images, tmp_
         assert tf.is_bigtiff and tf.pages[0].is_tiled and tf.pages[0].compression != 1
         big = tf.asarray()
     ref = tifffile.imread(small.outputs[0])
-    assert big.dtype == np.uint16 and r.n_nuclei == small.n_nuclei
-    assert same_partition(big, ref)
+    assert big.dtype == np.uint16 and r.n_nuclei == small.n_nuclei >= 20
+    assert same_partition(big, ref, min_nuclei=20)
     from PIL import Image
 
     assert max(Image.open(r.outputs[2]).size) <= 210
@@ -128,11 +128,11 @@ def test_large_image_writes_tiled_bigtiff_and_overview(unet_bundle, images, tmp_
 
 def test_label_dtype_rule(tmp_path):
     small = np.arange(12, dtype=np.uint32).reshape(3, 4)
-    assert tifffile.imread(write_labels(tmp_path / "s.tif", small, 11, tiled=False)).dtype == np.uint16
+    assert tifffile.imread(write_labels_tiff(tmp_path / "s.tif", small, 11, tiled=False)).dtype == np.uint16
     big = small + 70_000
-    out = tifffile.imread(write_labels(tmp_path / "b.tif", big, int(big.max()), tiled=False))
+    out = tifffile.imread(write_labels_tiff(tmp_path / "b.tif", big, int(big.max()), tiled=False))
     assert out.dtype == np.uint32 and np.array_equal(out, big)
-    out = tifffile.imread(write_labels(tmp_path / "t.tif", big, int(big.max()), tiled=True))
+    out = tifffile.imread(write_labels_tiff(tmp_path / "t.tif", big, int(big.max()), tiled=True))
     assert out.dtype == np.uint32 and np.array_equal(out, big)
 
 
@@ -184,7 +184,7 @@ def test_region_read_tiff_end_to_end_matches_in_memory(unet_bundle, tmp_path, mo
     monkeypatch.undo()
     a, b = tifffile.imread(ref.outputs[0]), tifffile.imread(r.outputs[0])
     assert r.n_nuclei == ref.n_nuclei >= 250
-    assert same_partition(a, b)
+    assert same_partition(a, b, min_nuclei=250)
 
 
 def test_probabilities_are_the_field_predict_segments(unet_bundle, maskrcnn_bundle):

@@ -23,7 +23,7 @@ from nseg_data.atomic import atomic_path, write_bytes_atomic
 
 from nseg_infer.engine.tiling import Block, block_grid
 from nseg_infer.sinks.base import BlockData, LabelledImage, PartSink, Sink
-from nseg_infer.sinks.labels import LabelsTiffSink, count_labels, label_dtype, write_labels
+from nseg_infer.sinks.labels import LabelsTiffSink, count_labels, label_dtype
 from nseg_infer.sinks.nuclei import MeasureOptions, measure_all
 from nseg_infer.sinks.omezarr import ZarrSink
 from nseg_infer.sinks.overlay import OverlaySink, overview_factor
@@ -34,7 +34,7 @@ from nseg_infer.sinks.table import CsvSink
 # modules and are offered here too.
 __all__ = ["DEFAULT_PRODUCTS", "PRODUCTS", "PRODUCT_SUFFIXES", "SUMMARY_COLUMNS", "MeasureOptions", "Parts",
            "ProductPaths", "SinkOptions", "block_data", "block_parts", "label_dtype", "measure_all", "open_sinks", "parse_products",
-           "product_blocks", "write_labels", "write_products", "write_summary"]
+           "product_blocks", "write_products", "write_summary"]
 
 log = logging.getLogger(__name__)
 
