@@ -21,11 +21,11 @@ from scipy import ndimage as ndi
 from typer.testing import CliRunner
 
 from nseg_infer.engine.predictor import Predictor, RunConfig
-from nseg_infer.runners.blocks_dask import WORK_DIR, predictor_loads
 from nseg_infer.runners.cli import app
-from nseg_infer.runners.cluster import ClusterOptions, run_on_cluster
-from nseg_infer.runners.cluster_cli import parse_cluster
-from nseg_infer.runners.cluster_manifest import MANIFEST_NAME
+from nseg_infer.runners.cluster.client import ClusterOptions, run_on_cluster
+from nseg_infer.runners.cluster.connect import parse_cluster
+from nseg_infer.runners.cluster.manifest import MANIFEST_NAME
+from nseg_infer.runners.cluster.tasks import WORK_DIR, predictor_loads
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner, run
 from nseg_infer.sinks.omezarr import array_path, open_labels
@@ -192,7 +192,7 @@ def test_split_image_every_product_equals_single_process(client, tmp_path):
     ROIs entry by entry, labels TIFF, overlay and OME-Zarr labels. A 4x overview trims the 90 px
     instance blocks to 88 px product blocks, so the two grids differ here."""
     cfg = RunConfig(threads=1, block=90, margin=32)
-    files = FileConfig(overview_side=64, products=PRODUCTS)
+    files = FileConfig(overview_side=64, products=PRODUCTS, block=90)
     img = corner_image(256, [(90, 90), (88, 176), (176, 88), (180, 180)], radius=7, seed=6)
     src = tmp_path / "big.png"
     Image.fromarray(img).save(src)

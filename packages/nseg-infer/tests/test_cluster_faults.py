@@ -19,12 +19,12 @@ from typer.testing import CliRunner
 
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.runners.cli import app
-from nseg_infer.runners.cluster import LOCK_NAME, ClusterError, ClusterOptions, run_on_cluster
-from nseg_infer.runners.cluster_cli import connect
+from nseg_infer.runners.cluster.client import LOCK_NAME, ClusterError, ClusterOptions, run_on_cluster
+from nseg_infer.runners.cluster.connect import connect
 from nseg_infer.runners.file_config import FileConfig
-from nseg_infer.runners.watch import Watcher
-from nseg_infer.runners.watch_config import LOCK_NAME as WATCH_LOCK
-from nseg_infer.runners.watch_config import WatchConfig, WatchError
+from nseg_infer.runners.watch.config import LOCK_NAME as WATCH_LOCK
+from nseg_infer.runners.watch.config import WatchConfig, WatchError
+from nseg_infer.runners.watch.watcher import Watcher
 from nseg_infer.sources.imageio import open_image
 
 distributed = pytest.importorskip("distributed", reason="needs the dask extra: pip install 'nseg-infer[dask]'")
@@ -68,7 +68,7 @@ def test_a_scheduler_address_that_accepts_but_never_answers_fails_too():
 
 
 def test_cli_names_the_unreachable_scheduler(tmp_path, monkeypatch):
-    import nseg_infer.runners.cluster_cli as cc
+    import nseg_infer.runners.cluster.connect as cc
 
     monkeypatch.setattr(cc, "CONNECT_TIMEOUT", 2.0)
     Image.fromarray(synthetic_blobs((64, 64), 4)[0]).save(tmp_path / "a.png")

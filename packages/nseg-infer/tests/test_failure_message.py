@@ -8,9 +8,12 @@ from pathlib import Path
 from nseg_data.atomic import WriteFailed
 from nseg_data.errors import DataError
 
-from nseg_infer.runners import cluster, files, settle, watch
+from nseg_infer.runners import files
+from nseg_infer.runners.cluster import client as cluster
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.inputs import failed, failure_message
+from nseg_infer.runners.watch import settle
+from nseg_infer.runners.watch import watcher as watch
 
 P = Path("in/a.tif")
 

@@ -193,7 +193,8 @@ def test_zarr_labels_are_the_tiff_labels_as_napari_reads_them(unet_bundle, stain
     # Blocks smaller than the image, so the store is written block by block into several chunks.
     cfg = RunConfig(block=96, margin=32)
     for _ in range(2):  # the second run replaces the store
-        r = FileRunner(Predictor(unet_bundle, cfg), FileConfig(products="zarr,labels")).process_file(stained[0], tmp_path)
+        files = FileConfig(products="zarr,labels", block=96)
+        r = FileRunner(Predictor(unet_bundle, cfg), files).process_file(stained[0], tmp_path)
         assert r.ok, r.error
     assert [p.name for p in r.outputs] == ["well A1.labels.tif", "well A1.ome.zarr"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["well A1.labels.tif", "well A1.ome.zarr"]  # no temp folders

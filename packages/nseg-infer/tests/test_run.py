@@ -111,8 +111,8 @@ def test_products_are_readable_by_others_as_umask_allows(predictor, images, tmp_
 def test_large_image_writes_tiled_bigtiff_and_overview(unet_bundle, images, tmp_path):
     d, _ = images
     small = FileRunner(Predictor(unet_bundle)).process_file(d / "a.png", tmp_path / "ref")
-    p = Predictor(unet_bundle, RunConfig(large_px=10_000, block=128, margin=48))
-    r = FileRunner(p, FileConfig(overview_side=200)).process_file(d / "a.png", tmp_path / "big")
+    p = Predictor(unet_bundle, RunConfig(block=128, margin=48))
+    r = FileRunner(p, FileConfig(large_px=10_000, block=128, overview_side=200)).process_file(d / "a.png", tmp_path / "big")
     assert r.ok, r.error
     with tifffile.TiffFile(r.outputs[0]) as tf:
         assert tf.is_bigtiff and tf.pages[0].is_tiled and tf.pages[0].compression != 1
@@ -177,8 +177,9 @@ def test_region_read_tiff_end_to_end_matches_in_memory(unet_bundle, tmp_path, mo
     tifffile.imwrite(p, img, tile=(128, 128), bigtiff=True, compression="zlib", ome=True)
     ref = FileRunner(Predictor(unet_bundle)).process_file(p, tmp_path / "ref")
     monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda *a, **k: pytest.fail("decoded the whole page"))
-    cfg = RunConfig(large_px=10_000, block=256, margin=48)
-    r = FileRunner(Predictor(unet_bundle, cfg), FileConfig(region_px=10_000)).process_file(p, tmp_path / "big")
+    cfg = RunConfig(block=256, margin=48)
+    files = FileConfig(region_px=10_000, large_px=10_000, block=256)
+    r = FileRunner(Predictor(unet_bundle, cfg), files).process_file(p, tmp_path / "big")
     assert r.ok, r.error
     assert [q.name for q in r.outputs] == ["scan.labels.tif", "scan.csv", "scan.overlay.png", "scan.geojson"]
     monkeypatch.undo()

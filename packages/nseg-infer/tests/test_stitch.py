@@ -11,6 +11,7 @@ from nseg_infer.engine.instances import WatershedParams, unet_instances
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.engine.tiling import Tile, block_grid, tile_grid
 from nseg_infer.regions import Window
+from nseg_infer.runners.file_config import FileConfig
 
 
 def untiled(bundle, image) -> Predictor:
@@ -126,15 +127,16 @@ def test_blocks_run_alone_and_pasted_in_block_order_are_predict(unet_bundle, mos
 
 def test_large_image_canvas_is_on_disk_matches_and_goes_with_its_block(unet_bundle, mosaic, tiled, tmp_path):
     ref = tiled.predict(mosaic)
-    p = Predictor(unet_bundle, RunConfig(block=300, margin=64, large_px=1000))
-    with p.canvas(mosaic.shape[:2], work_dir=tmp_path) as canvas:
+    p = Predictor(unet_bundle, RunConfig(block=300, margin=64))
+    files = FileConfig(large_px=1000)
+    with files.canvas(mosaic.shape[:2], work_dir=tmp_path) as canvas:
         big = p.predict(mosaic, labels=canvas)
         assert isinstance(big.labels, np.memmap) and len(list(tmp_path.iterdir())) == 1
         assert ref.max_label == big.max_label >= 50
         assert same_partition(ref.labels, np.asarray(big.labels), min_nuclei=50)
     assert not list(tmp_path.iterdir())
     # An error inside the block (here a canvas of the wrong shape) leaves no temp file either.
-    with pytest.raises(ValueError, match="canvas"), p.canvas((10, 200), work_dir=tmp_path) as wrong:
+    with pytest.raises(ValueError, match="canvas"), files.canvas((10, 200), work_dir=tmp_path) as wrong:
         p.predict(mosaic, labels=wrong)
     assert not list(tmp_path.iterdir())
 

@@ -232,9 +232,9 @@ def test_file_config_validates_max_pixels():
 
 
 def test_watch_records_a_refused_file_and_goes_on(unet_bundle, tmp_path):
-    from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
-    from nseg_infer.runners.watch import Watcher
-    from nseg_infer.runners.watch_config import WatchConfig
+    from nseg_infer.runners.watch.config import WatchConfig
+    from nseg_infer.runners.watch.ledger import LEDGER_NAME, Ledger
+    from nseg_infer.runners.watch.watcher import Watcher
 
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()

@@ -24,7 +24,6 @@ import logging
 import os
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -38,7 +37,6 @@ from nseg_infer.engine.blocks import (
     field_instances,
 )
 from nseg_infer.engine.bundle import Bundle, load_bundle
-from nseg_infer.engine.canvas import label_canvas
 from nseg_infer.engine.config import RunConfig
 from nseg_infer.engine.detections import MaskRCNNMerger
 from nseg_infer.engine.fields import Fields, instance_labels
@@ -75,11 +73,6 @@ class Predictor(Planner):
             self.backend = FlipAverage(self.backend)
         self.backend_name = getattr(self.backend, "name", type(self.backend).__name__)
         self.output_name = self.bundle.outputs[0].name
-
-    def canvas(self, shape: tuple[int, int], *, work_dir: Path | None = None) -> contextlib.AbstractContextManager:
-        """A zeroed label canvas for `predict(..., labels=canvas)` (`canvas.label_canvas`: on disk
-        above `RunConfig.large_px` pixels, its temp file removed when the `with` block ends)."""
-        return label_canvas(shape, large_px=self.config.large_px, work_dir=work_dir)
 
     # -- the one road to the model ----------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from nseg_data.atomic import WriteFailed
 
-from nseg_infer.sinks.outputs import PRODUCT_SUFFIXES
+from nseg_infer.sinks.names import PRODUCT_SUFFIXES
 from nseg_infer.sources.formats import SUPPORTED
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,6 @@ def failed(p: Path, e: BaseException, seconds: float, h: int, w: int, backend: s
     log.error("%s", msg)
     log.debug("traceback for %s", p, exc_info=e)
     return FileResult(p, (), 0, seconds, msg, h, w, backend, e.errno if isinstance(e, WriteFailed) else None)
-
-
-def stem(path: Path) -> str:
-    name = path.name
-    for ext in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return path.stem
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[FileResult]]:

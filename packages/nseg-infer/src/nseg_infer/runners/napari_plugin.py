@@ -30,24 +30,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nseg_infer.sinks.names import output_stem
+
 if TYPE_CHECKING:  # napari is napari's to import
     import napari
 
 LayerData = tuple[Any, dict, str]
 OUTLINE = "yellow"
-OUTPUT_SUFFIXES = (".labels.tif", ".geojson.gz", ".geojson")
+READ_PRODUCTS = ("labels", "geojson.gz", "geojson")  # the outputs the reader opens
 
 
 def _name(path: Path) -> str:
-    n = path.name
-    for ext in OUTPUT_SUFFIXES:
-        if n.endswith(ext):
-            return n[: -len(ext)]
-    return path.stem
+    return output_stem(path, READ_PRODUCTS) or path.stem
 
 
 def _is_ours(path: Path) -> bool:
-    return path.name.endswith(OUTPUT_SUFFIXES)
+    return output_stem(path, READ_PRODUCTS) is not None
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:

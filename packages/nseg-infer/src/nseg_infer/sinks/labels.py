@@ -30,7 +30,7 @@ def count_labels(labels: np.ndarray, band: int = 1024) -> int:
 
 
 class LabelsTiffSink(Sink):
-    """`tiled`: a tiled BigTIFF (images above `RunConfig.large_px`)."""
+    """`tiled`: a tiled BigTIFF (images above `FileConfig.large_px`)."""
 
     product = "labels"
 

@@ -24,6 +24,7 @@ from nseg_data.atomic import atomic_path, write_bytes_atomic
 from nseg_infer.engine.tiling import Block, block_grid
 from nseg_infer.sinks.base import BlockData, LabelledImage, PartSink, Sink
 from nseg_infer.sinks.labels import LabelsTiffSink, count_labels, label_dtype
+from nseg_infer.sinks.names import PRODUCT_SUFFIXES, SUFFIXES
 from nseg_infer.sinks.nuclei import MeasureOptions, measure_all
 from nseg_infer.sinks.omezarr import ZarrSink
 from nseg_infer.sinks.overlay import OverlaySink, overview_factor
@@ -42,11 +43,6 @@ SINKS: dict[str, type[Sink]] = {s.product: s for s in (LabelsTiffSink, CsvSink, 
                                                        GeoJsonGzSink, RoiSink, ZarrSink)}
 PRODUCTS = tuple(SINKS)
 DEFAULT_PRODUCTS = ("labels", "csv", "overlay", "geojson")
-# Products that look like input images: `run` and `watch` skip them, so results may be written into
-# the input folder.
-PRODUCT_SUFFIXES = (".labels.tif", ".overlay.png")
-
-
 def parse_products(spec: str | Sequence[str]) -> tuple[str, ...]:
     """`labels,csv,geojson` (or a sequence) -> the products in their canonical order."""
     names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else [str(n).strip() for n in spec]
@@ -57,10 +53,6 @@ def parse_products(spec: str | Sequence[str]) -> tuple[str, ...]:
     if not names:
         raise ValueError(f"no products chosen; choose from {', '.join(PRODUCTS)}")
     return tuple(p for p in PRODUCTS if p in names)
-
-
-SUFFIXES = {"labels": ".labels.tif", "csv": ".csv", "overlay": ".overlay.png", "geojson": ".geojson",
-            "geojson.gz": ".geojson.gz", "rois": ".rois.zip", "zarr": ".ome.zarr"}
 
 
 @dataclass(frozen=True)
@@ -87,9 +79,10 @@ class ProductPaths:
 
 @dataclass(frozen=True)
 class SinkOptions:
-    """How the products of one image are cut and shaped (from `RunConfig`)."""
+    """How the products of one image are cut and shaped (`runners.files.sink_options`: from
+    `FileConfig` and the block margin of `RunConfig`)."""
 
-    tiled: bool = False         # the labels as a tiled BigTIFF (images above `RunConfig.large_px`)
+    tiled: bool = False         # the labels as a tiled BigTIFF (images above `FileConfig.large_px`)
     block: int = 2048           # product blocks, and the zarr product's chunks
     margin: int = 128           # a nucleus is measured whole up to this far beyond its block
     overview_side: int = 4096   # the overlay's longest side for large images

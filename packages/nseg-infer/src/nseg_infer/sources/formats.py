@@ -15,8 +15,10 @@ JPEG = (".jpg", ".jpeg")
 TIFF = (".tif", ".tiff")
 VENDOR = (".czi", ".nd2")  # read through bioio: `pip install 'nseg-infer[formats]'`
 SUPPORTED = PNG + JPEG + TIFF + VENDOR
-# Above this many pixels a TIFF is read window by window instead of into memory.
-REGION_THRESHOLD_PX = 8192 * 8192
+# The one size above which an image is handled in regions: a TIFF is read window by window instead
+# of into memory (`FileConfig.region_px`), its labels live on disk and are written as a tiled
+# BigTIFF (`FileConfig.large_px`), a cluster splits it into block tasks (`ClusterOptions.split_px`).
+LARGE_IMAGE_PX = 8192 * 8192
 # An image whose header claims more pixels than this is refused before anything is allocated
 # (`--max-pixels`, `RunConfig.max_pixels`): a 65,536 x 65,536 scan passes, a few bytes claiming
 # 10^6 x 10^6 do not.

@@ -13,9 +13,9 @@ from nseg_data.errors import DataError
 
 from nseg_infer.regions import ArraySource, ImageSource
 from nseg_infer.sources.formats import (
+    LARGE_IMAGE_PX,
     MAX_PIXELS,
     PNG,
-    REGION_THRESHOLD_PX,
     TIFF,
     VENDOR,
     check_file,
@@ -61,7 +61,7 @@ def header_shape(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, i
     return _small_shape(p, max_pixels)
 
 
-def open_image(path: str | Path, *, region_threshold_px: int = REGION_THRESHOLD_PX,
+def open_image(path: str | Path, *, region_threshold_px: int = LARGE_IMAGE_PX,
                max_pixels: int = MAX_PIXELS) -> ImageSource:
     """Open any supported image; large TIFFs come back as region readers, the rest in memory.
     An image whose header claims more than `max_pixels` pixels is refused before decoding."""

@@ -48,9 +48,10 @@ from nseg_infer.engine.tiling import Block
 from nseg_infer.regions import ImageSource
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner, failed, sink_options
-from nseg_infer.runners.inputs import FileResult, stem
+from nseg_infer.runners.inputs import FileResult
 from nseg_infer.runners.prepare import ModelInput, model_input
 from nseg_infer.sinks.base import LabelledImage
+from nseg_infer.sinks.names import stem
 from nseg_infer.sinks.omezarr import open_labels
 from nseg_infer.sinks.outputs import (
     Parts,

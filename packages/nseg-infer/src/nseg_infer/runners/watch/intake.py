@@ -3,7 +3,7 @@ the ledger and handed to the main thread as `Job`s.
 
 The folder is listed every `poll` seconds, or sooner when watchdog reports an event (network
 shares deliver none, so polling always runs and events only wake it early); each file waits to
-settle (`nseg_infer.runners.settle`) before it is hashed and recorded.
+settle (`nseg_infer.runners.watch.settle`) before it is hashed and recorded.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 
 from nseg_infer.engine.bundle import sha256_file
 from nseg_infer.runners.file_config import FileConfig
-from nseg_infer.runners.ledger import Ledger
-from nseg_infer.runners.outguard import OutputGuard
-from nseg_infer.runners.settle import FolderScanner, Ready, check_decodes
-from nseg_infer.runners.watch_config import END, Job, WatchConfig, log
+from nseg_infer.runners.watch.config import END, Job, WatchConfig, log
+from nseg_infer.runners.watch.guard import OutputGuard
+from nseg_infer.runners.watch.ledger import Ledger
+from nseg_infer.runners.watch.settle import FolderScanner, Ready, check_decodes
 
 
 class Intake:

@@ -38,7 +38,8 @@ from nseg_infer.engine.blocks import label_offsets
 from nseg_infer.engine.bundle import load_bundle
 from nseg_infer.engine.config import RunConfig
 from nseg_infer.engine.plan import Planner
-from nseg_infer.runners.blocks_dask import (
+from nseg_infer.runners.cluster.manifest import MANIFEST_NAME, Manifest, fingerprint
+from nseg_infer.runners.cluster.tasks import (
     WORK_DIR,
     BlockDone,
     LargeImage,
@@ -50,7 +51,6 @@ from nseg_infer.runners.blocks_dask import (
     plan_large_image,
     products_task,
 )
-from nseg_infer.runners.cluster_manifest import MANIFEST_NAME, Manifest, fingerprint
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import sink_options
 from nseg_infer.runners.inputs import FileResult, expand_inputs, failed
@@ -58,6 +58,7 @@ from nseg_infer.runners.prepare import check_options
 from nseg_infer.sinks.labels import label_dtype
 from nseg_infer.sinks.omezarr import create_labels
 from nseg_infer.sinks.outputs import part_sinks, product_blocks, write_summary
+from nseg_infer.sources.formats import LARGE_IMAGE_PX
 from nseg_infer.sources.imageio import header_shape
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class ClusterError(RuntimeError):
 class ClusterOptions:
     """How a run is cut into tasks and how hard failures are retried."""
 
-    split_px: int = 8192 * 8192       # images above this many pixels: one task per instance block
+    split_px: int = LARGE_IMAGE_PX    # images above this many pixels: one task per instance block
     retries: int = 2                  # extra attempts of a task that raised
     shuffle_seed: int | None = None   # submit tasks in a seeded random order (results never depend on it)
 

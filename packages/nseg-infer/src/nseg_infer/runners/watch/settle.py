@@ -20,7 +20,7 @@ from pathlib import Path
 from nseg_infer.regions import ImageSource
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.inputs import failure_message
-from nseg_infer.sinks.outputs import PRODUCT_SUFFIXES
+from nseg_infer.sinks.names import PRODUCT_SUFFIXES
 from nseg_infer.sources.formats import SUPPORTED
 
 Stat = tuple[int, int]  # (size, mtime_ns)

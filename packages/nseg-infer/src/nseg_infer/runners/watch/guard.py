@@ -28,8 +28,8 @@ from pathlib import Path
 
 from nseg_data.atomic import WriteFailed, exclusive_lock, write_bytes_atomic
 
-from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
-from nseg_infer.runners.watch_config import LOCK_NAME, LOG_NAME, Job, WatchConfig, WatchError, display, log
+from nseg_infer.runners.watch.config import LOCK_NAME, LOG_NAME, Job, WatchConfig, WatchError, display, log
+from nseg_infer.runners.watch.ledger import LEDGER_NAME, Ledger
 
 PROBE_NAME = ".nseg-write-probe"
 PROBE_BYTES = 64 * 1024  # a probe of a few pages: a disk with less free space than this is still full

@@ -2,7 +2,7 @@
 
 Two threads:
 
-- the scanner (`nseg_infer.runners.watch_intake`) lists the folder every `poll` seconds, or sooner
+- the scanner (`nseg_infer.runners.watch.intake`) lists the folder every `poll` seconds, or sooner
   when watchdog reports an event, waits for each file to settle, hashes it and records it in the
   ledger;
 - the main thread (here) takes pending files in arrival order and segments them with the same
@@ -10,15 +10,15 @@ Two threads:
   shape that are waiting together go through `FileRunner.process_files` (each decoded once, one
   shared model call); any other file through `FileRunner.process_file`, tiled as in `run`.
 
-The ledger (`nseg_infer.runners.ledger`) is the only record of what is done; see its docstring for the
+The ledger (`nseg_infer.runners.watch.ledger`) is the only record of what is done; see its docstring for the
 crash argument. SIGINT/SIGTERM finish the file in hand, commit and exit 0; a second signal stops
 at once (the ledger is crash-safe, so that loses nothing either).
 
 Output faults (a full or read-only output disk, a ledger commit that fails) hold the file and
 pause processing until a probe write succeeds; an output folder deleted while watching is
-recreated (`nseg_infer.runners.outguard`). Pausing rather than going on means no image is
+recreated (`nseg_infer.runners.watch.guard`). Pausing rather than going on means no image is
 segmented only to fail again, and no file is marked failed just because the disk was full when it
-arrived. summary.csv, `status` and `--compact`: `nseg_infer.runners.watch_report`.
+arrived. summary.csv, `status` and `--compact`: `nseg_infer.runners.watch.report`.
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ from nseg_infer.engine.predictor import Predictor
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner
 from nseg_infer.runners.inputs import FileResult, failed
-from nseg_infer.runners.ledger import Ledger
-from nseg_infer.runners.outguard import MAX_HOLDS, OutputGuard, fsync_files
 from nseg_infer.runners.prepare import model_shape
-from nseg_infer.runners.watch_config import END, Job, WatchConfig, WatchError, display, log
-from nseg_infer.runners.watch_intake import Intake
-from nseg_infer.runners.watch_report import Summary
+from nseg_infer.runners.watch.config import END, Job, WatchConfig, WatchError, display, log
+from nseg_infer.runners.watch.guard import MAX_HOLDS, OutputGuard, fsync_files
+from nseg_infer.runners.watch.intake import Intake
+from nseg_infer.runners.watch.ledger import Ledger
+from nseg_infer.runners.watch.report import Summary
 
 
 class Watcher:
