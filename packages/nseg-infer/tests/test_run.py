@@ -19,8 +19,8 @@ from nseg_infer.runners.cli import app
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner
 from nseg_infer.runners.inputs import expand_inputs
+from nseg_infer.runners.summary import SUMMARY_COLUMNS
 from nseg_infer.sinks.measure import COLUMNS
-from nseg_infer.sinks.outputs import SUMMARY_COLUMNS
 
 
 @pytest.fixture(scope="module")

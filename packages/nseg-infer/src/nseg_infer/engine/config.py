@@ -23,7 +23,7 @@ class RunConfig:
     margin: int = 128               # block margin: nuclei clumps up to this size are seamless
     threads: int | None = None
     queue_depth: int = 3
-    flips: bool = False             # UNet test-time flips: 2.5x the time, a little more accurate
+    flips: bool = False             # UNet test-time flips: 2x the time of a run, a little more accurate
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

@@ -39,7 +39,7 @@ _PRODUCTS = typer.Option("labels,csv,overlay,geojson", "--products",
 _MODEL = typer.Option(None, "--model", "-m", help="Bundle folder, a bioimage.io package made by nseg-export (MODEL.zip "
                       "or its folder), or a packaged bundle: default (UNet) or maskrcnn.")
 _DEVICE = typer.Option("auto", help="auto | cpu | cuda | trt")
-_FLIPS = typer.Option(False, "--flips", help="UNet test-time flips: the mean of 4 flipped passes (2.5x the time).")
+_FLIPS = typer.Option(False, "--flips", help="UNet test-time flips: the mean of 4 flipped passes (2x the time of a run).")
 _MAX_PIXELS = typer.Option(1 << 32, "--max-pixels", metavar="N", min=1,
                            help="Refuse an image whose header claims more pixels than this, before decoding it "
                                 "(default 65536 x 65536).")

@@ -35,9 +35,10 @@ from nseg_infer.runners.prepare import (
     model_input,
     segmented,
 )
+from nseg_infer.runners.summary import write_summary
 from nseg_infer.sinks.base import LabelledImage
 from nseg_infer.sinks.names import stem
-from nseg_infer.sinks.outputs import ProductPaths, SinkOptions, write_products, write_summary
+from nseg_infer.sinks.outputs import ProductPaths, SinkOptions, write_products
 from nseg_infer.sources.options import InputOptions
 
 log = logging.getLogger(__name__)

@@ -13,13 +13,12 @@ the same files (`write_products(..., parts=...)`).
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nseg_data.atomic import atomic_path, write_bytes_atomic
+from nseg_data.atomic import write_bytes_atomic
 
 from nseg_infer.engine.tiling import Block, block_grid
 from nseg_infer.sinks.base import BlockData, LabelledImage, PartSink, Sink
@@ -33,9 +32,9 @@ from nseg_infer.sinks.table import CsvSink
 
 # What the runners and the API take from here; the label and measurement helpers live in their own
 # modules and are offered here too.
-__all__ = ["DEFAULT_PRODUCTS", "PRODUCTS", "PRODUCT_SUFFIXES", "SUMMARY_COLUMNS", "MeasureOptions", "Parts",
+__all__ = ["DEFAULT_PRODUCTS", "PRODUCTS", "PRODUCT_SUFFIXES", "MeasureOptions", "Parts",
            "ProductPaths", "SinkOptions", "block_data", "block_parts", "label_dtype", "measure_all", "open_sinks", "parse_products",
-           "product_blocks", "write_products", "write_summary"]
+           "product_blocks", "write_products"]
 
 log = logging.getLogger(__name__)
 
@@ -178,15 +177,3 @@ def write_products(paths: ProductPaths, image: LabelledImage, opts: SinkOptions 
         log.warning("%s: %d nuclei larger than the block margin (%d px) may be measured incompletely",
                     paths.path("csv"), cut, opts.margin)
     return n
-
-
-SUMMARY_COLUMNS = ("input", "status", "n_nuclei", "height", "width", "megapixels", "seconds", "backend",
-                   "labels", "error")
-
-
-def write_summary(path: Path, rows: Sequence[dict]) -> Path:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path

@@ -55,9 +55,10 @@ from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import sink_options
 from nseg_infer.runners.inputs import FileResult, expand_inputs, failed
 from nseg_infer.runners.prepare import check_options
+from nseg_infer.runners.summary import write_summary
 from nseg_infer.sinks.labels import label_dtype
 from nseg_infer.sinks.omezarr import create_labels
-from nseg_infer.sinks.outputs import part_sinks, product_blocks, write_summary
+from nseg_infer.sinks.outputs import part_sinks, product_blocks
 from nseg_infer.sources.formats import LARGE_IMAGE_PX
 from nseg_infer.sources.imageio import header_shape
 
