@@ -136,3 +136,10 @@ def test_sources_and_engine_meet_only_in_regions(graph):
     assert ("sources", "engine") not in edges
     assert not graph[f"{PACKAGE}.regions"]  # the shared words import no room
     assert ("engine", "regions") in edges and ("sources", "regions") in edges
+
+
+def test_each_room_imports_only_the_rooms_above_it(graph):
+    """regions <- sources, engine <- sinks <- runners (the package's `__init__` exports runners' API)."""
+    above = {"sources": {"regions"}, "engine": {"regions"}, "sinks": {"regions", "engine"},
+             "runners": {"regions", "sources", "engine", "sinks"}, "nseg_infer": {"runners"}, "regions": set()}
+    assert sorted((a, b) for a, b in room_edges(graph) if b not in above[a]) == []
