@@ -42,7 +42,7 @@ def cluster(workers: int):
 def time_files(workers: int, files: list[Path], tmp: Path, model: str | None) -> dict:
     """Wall time of run_on_cluster over `files` (model loads excluded by a warm-up file)."""
     from nseg_infer.engine.predictor import RunConfig
-    from nseg_infer.runners.cluster import run_on_cluster
+    from nseg_infer.runners.cluster.client import run_on_cluster
 
     config = RunConfig(threads=1, device="cpu")
     lc, client = cluster(workers)

@@ -103,6 +103,7 @@ class TorchBackend:
 
 def child(spec: dict) -> dict:
     from nseg_infer.engine.predictor import Predictor, RunConfig
+    from nseg_infer.runners.file_config import FileConfig
 
     threads = spec["threads"]
     backend = None
@@ -121,7 +122,7 @@ def child(spec: dict) -> dict:
     image = synthetic_image(spec["side"])
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        with predictor.canvas(image.shape[:2], work_dir=Path(tmp)) as canvas:
+        with FileConfig().canvas(image.shape[:2], work_dir=Path(tmp)) as canvas:
             n = predictor.predict(image, labels=canvas).max_label
         seconds = time.perf_counter() - t0
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

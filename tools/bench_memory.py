@@ -4,7 +4,7 @@
 Each size is a synthetic fluorescence-like tiled BigTIFF (`bench_infer.synthetic_image`), run as
 `nseg-infer run IMAGE --out DIR --device cpu` in a child process; its peak RSS is that child's
 own `ru_maxrss` (from `os.wait4`, not RUSAGE_CHILDREN, which keeps the largest child so far).
-The budget is the uint32 label image plus 1 GiB (labels above `RunConfig.large_px` live in a
+The budget is the uint32 label image plus 1 GiB (labels above `FileConfig.large_px` live in a
 disk-backed memmap whose touched pages count in RSS). Mpx/s has the start-up (imports, model
 load, a 64 x 64 image) subtracted. Results replace the "## Memory" section of docs/benchmarks.md.
 

@@ -54,7 +54,7 @@ def write_slowly(path: Path, data: bytes, chunks: int = 4, gap: float = 0.05) ->
 
 
 def wait_done(out: Path, name: str, timeout: float = 300.0):
-    from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
+    from nseg_infer.runners.watch.ledger import LEDGER_NAME, Ledger
 
     product = out / f"{Path(name).stem}.overlay.png"
     end = time.monotonic() + timeout

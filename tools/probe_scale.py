@@ -24,8 +24,8 @@ from nseg_data.dataset import open_dataset
 from nseg_data.metrics import dsb_score
 from nseg_data.split import load_splits
 from nseg_infer.engine.predictor import Predictor
+from nseg_infer.regions import ArraySource
 from nseg_infer.runners.files import segment_source
-from nseg_infer.sources.imageio import ArraySource
 from nseg_infer.sources.options import InputOptions
 
 BANDS = (1.25, 1.5)

@@ -82,7 +82,7 @@ def open_fds(pid: int) -> int | None:
 
 
 def ledger_bytes(out: Path) -> int:
-    from nseg_infer.runners.ledger import LEDGER_NAME
+    from nseg_infer.runners.watch.ledger import LEDGER_NAME
 
     return sum(p.stat().st_size for p in out.glob(LEDGER_NAME + "*") if p.is_file())
 
@@ -106,7 +106,7 @@ class Soak:
         self.t0 = time.monotonic()
 
     def done(self) -> int:
-        from nseg_infer.runners.ledger import LEDGER_NAME
+        from nseg_infer.runners.watch.ledger import LEDGER_NAME
 
         try:
             con = sqlite3.connect(f"file:{self.out / LEDGER_NAME}?mode=ro", uri=True, timeout=5)
@@ -178,7 +178,7 @@ class Soak:
 def verify(out: Path, inp: Path, n: int) -> dict:
     """0 lost, 0 twice: one done row per image with one attempt, one "done" log line per image,
     every product present."""
-    from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
+    from nseg_infer.runners.watch.ledger import LEDGER_NAME, Ledger
 
     with Ledger(out / LEDGER_NAME, create=False) as led:
         rows = led.rows()

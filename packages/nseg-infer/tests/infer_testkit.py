@@ -183,11 +183,27 @@ def f1_and_counts(gt: np.ndarray, pred: np.ndarray) -> tuple[float, int, int]:
     return m.f1, len(np.unique(gt)) - 1, len(np.unique(pred)) - 1
 
 
-def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+def same_partition(a: np.ndarray, b: np.ndarray, min_nuclei: int = 1) -> bool:
     """Equal up to label numbering: the same foreground, split into the same nuclei (a one-to-one
-    correspondence between the label ids of `a` and those of `b`)."""
+    correspondence between the label ids of `a` and those of `b`), of at least `min_nuclei` nuclei:
+    two empty images are not the same segmentation, they are a test that saw nothing."""
     if a.shape != b.shape or not np.array_equal(a > 0, b > 0):
         return False
     fg = a > 0
+    if len(np.unique(a[fg])) < min_nuclei:
+        return False
     pairs = np.unique(np.stack([a[fg], b[fg]]), axis=1)
     return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+def write_labels_tiff(path: Path, labels: np.ndarray, max_label: int, *, tiled: bool,
+                      pixel_size_um: tuple[float, float] | None = None) -> Path:
+    """`labels` written as `NAME.labels.tif` through the labels sink, as a run writes it."""
+    from nseg_infer.regions import ArraySource
+    from nseg_infer.sinks.base import LabelledImage
+    from nseg_infer.sinks.labels import LabelsTiffSink
+
+    image = LabelledImage(path.name, labels, max_label, ArraySource(np.zeros(labels.shape, np.uint8)), (0.0, 1.0),
+                          pixel_size_um=pixel_size_um)
+    LabelsTiffSink.open(path, image, tiled=tiled).close()
+    return path

@@ -12,19 +12,19 @@ import time
 
 import numpy as np
 import pytest
+import tifffile
 from infer_testkit import synthetic_blobs, write_bundle
 from PIL import Image
 from typer.testing import CliRunner
 
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.runners.cli import app
-from nseg_infer.runners.cluster import LOCK_NAME, ClusterError, ClusterOptions, run_on_cluster
-from nseg_infer.runners.cluster_cli import connect
+from nseg_infer.runners.cluster.client import LOCK_NAME, ClusterError, ClusterOptions, run_on_cluster
+from nseg_infer.runners.cluster.connect import connect
 from nseg_infer.runners.file_config import FileConfig
-from nseg_infer.runners.watch import Watcher
-from nseg_infer.runners.watch_config import LOCK_NAME as WATCH_LOCK
-from nseg_infer.runners.watch_config import WatchConfig, WatchError
-from nseg_infer.sinks.omezarr import array_path, open_labels
+from nseg_infer.runners.watch.config import LOCK_NAME as WATCH_LOCK
+from nseg_infer.runners.watch.config import WatchConfig, WatchError
+from nseg_infer.runners.watch.watcher import Watcher
 from nseg_infer.sources.imageio import open_image
 
 distributed = pytest.importorskip("distributed", reason="needs the dask extra: pip install 'nseg-infer[dask]'")
@@ -68,7 +68,7 @@ def test_a_scheduler_address_that_accepts_but_never_answers_fails_too():
 
 
 def test_cli_names_the_unreachable_scheduler(tmp_path, monkeypatch):
-    import nseg_infer.runners.cluster_cli as cc
+    import nseg_infer.runners.cluster.connect as cc
 
     monkeypatch.setattr(cc, "CONNECT_TIMEOUT", 2.0)
     Image.fromarray(synthetic_blobs((64, 64), 4)[0]).save(tmp_path / "a.png")
@@ -107,8 +107,8 @@ def test_a_worker_dying_mid_block_is_retried_elsewhere_with_identical_labels(cli
     assert marker.exists(), "no worker died: the test did not test anything"
     assert not report.failed, report.failed
     assert report.blocks_computed == 9
-    np.testing.assert_array_equal(np.asarray(open_labels(array_path(tmp_path / "out" / "big.ome.zarr"))),
-                                  expected.labels)
+    assert expected.max_label >= 30
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "big.labels.tif"), expected.labels)
     client.wait_for_workers(2, timeout=60)
 
 
@@ -175,5 +175,5 @@ def test_a_worker_out_of_memory_mid_block_is_restarted_and_the_block_rerun(tmp_p
     assert marker.exists(), "no block ran out of memory: the test did not test anything"
     assert not (tmp_path / "oom.not-killed").exists(), "the worker outgrew its limit but was not killed"
     assert not report.failed, report.failed
-    np.testing.assert_array_equal(np.asarray(open_labels(array_path(tmp_path / "out" / "big.ome.zarr"))),
-                                  expected.labels)
+    assert expected.max_label >= 30
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "big.labels.tif"), expected.labels)

@@ -1,5 +1,6 @@
-"""One rule turns an exception into the message a user reads about a file: the file runner, the cluster and
-the folder watch's settle check all use `failure_message`."""
+"""One rule turns an exception into the message a user reads about a file (`failure_message`) and
+into a file's failed result (`failed`): the file runner, the cluster and the folder watch all use
+them, and the settle check uses the message."""
 
 import errno
 from pathlib import Path
@@ -7,8 +8,12 @@ from pathlib import Path
 from nseg_data.atomic import WriteFailed
 from nseg_data.errors import DataError
 
-from nseg_infer.runners import cluster, files, settle
-from nseg_infer.runners.inputs import failure_message
+from nseg_infer.runners import files
+from nseg_infer.runners.cluster import client as cluster
+from nseg_infer.runners.file_config import FileConfig
+from nseg_infer.runners.inputs import failed, failure_message
+from nseg_infer.runners.watch import settle
+from nseg_infer.runners.watch import watcher as watch
 
 P = Path("in/a.tif")
 
@@ -28,12 +33,21 @@ def test_any_other_error_gets_the_file_and_its_type():
 
 
 def test_every_runner_uses_the_one_rule():
-    for module in (files, cluster, settle):
-        assert module.failure_message is failure_message
+    for module in (files, cluster, watch):
+        assert module.failed is failed
+    assert settle.failure_message is failure_message
+
+
+def test_only_an_output_not_written_is_an_output_fault():
+    full = failed(P, WriteFailed(Path("out/a.csv"), OSError(errno.ENOSPC, "No space left on device")), 1.0, 2, 3, "cpu")
+    assert full.output_errno == errno.ENOSPC and full.error.startswith("in/a.tif: out/a.csv: not written")
+    assert (full.height, full.width, full.backend) == (2, 3, "cpu") and not full.ok
+    unreadable = failed(P, OSError(errno.EIO, "Input/output error"), 0.0, 0, 0, "")
+    assert unreadable.output_errno is None and unreadable.error == "in/a.tif: OSError: [Errno 5] Input/output error"
 
 
 def test_settle_reports_an_undecodable_file_by_the_rule(tmp_path):
     bad = tmp_path / "x.png"
     bad.write_bytes(b"not a png")
-    shape, why = settle.check_decodes(bad)
+    shape, why = settle.check_decodes(bad, FileConfig().open)
     assert shape is None and str(bad) in why

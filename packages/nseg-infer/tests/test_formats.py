@@ -11,9 +11,10 @@ import pytest
 import tifffile
 from nseg_data.errors import DataError
 
-from nseg_infer.engine.tiling import Window
+from nseg_infer.regions import Window
 from nseg_infer.sources.channels import ChannelChoice, model_view
-from nseg_infer.sources.imageio import StackedSource, TiffRegionSource, open_image, read_image
+from nseg_infer.sources.imageio import open_image, read_image
+from nseg_infer.sources.tiff import StackedSource, TiffRegionSource
 
 RNG = np.random.default_rng(4)
 

@@ -7,8 +7,9 @@ import tifffile
 from nseg_data.errors import DataError
 from PIL import Image
 
-from nseg_infer.engine.tiling import Window
-from nseg_infer.sources.imageio import TiffRegionSource, open_image, read_image
+from nseg_infer.regions import Window
+from nseg_infer.sources.imageio import open_image, read_image
+from nseg_infer.sources.tiff import TiffRegionSource
 
 RNG = np.random.default_rng(0)
 

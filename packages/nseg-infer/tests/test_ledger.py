@@ -9,8 +9,8 @@ import pytest
 from infer_testkit import synthetic_blobs
 from nseg_data.atomic import TEMP_RE, atomic_path, clean_temp_files
 
-from nseg_infer.runners.ledger import MAX_ATTEMPTS, Ledger
-from nseg_infer.runners.settle import FolderScanner
+from nseg_infer.runners.watch.ledger import MAX_ATTEMPTS, Ledger
+from nseg_infer.runners.watch.settle import FolderScanner
 
 
 @pytest.fixture

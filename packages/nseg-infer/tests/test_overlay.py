@@ -9,10 +9,9 @@ from scipy import ndimage as ndi
 from skimage.measure import label as connected
 from skimage.segmentation import find_boundaries
 
-from nseg_infer.engine.tiling import Window
+from nseg_infer.regions import ArraySource, Window
 from nseg_infer.sinks import overlay
 from nseg_infer.sinks.overlay import draw_overlay
-from nseg_infer.sources.imageio import ArraySource
 
 
 def _labels(seed: int, shape=(90, 110)) -> np.ndarray:

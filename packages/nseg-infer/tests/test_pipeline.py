@@ -73,9 +73,9 @@ def _same_products(a, b):
 @pytest.mark.parametrize("large", [False, True])
 def test_pipelined_batch_equals_one_file_at_a_time(unet_bundle, batch, tmp_path, large):
     # large: every image's labels go to a disk-backed canvas, and each waits for an idle writer.
-    config = RunConfig(**({"large_px": 10_000, "block": 128, "margin": 48} if large else {}))
+    config = RunConfig(**({"block": 128, "margin": 48} if large else {}))
     predictor = Predictor(unet_bundle, config)
-    files = FileConfig(products=PRODUCTS)
+    files = FileConfig(products=PRODUCTS, **({"large_px": 10_000, "block": 128} if large else {}))
     one, many = tmp_path / "one", tmp_path / "many"
     _block_writing(one)
     _block_writing(many)

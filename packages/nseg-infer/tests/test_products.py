@@ -16,12 +16,13 @@ import uuid
 import numpy as np
 import pytest
 import tifffile
-from infer_testkit import synthetic_blobs
+from infer_testkit import synthetic_blobs, write_labels_tiff
 from nseg_data.atomic import WriteFailed
 from typer.testing import CliRunner
 
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.engine.tiling import block_grid
+from nseg_infer.regions import ArraySource
 from nseg_infer.runners.cli import app
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner
@@ -29,11 +30,10 @@ from nseg_infer.sinks import labelstiff
 from nseg_infer.sinks.base import BlockData, LabelledImage
 from nseg_infer.sinks.measure import COLUMNS, UM_COLUMNS
 from nseg_infer.sinks.omezarr import array_path, open_labels
-from nseg_infer.sinks.outputs import PRODUCTS, parse_products, write_labels
+from nseg_infer.sinks.outputs import PRODUCTS, parse_products
 from nseg_infer.sinks.table import CsvSink
 from nseg_infer.sources.channels import ChannelChoice
 from nseg_infer.sources.imageinfo import tiff_pixel_size
-from nseg_infer.sources.imageio import ArraySource
 
 PX = 0.5
 
@@ -99,7 +99,7 @@ def test_pyramid_for_large_labels(tmp_path, monkeypatch):
     lab = np.zeros((520, 610), np.uint32)
     lab[10:300, 20:400] = 3
     lab[301:515, 5:600] = 70000
-    p = write_labels(tmp_path / "big.labels.tif", lab, 70000, tiled=False, pixel_size_um=(0.25, 0.25))
+    p = write_labels_tiff(tmp_path / "big.labels.tif", lab, 70000, tiled=False, pixel_size_um=(0.25, 0.25))
     with tifffile.TiffFile(p) as tf:
         levels = tf.series[0].levels
         assert [lv.shape for lv in levels] == [(520, 610), (260, 305), (130, 153), (65, 77)]
@@ -193,7 +193,8 @@ def test_zarr_labels_are_the_tiff_labels_as_napari_reads_them(unet_bundle, stain
     # Blocks smaller than the image, so the store is written block by block into several chunks.
     cfg = RunConfig(block=96, margin=32)
     for _ in range(2):  # the second run replaces the store
-        r = FileRunner(Predictor(unet_bundle, cfg), FileConfig(products="zarr,labels")).process_file(stained[0], tmp_path)
+        files = FileConfig(products="zarr,labels", block=96)
+        r = FileRunner(Predictor(unet_bundle, cfg), files).process_file(stained[0], tmp_path)
         assert r.ok, r.error
     assert [p.name for p in r.outputs] == ["well A1.labels.tif", "well A1.ome.zarr"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["well A1.labels.tif", "well A1.ome.zarr"]  # no temp folders

@@ -9,7 +9,7 @@ import imagecodecs
 import numpy as np
 import pytest
 import tifffile
-from infer_testkit import same_partition, synthetic_blobs
+from infer_testkit import same_partition, synthetic_blobs, write_labels_tiff
 from typer.testing import CliRunner
 
 from nseg_infer.engine import backends
@@ -19,8 +19,8 @@ from nseg_infer.runners.cli import app
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner
 from nseg_infer.runners.inputs import expand_inputs
+from nseg_infer.runners.summary import SUMMARY_COLUMNS
 from nseg_infer.sinks.measure import COLUMNS
-from nseg_infer.sinks.outputs import SUMMARY_COLUMNS, write_labels
 
 
 @pytest.fixture(scope="module")
@@ -111,15 +111,15 @@ def test_products_are_readable_by_others_as_umask_allows(predictor, images, tmp_
 def test_large_image_writes_tiled_bigtiff_and_overview(unet_bundle, images, tmp_path):
     d, _ = images
     small = FileRunner(Predictor(unet_bundle)).process_file(d / "a.png", tmp_path / "ref")
-    p = Predictor(unet_bundle, RunConfig(large_px=10_000, block=128, margin=48))
-    r = FileRunner(p, FileConfig(overview_side=200)).process_file(d / "a.png", tmp_path / "big")
+    p = Predictor(unet_bundle, RunConfig(block=128, margin=48))
+    r = FileRunner(p, FileConfig(large_px=10_000, block=128, overview_side=200)).process_file(d / "a.png", tmp_path / "big")
     assert r.ok, r.error
     with tifffile.TiffFile(r.outputs[0]) as tf:
         assert tf.is_bigtiff and tf.pages[0].is_tiled and tf.pages[0].compression != 1
         big = tf.asarray()
     ref = tifffile.imread(small.outputs[0])
-    assert big.dtype == np.uint16 and r.n_nuclei == small.n_nuclei
-    assert same_partition(big, ref)
+    assert big.dtype == np.uint16 and r.n_nuclei == small.n_nuclei >= 20
+    assert same_partition(big, ref, min_nuclei=20)
     from PIL import Image
 
     assert max(Image.open(r.outputs[2]).size) <= 210
@@ -128,11 +128,11 @@ def test_large_image_writes_tiled_bigtiff_and_overview(unet_bundle, images, tmp_
 
 def test_label_dtype_rule(tmp_path):
     small = np.arange(12, dtype=np.uint32).reshape(3, 4)
-    assert tifffile.imread(write_labels(tmp_path / "s.tif", small, 11, tiled=False)).dtype == np.uint16
+    assert tifffile.imread(write_labels_tiff(tmp_path / "s.tif", small, 11, tiled=False)).dtype == np.uint16
     big = small + 70_000
-    out = tifffile.imread(write_labels(tmp_path / "b.tif", big, int(big.max()), tiled=False))
+    out = tifffile.imread(write_labels_tiff(tmp_path / "b.tif", big, int(big.max()), tiled=False))
     assert out.dtype == np.uint32 and np.array_equal(out, big)
-    out = tifffile.imread(write_labels(tmp_path / "t.tif", big, int(big.max()), tiled=True))
+    out = tifffile.imread(write_labels_tiff(tmp_path / "t.tif", big, int(big.max()), tiled=True))
     assert out.dtype == np.uint32 and np.array_equal(out, big)
 
 
@@ -177,14 +177,15 @@ def test_region_read_tiff_end_to_end_matches_in_memory(unet_bundle, tmp_path, mo
     tifffile.imwrite(p, img, tile=(128, 128), bigtiff=True, compression="zlib", ome=True)
     ref = FileRunner(Predictor(unet_bundle)).process_file(p, tmp_path / "ref")
     monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda *a, **k: pytest.fail("decoded the whole page"))
-    cfg = RunConfig(large_px=10_000, block=256, margin=48)
-    r = FileRunner(Predictor(unet_bundle, cfg), FileConfig(region_px=10_000)).process_file(p, tmp_path / "big")
+    cfg = RunConfig(block=256, margin=48)
+    files = FileConfig(region_px=10_000, large_px=10_000, block=256)
+    r = FileRunner(Predictor(unet_bundle, cfg), files).process_file(p, tmp_path / "big")
     assert r.ok, r.error
     assert [q.name for q in r.outputs] == ["scan.labels.tif", "scan.csv", "scan.overlay.png", "scan.geojson"]
     monkeypatch.undo()
     a, b = tifffile.imread(ref.outputs[0]), tifffile.imread(r.outputs[0])
     assert r.n_nuclei == ref.n_nuclei >= 250
-    assert same_partition(a, b)
+    assert same_partition(a, b, min_nuclei=250)
 
 
 def test_probabilities_are_the_field_predict_segments(unet_bundle, maskrcnn_bundle):
@@ -287,9 +288,9 @@ def test_resize_and_components_reproduce_the_seed_setup(unet_bundle, tmp_path):
     brought back by nearest neighbour; `components`: connected components of the foreground."""
     from nseg_infer.engine.preprocess import normalize, resize_image
     from nseg_infer.engine.stats import image_stats
+    from nseg_infer.regions import ArraySource
     from nseg_infer.runners.files import segment_source
-    from nseg_infer.sources.imageio import ArraySource
-    from nseg_infer.sources.prepare import model_input
+    from nseg_infer.runners.prepare import model_input
     from nseg_infer.sources.scale import labels_to_input
 
     post = {"kind": "components", "fg_threshold": 0.5, "min_size": 4}

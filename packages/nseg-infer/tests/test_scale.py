@@ -10,29 +10,31 @@ import pytest
 from infer_testkit import f1_and_counts, same_partition, synthetic_blobs
 from nseg_data.errors import DataError
 
-from nseg_infer.engine.bundle import ScaleSpec, default_bundle_path, load_bundle
+from nseg_infer.engine.bundle import default_bundle_path, load_bundle
 from nseg_infer.engine.predictor import Predictor
-from nseg_infer.engine.tiling import Window
+from nseg_infer.regions import ArraySource, Window
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner, segment_source
-from nseg_infer.sources.imageio import ArraySource
 from nseg_infer.sources.options import InputOptions
-from nseg_infer.sources.scale import RescaledSource, labels_to_input, rescale_for
+from nseg_infer.sources.scale import RescaledSource, check_diameter, labels_to_input, rescale_for
 
 P = Path("x.tif")
 
 
 def test_factor_rules():
-    s = ScaleSpec(nucleus_diameter_px=20.0, pixel_size_um=0.5)
-    assert rescale_for(P, s, diameter=40, pixel_size_um=None).factor == 0.5
-    assert rescale_for(P, s, diameter=None, pixel_size_um=(0.25, 0.25)).factor == 0.5
-    assert rescale_for(P, s, diameter=10, pixel_size_um=(0.25, 0.25)).factor == 2.0  # diameter wins
-    assert rescale_for(P, ScaleSpec(20.0), diameter=None, pixel_size_um=(0.25, 0.25)).identity
-    assert rescale_for(P, s, diameter=20.1, pixel_size_um=None).identity  # within 1%
-    with pytest.raises(DataError, match="training scale"):
-        rescale_for(P, ScaleSpec(), diameter=30, pixel_size_um=None)
+    def factor(d, p, *, model_d=20.0, model_p=0.5):
+        return rescale_for(P, model_diameter_px=model_d, model_pixel_size_um=model_p, diameter=d, pixel_size_um=p)
+
+    assert factor(40, None).factor == 0.5
+    assert factor(None, (0.25, 0.25)).factor == 0.5
+    assert factor(10, (0.25, 0.25)).factor == 2.0  # diameter wins
+    assert factor(None, (0.25, 0.25), model_p=None).identity
+    assert factor(20.1, None).identity  # within 1%
+    with pytest.raises(ValueError, match=r"training scale; m/metadata\.json has no"):
+        check_diameter(30, None, Path("m/metadata.json"))
+    check_diameter(30, 20.0, Path("m/metadata.json"))  # a model that records it: accepted
     with pytest.raises(DataError, match="outside"):
-        rescale_for(P, s, diameter=1000, pixel_size_um=None)
+        factor(1000, None)
 
 
 def test_shrinking_averages_and_window_reads_equal_the_whole():
@@ -62,7 +64,7 @@ def test_labels_back_at_input_size_are_renumbered():
     np.testing.assert_allclose(scores, [0.3, 0.7])
     big = np.zeros((20, 20), np.uint32)
     labels_to_input(model, big)
-    assert same_partition(big[::2, ::2], model)
+    assert same_partition(big[::2, ::2], model, min_nuclei=3)
 
 
 def test_diameter_rescales_and_returns_input_sized_labels(unet_bundle, tmp_path):

@@ -5,7 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nseg_infer.engine.tiling import Window, blend_weights, block_grid, cut_by_margin, tile_grid
+from nseg_infer.engine.blend import blend_weights
+from nseg_infer.engine.tiling import block_grid, cut_by_margin, tile_grid
+from nseg_infer.regions import Window
 
 
 @settings(max_examples=150, deadline=None)

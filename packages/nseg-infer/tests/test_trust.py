@@ -22,7 +22,7 @@ from nseg_infer.runners.cli import app
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner
 from nseg_infer.runners.files import run as run_files
-from nseg_infer.sources import imageio
+from nseg_infer.sources import formats, imageio, tiff
 from nseg_infer.sources.imageio import open_image
 
 # -- bundles ----------------------------------------------------------------------------------------
@@ -152,10 +152,10 @@ def test_jpeg_size_is_read_past_exif_segments(tmp_path):
     raw = imagecodecs.jpeg8_encode(np.zeros((33, 71), np.uint8))
     app1 = b"\xff\xe1" + struct.pack(">H", 2 + 5000) + b"Exif\0\0" + b"\0" * 4994
     jpg.write_bytes(raw[:2] + app1 + raw[2:])
-    assert imageio.jpeg_size(jpg) == (33, 71)
+    assert formats.jpeg_size(jpg) == (33, 71)
     (tmp_path / "nope.jpg").write_bytes(b"\xff\xd8\xff\xe1\x00")
     with pytest.raises(DataError, match=r"nope\.jpg"):
-        imageio.jpeg_size(tmp_path / "nope.jpg")
+        formats.jpeg_size(tmp_path / "nope.jpg")
 
 
 def test_tiff_claiming_a_huge_size_is_refused(tmp_path):
@@ -175,7 +175,7 @@ def test_absurd_tiff_tile_counts_are_refused(tmp_path, monkeypatch):
     tiled = tmp_path / "tiled.tif"
     tifffile.imwrite(tiled, np.zeros((64, 64), np.uint8), tile=(16, 16))
     assert open_image(tiled, region_threshold_px=1).shape == (64, 64)
-    monkeypatch.setattr(imageio, "MAX_SEGMENTS", 15)
+    monkeypatch.setattr(tiff, "MAX_SEGMENTS", 15)
     with pytest.raises(DataError, match="16 tiles or strips"):
         open_image(tiled, region_threshold_px=1)
 
@@ -232,9 +232,9 @@ def test_file_config_validates_max_pixels():
 
 
 def test_watch_records_a_refused_file_and_goes_on(unet_bundle, tmp_path):
-    from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
-    from nseg_infer.runners.watch import Watcher
-    from nseg_infer.runners.watch_config import WatchConfig
+    from nseg_infer.runners.watch.config import WatchConfig
+    from nseg_infer.runners.watch.ledger import LEDGER_NAME, Ledger
+    from nseg_infer.runners.watch.watcher import Watcher
 
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()

@@ -21,8 +21,8 @@ from nseg_data.atomic import TEMP_RE
 
 from nseg_infer.engine.predictor import Predictor
 from nseg_infer.runners.files import FileRunner
-from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
-from nseg_infer.runners.watch_config import LOG_NAME
+from nseg_infer.runners.watch.config import LOG_NAME
+from nseg_infer.runners.watch.ledger import LEDGER_NAME, Ledger
 
 FAST = ["--settle", "0.3", "--fail-after", "0.6", "--poll", "0.2"]
 DONE_RE = re.compile(r" (done|failed) (\S+) ")

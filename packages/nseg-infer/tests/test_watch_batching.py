@@ -10,8 +10,8 @@ from pathlib import Path
 from nseg_infer.engine.predictor import Predictor
 from nseg_infer.engine.tiling import tile_grid
 from nseg_infer.runners.file_config import FileConfig
-from nseg_infer.runners.watch import Watcher
-from nseg_infer.runners.watch_config import Job, WatchConfig
+from nseg_infer.runners.watch.config import Job, WatchConfig
+from nseg_infer.runners.watch.watcher import Watcher
 from nseg_infer.sources.options import InputOptions
 
 

@@ -28,11 +28,11 @@ from nseg_data.atomic import TEMP_RE
 from typer.testing import CliRunner
 
 from nseg_infer.engine.predictor import Predictor, RunConfig
-from nseg_infer.runners import ledger as ledger_mod
 from nseg_infer.runners.cli import app
-from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
-from nseg_infer.runners.watch import Watcher
-from nseg_infer.runners.watch_config import WatchConfig
+from nseg_infer.runners.watch import ledger as ledger_mod
+from nseg_infer.runners.watch.config import WatchConfig
+from nseg_infer.runners.watch.ledger import LEDGER_NAME, Ledger
+from nseg_infer.runners.watch.watcher import Watcher
 
 FAST = ["--settle", "0.2", "--fail-after", "0.4", "--poll", "0.1"]
 DONE_RE = re.compile(r" (done|failed) (\S+) ")
@@ -452,8 +452,8 @@ def test_once_that_cannot_write_its_outputs_exits_1(predictor, inputs, tmp_path,
 
 
 def test_ledgers_from_before_output_faults_are_read_and_upgraded(tmp_path):
-    from nseg_infer.runners.ledger import SCHEMA, _statements
-    from nseg_infer.runners.watch_report import status_report
+    from nseg_infer.runners.watch.ledger import SCHEMA, _statements
+    from nseg_infer.runners.watch.report import status_report
 
     old = SCHEMA.replace("    output_fault INTEGER NOT NULL DEFAULT 0,\n", "")
     assert old != SCHEMA
@@ -473,7 +473,7 @@ def test_ledgers_from_before_output_faults_are_read_and_upgraded(tmp_path):
 
 def test_a_file_whose_outputs_keep_failing_while_out_is_writable_is_failed_for_good(predictor, inputs, tmp_path,
                                                                                      monkeypatch):
-    from nseg_infer.runners.outguard import MAX_HOLDS
+    from nseg_infer.runners.watch.guard import MAX_HOLDS
 
     real = atomic._publish
 

@@ -168,9 +168,9 @@ def _cover(bundle, images: Sequence[np.ndarray]) -> bytes:
     """Square crops of the images with the bundle's nuclei outlined in yellow, side by side (2:1);
     with one image, the image beside its outlines."""
     from nseg_infer.engine.predictor import Predictor, RunConfig
+    from nseg_infer.regions import ArraySource
+    from nseg_infer.runners.prepare import model_input
     from nseg_infer.sinks.overlay import CONTOUR_RGB, boundaries, display_rgb
-    from nseg_infer.sources.imageio import ArraySource
-    from nseg_infer.sources.prepare import model_input
     from PIL import Image
 
     predictor = Predictor(bundle, RunConfig(device="cpu"))

@@ -3,7 +3,7 @@
 UNet: the graph ends in a sigmoid so the runtime receives probabilities, exactly what training's
 validation (the runtime's Predictor over a torch backend) hands the instance step. Mask R-CNN: one fixed tile, batch 1, and the graph stops
 before mask pasting, which needs per-detection loops that TensorRT's ONNX parser rejects; the
-runtime pastes in numpy (`nseg_infer.engine.maskpaste`).
+runtime pastes in numpy (`nseg_infer.engine.detections`).
 
 The TorchScript-based exporter (`dynamo=False`) is used for both kinds: it handles torchvision's
 detection models, which the dynamo exporter cannot trace in torch 2.14, and needs no onnxscript.

@@ -333,8 +333,8 @@ def runtime_outputs(predictor: Any, image: np.ndarray) -> tuple[Any, np.ndarray]
     `resize` applied by the Source decorator): (what the model gave: a UNet's fields per instance
     block, or a detector's raw tile detections; the labels at the image's size: the instance step
     on those outputs, which is `predict`'s at every image size)."""
-    from nseg_infer.sources.imageio import ArraySource
-    from nseg_infer.sources.prepare import model_input
+    from nseg_infer.regions import ArraySource
+    from nseg_infer.runners.prepare import model_input
 
     inp = model_input(predictor.bundle, ArraySource(image))
     if predictor.bundle.kind == "unet":

@@ -1,7 +1,7 @@
 """nseg-infer: the torch-free nuclei segmentation runtime.
 
 `from nseg_infer import segment` is the Python API (`nseg_infer.runners.api`); `run_on_cluster` (with
-`ClusterOptions`, `ClusterReport`) runs a batch on a dask.distributed cluster (`nseg_infer.runners.cluster`,
+`ClusterOptions`, `ClusterReport`) runs a batch on a dask.distributed cluster (`nseg_infer.runners.cluster.client`,
 the `dask` extra), with `FileConfig` (how files are read, which products are written); `Predictor`,
 `RunConfig` (its model settings) and `load_bundle` are the engine (`nseg_infer.engine`). They are loaded
 on first use so that importing the package (the CLI, the folder watch) stays light.
@@ -20,7 +20,7 @@ def __getattr__(name: str):
         from nseg_infer.runners import api
         return getattr(api, name)
     if name in _CLUSTER:
-        from nseg_infer.runners import cluster
+        from nseg_infer.runners.cluster import client as cluster
         return getattr(cluster, name)
     if name in _FILES:
         from nseg_infer.runners import file_config

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from nseg_data.sample import Sample
 from nseg_infer.engine.predictor import Predictor
-from nseg_infer.sources.imageio import ArraySource
-from nseg_infer.sources.prepare import ModelInput, model_input
+from nseg_infer.regions import ArraySource
+from nseg_infer.runners.prepare import ModelInput, model_input
 
 from nseg_train.config import TrainConfig
 from nseg_train.datasets import CropDataset, prepare

@@ -7,14 +7,13 @@ tiling, the watershed and its per-modality parameters, the training scale) is in
 gives exactly the labels of the bundle the package was made from.
 
 A zip is unpacked once, because ONNX Runtime and TensorRT load models from files, into a folder
-named by the zip's sha256 under `cache_dir`: an explicit argument of `load_package` (and
-`load_bundle`), by default the user's cache folder (`default_cache_dir`). Only the rdf and the
+named by the zip's sha256 under `cache_dir`: an explicit argument of `read_package` (and
+`engine.bundle.load_bundle`), by default the user's cache folder (`default_cache_dir`). Only the rdf and the
 weights file are taken out of the zip.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import zipfile
@@ -24,7 +23,7 @@ from typing import Any
 
 from nseg_data.atomic import WriteFailed, first_dir
 
-from nseg_infer.engine.bundle import Bundle, BundleError, parse_metadata, sha256_file
+from nseg_infer.engine.bundle_files import BundleError, sha256_file
 
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 PACKAGE_FORMAT = "nseg-bioimageio/1"
@@ -139,10 +138,10 @@ def _unpack(zip_path: Path, cache_dir: Path) -> Path:
     return target
 
 
-def load_package(path: str | Path, *, verify_sha256: bool = True, cache_dir: str | Path | None = None) -> Bundle:
-    """The bundle inside a bioimage.io package (zip, folder, or its rdf file), or a BundleError
-    naming the package and what is wrong. A zip is unpacked under `cache_dir` (default:
-    `default_cache_dir()`)."""
+def read_package(path: str | Path, *, cache_dir: str | Path | None = None) -> tuple[dict, Path, Path]:
+    """(the bundle metadata in the rdf's `config.nseg.bundle`, the folder holding the weights, the
+    package) for a bioimage.io package (zip, folder, or its rdf file), or a BundleError naming the
+    package and what is wrong. A zip is unpacked under `cache_dir` (default: `default_cache_dir()`)."""
     p = Path(path)
     if p.is_file() and p.suffix.lower() != ".zip":
         p = p.parent
@@ -151,11 +150,4 @@ def load_package(path: str | Path, *, verify_sha256: bool = True, cache_dir: str
     if rdf_path is None:
         raise BundleError(p, "not a bioimage.io package: no rdf.yaml (or bioimageio.yaml)")
     meta = nseg_section(rdf_path, _read_rdf(rdf_path, rdf_path.read_text(encoding="utf-8", errors="replace")))
-    try:
-        bundle = parse_metadata(meta, folder, verify_sha256=verify_sha256)
-    except BundleError as e:
-        # parse_metadata names metadata.json; in a package the metadata is the rdf's config.nseg.bundle.
-        raise BundleError(p, f"config.nseg.bundle: {e.problem}") from e
-    # The package, not the cache folder, is what users and cluster workers name (workers load it
-    # again from this path).
-    return dataclasses.replace(bundle, path=p)
+    return meta, folder, p

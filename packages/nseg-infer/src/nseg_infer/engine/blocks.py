@@ -2,10 +2,13 @@
 
 A block's field is the blend of the tile outputs whose read windows meet its outer window, summed
 in tile index order (bitwise the same whatever the batches or the other blocks); its instances are
-the nuclei it owns (`stitch.block_instances`: the margin ownership rule). An image's labels are its
-blocks' owned nuclei pasted in block order, each block's numbered after the nuclei of the blocks
-before it (a prefix sum), so `Predictor.predict`, the cluster's block tasks and the tuning fields
-all label alike.
+the nuclei it owns (`block_instances`: each foreground clump is kept only by the block whose core
+holds its anchor, the top-left corner of its bounding box; clumps are independent under the
+marker-controlled watershed, so any clump that fits inside the margin is labelled exactly as a
+one-pass run labels it). An image's labels are its blocks' owned nuclei pasted in block order
+(`paste_owned`), each block's numbered after the nuclei of the blocks before it (a prefix sum,
+`label_offsets`), so `Predictor.predict`, the cluster's chunk tasks and the tuning fields all
+label alike.
 """
 
 from __future__ import annotations
@@ -14,10 +17,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage as ndi
 
+from nseg_infer.engine.blend import UNetMerger
 from nseg_infer.engine.instances import InstanceParams
-from nseg_infer.engine.stitch import UNetMerger, block_instances, paste_block
-from nseg_infer.engine.tiling import Block, Tile, TileGrid
+from nseg_infer.engine.tiling import Block, Tile, TileGrid, cut_by_margin
+from nseg_infer.regions import Window
+
+_CONN8 = np.ones((3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,31 @@ def block_field(grid: TileGrid, block: Block, outputs: Mapping[int, np.ndarray],
     return merger.finalize()
 
 
+def block_instances(fg: np.ndarray, dist: np.ndarray | None, params: InstanceParams, block: Block,
+                    image_shape: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """Instances of `block`: fg/dist cover block.outer; returns (labels over block.outer holding only
+    the clumps this block owns, numbered 1..k, number of owned clumps cut by the margin)."""
+    labels = params.instances(fg, dist)
+    clumps, n = ndi.label(fg > params.fg_threshold, structure=_CONN8)
+    if n == 0:
+        return labels, 0
+    o, c = block.outer, block.core
+    own = np.zeros(n + 1, bool)
+    cut = 0
+    for i, sl in enumerate(ndi.find_objects(clumps), start=1):
+        if sl is not None and c.contains(sl[0].start + o.y0, sl[1].start + o.x0):
+            own[i] = True
+            # A clump cut by the margin is not guaranteed the one-pass labelling.
+            cut += cut_by_margin(Window(sl[0].start, sl[0].stop, sl[1].start, sl[1].stop), o, image_shape)
+    keep = own[clumps]
+    labels = np.where(keep, labels, 0).astype(np.uint32)
+    uniq = np.unique(labels)
+    uniq = uniq[uniq > 0]
+    lut = np.zeros(int(labels.max()) + 1, np.uint32)
+    lut[uniq] = np.arange(1, len(uniq) + 1, dtype=np.uint32)
+    return lut[labels], cut
+
+
 def field_instances(field: np.ndarray, block: Block, image_shape: tuple[int, int],
                     params: InstanceParams) -> BlockResult:
     """The instance step on one block's field, keeping the nuclei the block owns."""
@@ -55,16 +87,39 @@ def field_instances(field: np.ndarray, block: Block, image_shape: tuple[int, int
     return BlockResult(labels, cut)
 
 
+def label_offsets(counts: Sequence[int]) -> list[int]:
+    """Each block's id offset: the nuclei of all blocks before it, in block order."""
+    out, total = [], 0
+    for n in counts:
+        out.append(total)
+        total += n
+    return out
+
+
+def paste_owned(canvas: np.ndarray, window: Window, labels: np.ndarray, outer: Window, offset: int) -> None:
+    """Paste a block's owned nuclei (`labels` over `outer`, numbered 1..n) into `canvas`, which
+    holds `window` of the image, as ids offset + 1..n. Pasting goes in block order and a pixel
+    already labelled is never overwritten, so a pixel two blocks claim goes to the earlier one."""
+    y0, y1, x0, x1 = max(outer.y0, window.y0), min(outer.y1, window.y1), max(outer.x0, window.x0), min(outer.x1, window.x1)
+    if y0 >= y1 or x0 >= x1:
+        return
+    src = labels[y0 - outer.y0:y1 - outer.y0, x0 - outer.x0:x1 - outer.x0]
+    dst = canvas[y0 - window.y0:y1 - window.y0, x0 - window.x0:x1 - window.x0]
+    m = (src > 0) & (dst == 0)
+    dst[m] = src[m].astype(canvas.dtype) + canvas.dtype.type(offset)
+
+
 class Paster:
-    """Pastes block results into an image-wide canvas in block order, numbering each block's nuclei
-    after those of the blocks before it."""
+    """Pastes block results into an image-wide canvas in block order (`paste_owned`), numbering
+    each block's nuclei after those of the blocks before it (`count`: the running prefix sum)."""
 
     def __init__(self, canvas: np.ndarray) -> None:
         self.canvas = canvas
+        self.window = Window(0, canvas.shape[0], 0, canvas.shape[1])
         self.count = self.cut = 0
 
     def paste(self, block: Block, result: BlockResult) -> None:
-        paste_block(self.canvas, result.labels, block.outer, self.count)
+        paste_owned(self.canvas, self.window, result.labels, block.outer, self.count)
         self.count += result.n
         self.cut += result.cut
 

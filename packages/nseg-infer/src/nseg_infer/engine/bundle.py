@@ -6,7 +6,7 @@ thing a user hands the runtime besides images, and "KeyError: 'tiling'" helps no
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,18 +14,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from nseg_data.errors import DataError
-
+from nseg_infer.engine.bioimageio_package import is_package, read_package
+from nseg_infer.engine.bundle_files import BundleError, bundle_file, sha256_file
 from nseg_infer.engine.preprocess import Normalization
 
 FORMAT = "nseg-bundle/1"
 KINDS = ("unet", "maskrcnn")
 _REQUIRED = ("format", "kind", "model_file", "sha256", "inputs", "outputs", "preprocessing", "tiling",
              "postprocessing")
-
-
-class BundleError(DataError):
-    """A bundle that cannot be used; the message names the offending file."""
 
 
 @dataclass(frozen=True)
@@ -140,38 +136,6 @@ def packaged_bundle_path(name: str) -> Path:
     return default_bundle_path().parent / name
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def bundle_file(bundle_dir: Path, name: Any, key: str) -> Path:
-    """The path of a file `metadata.json` names, refused unless it lies inside the bundle folder.
-
-    A bundle comes from elsewhere; a name like `../../.ssh/id_rsa`, `/etc/passwd` or a symlink
-    pointing out of the folder would make the runtime read (and hash, or load as a model) a file
-    its author never shipped. Only plain relative names inside the folder are accepted."""
-    meta_file = bundle_dir / "metadata.json"
-    if not isinstance(name, str) or not name.strip():
-        raise BundleError(meta_file, f"'{key}' must be a non-empty file name, got {name!r}")
-    rel = Path(name)
-    if rel.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise BundleError(meta_file, f"'{key}' {name!r} is an absolute path; a bundle names its files "
-                                     "relative to its folder")
-    if ".." in rel.parts or ".." in name.replace("\\", "/").split("/"):
-        raise BundleError(meta_file, f"'{key}' {name!r} leaves the bundle folder ('..')")
-    path = bundle_dir / rel
-    root = bundle_dir.resolve()
-    if path.exists() or path.is_symlink():
-        real = path.resolve()
-        if not real.is_relative_to(root):
-            raise BundleError(meta_file, f"'{key}' {name!r} is a link to {real}, outside the bundle folder")
-    return path
-
-
 def _tensor(meta_file: Path, key: str, d: Any) -> TensorSpec:
     if not isinstance(d, Mapping) or "name" not in d:
         raise BundleError(meta_file, f"each entry of '{key}' must be an object with a 'name'")
@@ -251,10 +215,8 @@ def load_bundle(path: str | Path | None = None, *, verify_sha256: bool = True,
         # A packaged bundle's name, unless a folder of that name is right here.
         if str(path) in PACKAGED and not p.exists():
             p = packaged_bundle_path(str(path))
-    from nseg_infer.engine.bioimageio_package import is_package, load_package  # it builds on this module
-
     if is_package(p):  # a bioimage.io package made by `nseg-export bioimageio` (zip or folder)
-        return load_package(p, verify_sha256=verify_sha256, cache_dir=cache_dir)
+        return _load_package(p, verify_sha256=verify_sha256, cache_dir=cache_dir)
     if p.is_file() and p.name == "metadata.json":
         p = p.parent
     meta_file = p / "metadata.json"
@@ -267,3 +229,17 @@ def load_bundle(path: str | Path | None = None, *, verify_sha256: bool = True,
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(meta_file, f"not valid JSON: {e}") from e
     return parse_metadata(meta, p, verify_sha256=verify_sha256)
+
+
+def _load_package(path: Path, *, verify_sha256: bool, cache_dir: str | Path | None) -> Bundle:
+    """The bundle inside a bioimage.io package (zip, folder, or its rdf file): the metadata in its
+    rdf's `config.nseg.bundle`, its files in the package's folder (a zip's unpacked copy)."""
+    meta, folder, package = read_package(path, cache_dir=cache_dir)
+    try:
+        bundle = parse_metadata(meta, folder, verify_sha256=verify_sha256)
+    except BundleError as e:
+        # parse_metadata names metadata.json; in a package the metadata is the rdf's config.nseg.bundle.
+        raise BundleError(package, f"config.nseg.bundle: {e.problem}") from e
+    # The package, not the cache folder, is what users and cluster workers name (workers load it
+    # again from this path).
+    return dataclasses.replace(bundle, path=package)

@@ -1,4 +1,4 @@
-"""The model settings (`RunConfig`): tiles, batches, device, instance blocks, the label canvas.
+"""The model settings (`RunConfig`): tiles, batches, device, instance blocks.
 
 What the Predictor and its Planner need, and nothing about files: how inputs are read and which
 products are written are a runner's settings (`nseg_infer.runners.file_config.FileConfig`).
@@ -19,12 +19,11 @@ class RunConfig:
     overlap: int | None = None      # the halo, in pixels, on each side of a tile core
     batch: int | None = None
     device: str = "auto"
-    block: int = 2048               # instance and product block of larger images: bounds peak memory
+    block: int = 2048               # instance block of larger images: bounds peak memory
     margin: int = 128               # block margin: nuclei clumps up to this size are seamless
-    large_px: int = 8192 * 8192     # above: labels on disk (memmap) and a tiled BigTIFF
     threads: int | None = None
     queue_depth: int = 3
-    flips: bool = False             # UNet test-time flips: about 4x slower, a little more accurate
+    flips: bool = False             # UNet test-time flips: 2x the time of a run, a little more accurate
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -37,5 +36,3 @@ class RunConfig:
             raise ValueError(f"overlap must be >= 0, got {self.overlap}")
         if self.block < 64 or self.margin < 0 or self.queue_depth < 1:
             raise ValueError("block must be >= 64, margin >= 0 and queue_depth >= 1")
-        if self.large_px < 1:
-            raise ValueError(f"large_px must be >= 1, got {self.large_px}")

@@ -159,5 +159,3 @@ def component_instances(fg: np.ndarray, params: ComponentsParams = ComponentsPar
     return relabel_sequential(labels)[0].astype(np.uint32, copy=False)
 
 
-# Mask R-CNN pasting lives in its own module; re-exported so both model kinds post-process from here.
-from nseg_infer.engine.maskpaste import nms, paste_masks  # noqa: E402, F401

@@ -18,9 +18,10 @@ import numpy as np
 from nseg_infer.engine.bundle import Bundle
 from nseg_infer.engine.config import RunConfig
 from nseg_infer.engine.instances import InstanceParams, WatershedParams, check_by_modality, instance_params
+from nseg_infer.engine.resize import ResizedImage
 from nseg_infer.engine.stats import image_stats
-from nseg_infer.engine.tiling import Block, Tile, TileGrid, Window, block_grid, tile_grid
-from nseg_infer.sources.imageio import ArraySource, ImageSource
+from nseg_infer.engine.tiling import Block, Tile, TileGrid, block_grid, tile_grid
+from nseg_infer.regions import ArraySource, ImageSource, Window
 
 # More model tiles than this for one image is a configuration mistake (a 65,536^2 scan in 512 px
 # tiles makes 75,000), refused before millions of tile records are built.
@@ -34,8 +35,8 @@ def as_source(image: ImageSource | np.ndarray) -> ImageSource:
 @dataclass(frozen=True)
 class Plan:
     """One image's prediction before the model runs. `norm` is the image's whole-image (low, high);
-    the tiles are normalised by `tile_norm`: the same, or the identity for a source whose pixels
-    come normalised (`ImageSource.normalised`). The tile grid is derived (`grid`), not stored, so a
+    the tiles are normalised by `tile_norm`: the same, or the identity for pixels that come
+    normalised (a bundle's whole-image resize, `engine.resize.ResizedImage`). The tile grid is derived (`grid`), not stored, so a
     plan sent with each block task of a huge image stays small."""
 
     shape: tuple[int, int]
@@ -102,15 +103,15 @@ class Planner:
         regular subsample, for a region reader) for the statistics."""
         h, w = source.shape
         resize = self.bundle.preprocessing.resize
-        if resize is not None and source.normalised is None:
-            # The model was trained on whole images resized to one square: the Source decorator
-            # (`sources.scale.ResizedSource`) does that before the Predictor sees a pixel.
+        if resize is not None and not isinstance(source, ResizedImage):
+            # The model was trained on whole images resized to one square, which `engine.resize`
+            # does before the Predictor sees a pixel.
             raise ValueError(f"{source.path}: this model sees whole images resized to {resize} x {resize}; give the "
-                             "Predictor `sources.prepare.model_input(bundle, source).source`")
+                             "Predictor `runners.prepare.model_input(bundle, source).source`")
         if self.bundle.kind == "unet":  # the detector's fixed tiles are `maskrcnn_tiles`
             self.check_tiles(h, w)
-        if source.normalised is not None:
-            norm, tile_norm, modality = source.normalised, (0.0, 1.0), source.modality
+        if isinstance(source, ResizedImage):
+            norm, tile_norm, modality = source.norm, (0.0, 1.0), source.modality
         else:
             lo, hi, modality = image_stats(source, self.bundle.preprocessing.normalization,
                                            modality=bool(self.by_modality))
@@ -126,7 +127,7 @@ class Planner:
         """The modality the runtime infers for `image` (fluorescence, brightfield or histology),
         which picks a bundle's `by_modality` post-processing."""
         source = as_source(image)
-        if source.normalised is not None and source.modality is not None:
+        if isinstance(source, ResizedImage):
             return source.modality
         return image_stats(source, self.bundle.preprocessing.normalization, modality=True)[2]
 

@@ -24,7 +24,6 @@ import logging
 import os
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -38,16 +37,15 @@ from nseg_infer.engine.blocks import (
     field_instances,
 )
 from nseg_infer.engine.bundle import Bundle, load_bundle
-from nseg_infer.engine.canvas import label_canvas
 from nseg_infer.engine.config import RunConfig
+from nseg_infer.engine.detections import MaskRCNNMerger
 from nseg_infer.engine.fields import Fields, instance_labels
 from nseg_infer.engine.instances import instance_params
 from nseg_infer.engine.plan import Plan, Planner, as_source
 from nseg_infer.engine.stages import Worker, background
-from nseg_infer.engine.stitch import MaskRCNNMerger
 from nseg_infer.engine.tiles import TileRead, tile_batches
 from nseg_infer.engine.tiling import Block, Tile
-from nseg_infer.sources.imageio import ImageSource
+from nseg_infer.regions import ImageSource
 
 __all__ = ["Prediction", "Predictor", "RunConfig"]
 
@@ -75,11 +73,6 @@ class Predictor(Planner):
             self.backend = FlipAverage(self.backend)
         self.backend_name = getattr(self.backend, "name", type(self.backend).__name__)
         self.output_name = self.bundle.outputs[0].name
-
-    def canvas(self, shape: tuple[int, int], *, work_dir: Path | None = None) -> contextlib.AbstractContextManager:
-        """A zeroed label canvas for `predict(..., labels=canvas)` (`canvas.label_canvas`: on disk
-        above `RunConfig.large_px` pixels, its temp file removed when the `with` block ends)."""
-        return label_canvas(shape, large_px=self.config.large_px, work_dir=work_dir)
 
     # -- the one road to the model ----------------------------------------------------------------
 
@@ -147,7 +140,7 @@ class Predictor(Planner):
         """One instance block of `source` on its own, exactly as `predict` labels it: the model on
         the tiles whose read windows meet `block.outer`, blended in index order, then the instance
         step with the margin ownership rule. `predict`'s labels are these pasted in block order
-        (`stitch.paste_block`), each offset by the nuclei of the blocks before it."""
+        (`blocks.paste_owned`), each offset by the nuclei of the blocks before it."""
         if self.bundle.kind != "unet":
             raise ValueError(f"block-wise prediction needs a UNet bundle, this one is {self.bundle.kind!r}")
         src = as_source(source)

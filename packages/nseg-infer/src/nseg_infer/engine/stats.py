@@ -7,8 +7,7 @@ import numpy as np
 from nseg_data.modality import infer_modality
 
 from nseg_infer.engine.preprocess import Normalization, as_rgb, norm_stats
-from nseg_infer.engine.tiling import Window
-from nseg_infer.sources.imageio import ImageSource
+from nseg_infer.regions import ImageSource, Window
 
 NORM_SAMPLE_PX = 4_000_000
 

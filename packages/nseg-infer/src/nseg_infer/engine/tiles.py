@@ -13,7 +13,7 @@ import numpy as np
 
 from nseg_infer.engine.preprocess import apply_norm, as_rgb
 from nseg_infer.engine.tiling import Tile
-from nseg_infer.sources.imageio import ImageSource
+from nseg_infer.regions import ImageSource
 
 
 @dataclass(frozen=True)

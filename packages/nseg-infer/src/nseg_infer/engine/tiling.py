@@ -12,36 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
-
-@dataclass(frozen=True)
-class Window:
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-
-    def __post_init__(self) -> None:
-        if self.y1 < self.y0 or self.x1 < self.x0:
-            raise ValueError(f"empty-negative window {self}")
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.y1 - self.y0, self.x1 - self.x0
-
-    @property
-    def slices(self) -> tuple[slice, slice]:
-        return slice(self.y0, self.y1), slice(self.x0, self.x1)
-
-    def clip(self, height: int, width: int) -> Window:
-        return Window(max(self.y0, 0), min(self.y1, height), max(self.x0, 0), min(self.x1, width))
-
-    def intersects(self, other: Window) -> bool:
-        return self.y0 < other.y1 and other.y0 < self.y1 and self.x0 < other.x1 and other.x0 < self.x1
-
-    def contains(self, y: float, x: float) -> bool:
-        return self.y0 <= y < self.y1 and self.x0 <= x < self.x1
+from nseg_infer.regions import Window
 
 
 @dataclass(frozen=True)
@@ -105,19 +76,6 @@ def tile_grid(height: int, width: int, tile: int, halo: int, divisor: int = 1) -
         for rx, cx0, cx1 in xs:
             tiles.append(Tile(len(tiles), Window(ry, ry + sy, rx, rx + sx), Window(cy0, cy1, cx0, cx1)))
     return TileGrid(height, width, (sy, sx), halo, tuple(tiles))
-
-
-def blend_weights(shape: tuple[int, int], halo: int) -> np.ndarray:
-    """Per-pixel weights for one tile's output: zero in the outer quarter of the halo, where
-    the network saw the artificial tile edge, then a cosine ramp up to 1 at the core."""
-    def ramp(n: int) -> np.ndarray:
-        if halo == 0:
-            return np.ones(n, np.float32)
-        d = np.minimum(np.arange(n), np.arange(n)[::-1]).astype(np.float64) + 0.5
-        dead = halo / 4.0
-        t = np.clip((d - dead) / (halo - dead), 0.0, 1.0)
-        return (0.5 - 0.5 * np.cos(np.pi * t)).astype(np.float32)
-    return np.outer(ramp(shape[0]), ramp(shape[1]))
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nseg_infer.sources.imageinfo import ImageInfo
-from nseg_infer.sources.imageio import ArraySource, ImageSource, open_image
+from nseg_infer.regions import ArraySource, ImageInfo, ImageSource
+from nseg_infer.sources.imageio import open_image
 
 if TYPE_CHECKING:
     from nseg_infer.engine.predictor import Predictor
@@ -103,7 +103,7 @@ def segment_with(predictor: Predictor, image: PathLike | np.ndarray | ImageSourc
     progress) and `options.InputOptions` (whose `choice.wording` names the caller's options in
     errors)."""
     from nseg_infer.runners.files import segment_source
-    from nseg_infer.runners.inputs import stem
+    from nseg_infer.sinks.names import stem
     from nseg_infer.sinks.outputs import MeasureOptions, measure_all
 
     src = _source(image, name, channel_axis)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +39,7 @@ _PRODUCTS = typer.Option("labels,csv,overlay,geojson", "--products",
 _MODEL = typer.Option(None, "--model", "-m", help="Bundle folder, a bioimage.io package made by nseg-export (MODEL.zip "
                       "or its folder), or a packaged bundle: default (UNet) or maskrcnn.")
 _DEVICE = typer.Option("auto", help="auto | cpu | cuda | trt")
-_FLIPS = typer.Option(False, "--flips", help="UNet test-time flips: the mean of 4 flipped passes (about 4x slower).")
+_FLIPS = typer.Option(False, "--flips", help="UNet test-time flips: the mean of 4 flipped passes (2x the time of a run).")
 _MAX_PIXELS = typer.Option(1 << 32, "--max-pixels", metavar="N", min=1,
                            help="Refuse an image whose header claims more pixels than this, before decoding it "
                                 "(default 65536 x 65536).")
@@ -53,7 +56,33 @@ def file_config(channel: int | None, channels: str | None, pixel_size: float | N
     return FileConfig(inputs, max_pixels=max_pixels, products=products)
 
 
+_FILE_OPTIONS = {"channel": (int | None, _CHANNEL), "channels": (str | None, _CHANNELS),
+                 "pixel_size": (float | None, _PIXEL_SIZE), "diameter": (float | None, _DIAMETER),
+                 "products": (str, _PRODUCTS), "max_pixels": (int, _MAX_PIXELS)}
+
+
+def file_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Adds the file options `run` and `watch` share (channels, scale, products, the reading limit)
+    to `command`, which gets them as `files`: a function making their `FileConfig` (called where the
+    command reports bad settings)."""
+    sig = inspect.signature(command)
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+              for name, (kind, option) in _FILE_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def with_files(*args: object, **kwargs: object) -> None:
+        given = {name: kwargs.pop(name) for name in _FILE_OPTIONS}
+        command(*args, files=functools.partial(file_config, **given), **kwargs)
+
+    with_files.__signature__ = sig.replace(parameters=[*(p for p in sig.parameters.values() if p.name != "files"),
+                                                       *shared])
+    # typer reads the annotations too: `files` is not an option.
+    with_files.__annotations__ = {k: v for k, v in command.__annotations__.items() if k != "files"}
+    return with_files
+
+
 @app.command()
+@file_options
 def run(
     inputs: list[str] = typer.Argument(..., help="Image files, folders and glob patterns."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
@@ -62,20 +91,16 @@ def run(
     overlap: int | None = typer.Option(None, help="Halo in pixels on each side of a tile (default: bundle)."),
     batch: int | None = typer.Option(None, help="Tiles per model call (default: bundle)."),
     device: str = _DEVICE,
-    channel: int | None = _CHANNEL,
-    channels: str | None = _CHANNELS,
-    pixel_size: float | None = _PIXEL_SIZE,
-    diameter: float | None = _DIAMETER,
-    products: str = _PRODUCTS,
     flips: bool = _FLIPS,
-    max_pixels: int = _MAX_PIXELS,
     cluster: str | None = typer.Option(
         None, "--cluster", metavar="local:N|tcp://HOST:PORT",
         help="Run on dask.distributed: N local worker processes, or an existing scheduler (needs the dask extra)."),
     split_px: int | None = typer.Option(
         None, "--split-px", metavar="PX",
         help="With --cluster: images above this many pixels run as one task per instance block "
-             "(default 8192*8192) and also get NAME.ome.zarr."),
+             "(default 8192*8192)."),
+    *,
+    files: Callable[[], FileConfig],
 ) -> None:
     """Segment INPUTS and write NAME.labels.tif, NAME.csv, NAME.overlay.png, NAME.geojson (and with
     --products, NAME.geojson.gz, NAME.rois.zip and NAME.ome.zarr) and summary.csv."""
@@ -86,22 +111,23 @@ def run(
     from nseg_infer.engine.predictor import Predictor, RunConfig
     from nseg_infer.runners.files import FileRunner
     from nseg_infer.runners.files import run as run_inputs
+    from nseg_infer.runners.summary import print_results
 
     try:
-        files = file_config(channel, channels, pixel_size, diameter, products, max_pixels)
+        file_settings = files()
         config = RunConfig(tile=tile, overlap=overlap, batch=batch, device=device, flips=flips)
-        if "zarr" in files.products:  # refused before any image is segmented, naming the extra
+        if "zarr" in file_settings.products:  # refused before any image is segmented, naming the extra
             from nseg_infer.sinks.omezarr import require_zarr
 
             require_zarr()
-        if cluster is not None:  # the workers load the model; nseg_infer.runners.cluster does the rest
-            from nseg_infer.runners.cluster import ClusterOptions
-            from nseg_infer.runners.cluster_cli import cli_run
+        if cluster is not None:  # the workers load the model; nseg_infer.runners.cluster.client does the rest
+            from nseg_infer.runners.cluster.client import ClusterOptions
+            from nseg_infer.runners.cluster.connect import cli_run
 
             options = ClusterOptions() if split_px is None else ClusterOptions(split_px=split_px)
-            code = cli_run(inputs, out, model, config, files, cluster, options)
+            code = cli_run(inputs, out, model, config, file_settings, cluster, options)
         else:
-            runner = FileRunner(Predictor(model, config), files)
+            runner = FileRunner(Predictor(model, config), file_settings)
     except (DataError, BackendError, ValueError, OSError, ImportError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from e
@@ -134,28 +160,16 @@ def run(
         results, summary_error = e.results, e
     finally:
         bar.close()
-    failed = [r for r in results if not r.ok]
-    done = [r for r in results if r.ok]
-    typer.echo(f"{len(done)} of {len(results)} images segmented, {sum(r.n_nuclei for r in done)} nuclei, "
-               f"{mpx:.1f} Mpx in {seconds:.1f} s ({mpx / seconds if seconds else 0:.2f} Mpx/s); "
-               f"results in {out}")
+    ok = print_results(results, out,
+                       timing=f", {mpx:.1f} Mpx in {seconds:.1f} s ({mpx / seconds if seconds else 0:.2f} Mpx/s)")
     if summary_error is not None:
         typer.secho(f"error: {summary_error}", fg="red", err=True)
-    if failed:
-        typer.secho(f"{len(failed)} failed:", fg="red", err=True)
-        for r in failed:
-            typer.secho(f"  {r.error}", fg="red", err=True)
-        unwritten = [r for r in failed if r.output_errno is not None]
-        if unwritten:
-            typer.secho(f"{len(unwritten)} of them failed because their outputs could not be written (full disk, "
-                        f"read-only or missing output folder); nothing partial is left under a product's name: run again once "
-                        f"{out} is writable", fg="red", err=True)
-        raise typer.Exit(1)
-    if summary_error is not None:
+    if not ok or summary_error is not None:
         raise typer.Exit(1)
 
 
 @app.command()
+@file_options
 def watch(
     in_dir: Path = typer.Argument(..., help="Folder the microscope writes into."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (also holds the ledger and watch.log)."),
@@ -170,28 +184,23 @@ def watch(
     once: bool = typer.Option(False, "--once", help="Process what is there (once settled), then exit."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Process failed files again."),
     events: bool = typer.Option(True, "--events/--no-events", help="Use filesystem events to wake early."),
-    channel: int | None = _CHANNEL,
-    channels: str | None = _CHANNELS,
-    pixel_size: float | None = _PIXEL_SIZE,
-    diameter: float | None = _DIAMETER,
-    products: str = _PRODUCTS,
     flips: bool = _FLIPS,
-    max_pixels: int = _MAX_PIXELS,
+    *,
+    files: Callable[[], FileConfig],
 ) -> None:
     """Segment every image that lands in IN_DIR, exactly once, surviving crashes and restarts."""
     from nseg_data.errors import DataError
 
     from nseg_infer.engine.backends import BackendError
     from nseg_infer.engine.predictor import Predictor, RunConfig
-    from nseg_infer.runners.watch import Watcher
-    from nseg_infer.runners.watch_config import WatchConfig, WatchError
+    from nseg_infer.runners.watch.config import WatchConfig, WatchError
+    from nseg_infer.runners.watch.watcher import Watcher
 
     try:
         config = WatchConfig(in_dir, out, pattern=pattern, recursive=recursive, poll=poll, settle=settle,
                              fail_after=fail_after, once=once, retry_failed=retry_failed, events=events)
-        files = file_config(channel, channels, pixel_size, diameter, products, max_pixels)
         run_config = RunConfig(batch=batch, device=device, flips=flips)
-        watcher = Watcher(Predictor(model, run_config), config, files)
+        watcher = Watcher(Predictor(model, run_config), config, files())
         code = watcher.run()
     except (DataError, BackendError, WatchError, ValueError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
@@ -212,7 +221,7 @@ def status(
     """Counts by state, the latest failures with their errors, and throughput over the last hour."""
     import sqlite3
 
-    from nseg_infer.runners.watch_report import compact_ledger, status_report
+    from nseg_infer.runners.watch.report import compact_ledger, status_report
 
     try:
         if compact:

@@ -24,27 +24,37 @@ from nseg_data.atomic import WriteFailed
 
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.engine.stages import Worker, background
+from nseg_infer.regions import ImageSource
 from nseg_infer.runners.file_config import FileConfig
-from nseg_infer.runners.inputs import FileResult, expand_inputs, failure_message, stem
+from nseg_infer.runners.inputs import FileResult, expand_inputs, failed
+from nseg_infer.runners.prepare import (
+    CanvasFactory,
+    ModelInput,
+    Segmented,
+    check_options,
+    model_input,
+    segmented,
+)
+from nseg_infer.runners.summary import write_summary
 from nseg_infer.sinks.base import LabelledImage
-from nseg_infer.sinks.outputs import ProductPaths, SinkOptions, write_products, write_summary
-from nseg_infer.sources.imageio import ImageSource
+from nseg_infer.sinks.names import stem
+from nseg_infer.sinks.outputs import ProductPaths, SinkOptions, write_products
 from nseg_infer.sources.options import InputOptions
-from nseg_infer.sources.prepare import ModelInput, Segmented, check_options, model_input, segmented
 
 log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
 def segment_source(predictor: Predictor, raw: ImageSource, opts: InputOptions = InputOptions(), *,
-                   work_dir: Path | None = None) -> Iterator[Segmented]:
+                   canvas: CanvasFactory = FileConfig().canvas, work_dir: Path | None = None) -> Iterator[Segmented]:
     """Source -> Predictor, for one opened image: `raw` read with `opts` as the model sees it
     (`prepare.model_input`), predicted, and brought back at its own size (`prepare.segmented`).
-    Disk-backed canvases of large images live until the block ends."""
+    Label canvases come from `canvas` (`FileConfig.canvas`); disk-backed ones of large images live
+    until the block ends."""
     inp = model_input(predictor.bundle, raw, opts)
-    with predictor.canvas(inp.source.shape, work_dir=work_dir) as canvas:
-        pred = predictor.predict(inp.source, labels=canvas)
-        with segmented(predictor, inp, pred, work_dir=work_dir) as seg:
+    with canvas(inp.source.shape, work_dir=work_dir) as labels:
+        pred = predictor.predict(inp.source, labels=labels)
+        with segmented(canvas, inp, pred, work_dir=work_dir) as seg:
             yield seg
 
 
@@ -102,7 +112,8 @@ class FileRunner:
         with contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(raw)
-                seg = stack.enter_context(segment_source(self.predictor, raw, self.file_config.inputs, work_dir=out))
+                seg = stack.enter_context(segment_source(self.predictor, raw, self.file_config.inputs,
+                                                         canvas=self.file_config.canvas, work_dir=out))
             except Exception as e:
                 return self.failure(p, e, seconds + time.perf_counter() - t0, h, w)
             return _Job(p, out, seg, h, w, seconds + time.perf_counter() - t0, stack.pop_all())
@@ -155,7 +166,7 @@ class FileRunner:
                             out.mkdir(parents=True, exist_ok=True)
                         except OSError as e:
                             raise WriteFailed(out, e) from e
-                        with segmented(self.predictor, inp, pred, work_dir=out) as seg:
+                        with segmented(self.file_config.canvas, inp, pred, work_dir=out) as seg:
                             outputs, n = self.write(p, out, seg, h, w)
                         yield FileResult(p, outputs, n, shared + time.perf_counter() - t1, None, h, w, self.predictor.backend_name)
                     except Exception as e:  # as in process_file: one bad file never stops the rest
@@ -181,7 +192,7 @@ class FileRunner:
         file while this one is segmented, and a writer thread writes the previous file's products
         meanwhile. Both queues hold one file, so at most five are in flight (two opened ahead, one
         being segmented, two being or waiting to be written), and an image with labels on disk
-        (above `RunConfig.large_px`) is segmented only once the writer is idle, so no two large
+        (above `FileConfig.large_px`) is segmented only once the writer is idle, so no two large
         label images are ever held together. Results and files are `process_file`'s, in input
         order; `progress` is called from the writer thread."""
         out = Path(out_dir)
@@ -196,7 +207,7 @@ class FileRunner:
         writer = Worker(finish, 1, name="nseg-writer")
         try:
             for p, o, raw, seconds in background((self._open(Path(p), out) for p in paths), 1):
-                if isinstance(raw, ImageSource) and raw.height * raw.width > self.predictor.config.large_px:
+                if isinstance(raw, ImageSource) and raw.height * raw.width > self.file_config.large_px:
                     writer.wait()
                 writer.put(self._segment(p, o, raw, seconds))
         finally:
@@ -210,16 +221,7 @@ def sink_options(config: RunConfig, file_config: FileConfig, shape: tuple[int, i
     """How the products of an image of `shape` are written under `config` and `file_config` (the file
     runner's and the cluster's, so both cut the same product blocks)."""
     h, w = shape
-    return SinkOptions(h * w > config.large_px, config.block, config.margin, file_config.overview_side)
-
-
-def failed(p: Path, e: BaseException, seconds: float, h: int, w: int, backend: str) -> FileResult:
-    """The result of input `p` failing with `e`, logged once with the message users read (the
-    file runner's, and the cluster's for a split image)."""
-    msg = failure_message(p, e)
-    log.error("%s", msg)
-    log.debug("traceback for %s", p, exc_info=e)
-    return FileResult(p, (), 0, seconds, msg, h, w, backend, e.errno if isinstance(e, WriteFailed) else None)
+    return SinkOptions(h * w > file_config.large_px, file_config.block, config.margin, file_config.overview_side)
 
 
 def run(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, runner: FileRunner | None = None,

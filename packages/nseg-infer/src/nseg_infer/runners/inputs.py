@@ -4,6 +4,7 @@ name stem of an input, and the per-file result a batch reports."""
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,8 +12,10 @@ from pathlib import Path
 
 from nseg_data.atomic import WriteFailed
 
-from nseg_infer.sinks.outputs import PRODUCT_SUFFIXES
-from nseg_infer.sources.imageio import SUPPORTED
+from nseg_infer.sinks.names import PRODUCT_SUFFIXES
+from nseg_infer.sources.formats import SUPPORTED
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,12 +59,14 @@ def failure_message(path: Path, e: BaseException) -> str:
     return f"{path}: {type(e).__name__}: {e}"
 
 
-def stem(path: Path) -> str:
-    name = path.name
-    for ext in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return path.stem
+def failed(p: Path, e: BaseException, seconds: float, h: int, w: int, backend: str) -> FileResult:
+    """The result of input `p` failing with `e`, logged once with the message users read
+    (`failure_message`): the one rule of the file runner, the folder watch and the cluster. Only a
+    `WriteFailed` (an output not written) is an output fault, with the OS's errno."""
+    msg = failure_message(p, e)
+    log.error("%s", msg)
+    log.debug("traceback for %s", p, exc_info=e)
+    return FileResult(p, (), 0, seconds, msg, h, w, backend, e.errno if isinstance(e, WriteFailed) else None)
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[FileResult]]:

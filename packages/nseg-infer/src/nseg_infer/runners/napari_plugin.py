@@ -30,24 +30,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nseg_infer.sinks.names import output_stem
+
 if TYPE_CHECKING:  # napari is napari's to import
     import napari
 
 LayerData = tuple[Any, dict, str]
 OUTLINE = "yellow"
-OUTPUT_SUFFIXES = (".labels.tif", ".geojson.gz", ".geojson")
+READ_PRODUCTS = ("labels", "geojson.gz", "geojson")  # the outputs the reader opens
 
 
 def _name(path: Path) -> str:
-    n = path.name
-    for ext in OUTPUT_SUFFIXES:
-        if n.endswith(ext):
-            return n[: -len(ext)]
-    return path.stem
+    return output_stem(path, READ_PRODUCTS) or path.stem
 
 
 def _is_ours(path: Path) -> bool:
-    return path.name.endswith(OUTPUT_SUFFIXES)
+    return output_stem(path, READ_PRODUCTS) is not None
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
@@ -230,18 +228,15 @@ def counted_predictor(model: str | Path | None):
 
 def expected_tiles(predictor, shape: tuple[int, int], diameter: float | None, pixel_size: float | None) -> int:
     """Model tiles of an image of `shape` (after rescaling to the model's scale), for a progress bar."""
-    from nseg_infer.engine.tiling import tile_grid
-    from nseg_infer.sources.scale import rescale_for
+    from nseg_infer.runners.prepare import model_shape
+    from nseg_infer.sources.options import InputOptions
 
-    b = predictor.bundle
-    if b.preprocessing.resize:
-        h = w = b.preprocessing.resize
-    else:
-        px = (pixel_size, pixel_size) if pixel_size else None
-        h, w = rescale_for(Path("<layer>"), b.scale, diameter=diameter, pixel_size_um=px).model_shape(*shape)
-    if b.kind == "maskrcnn":  # the detector's own fixed-size tiles, as `predict` runs them
+    # A layer's pixel size is all there is to know of it, so no pixel size means no rescaling.
+    opts = InputOptions(pixel_size_um=pixel_size or None, diameter=diameter)
+    h, w = model_shape(predictor.bundle, tuple(shape), opts) or tuple(shape)
+    if predictor.bundle.kind == "maskrcnn":  # the detector's own fixed-size tiles, as `predict` runs them
         return len(predictor.maskrcnn_tiles(h, w))
-    return len(tile_grid(h, w, predictor.tile, predictor.halo, b.preprocessing.size_divisor).tiles)
+    return len(predictor.grid(h, w))
 
 
 def segment_layer(image: "napari.layers.Image", model: str | Path | None = None, channel: int = -1,

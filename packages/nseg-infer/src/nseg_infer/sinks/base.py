@@ -24,8 +24,8 @@ import numpy as np
 from nseg_data.atomic import atomic_path
 
 from nseg_infer.engine.tiling import Block
+from nseg_infer.regions import ImageSource
 from nseg_infer.sinks.nuclei import MeasureOptions, Nuclei, measure_block
-from nseg_infer.sources.imageio import ImageSource
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,7 @@ holding it whole; blocks add nothing.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from nseg_data.atomic import atomic_path
 
 from nseg_infer.sinks.base import LabelledImage, Sink
 from nseg_infer.sinks.labelstiff import write_ome_labels
@@ -19,16 +16,6 @@ from nseg_infer.sinks.labelstiff import write_ome_labels
 
 def label_dtype(max_label: int) -> np.dtype:
     return np.dtype(np.uint16) if max_label <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
-
-
-def write_labels(path: Path, labels: np.ndarray, max_label: int, *, tiled: bool,
-                 pixel_size_um: tuple[float, float] | None = None, name: str = "") -> Path:
-    """OME-TIFF, zlib-compressed, carrying the pixel size. `tiled` writes a tiled BigTIFF tile by
-    tile from `labels` (typically a memmap), never holding more than one tile row; large images
-    also get a nearest-neighbour pyramid (`labelstiff`)."""
-    with atomic_path(path) as tmp:
-        write_ome_labels(tmp, labels, label_dtype(max_label), tiled=tiled, pixel_size_um=pixel_size_um, name=name)
-    return path
 
 
 def count_labels(labels: np.ndarray, band: int = 1024) -> int:
@@ -43,7 +30,7 @@ def count_labels(labels: np.ndarray, band: int = 1024) -> int:
 
 
 class LabelsTiffSink(Sink):
-    """`tiled`: a tiled BigTIFF (images above `RunConfig.large_px`)."""
+    """`tiled`: a tiled BigTIFF (images above `FileConfig.large_px`)."""
 
     product = "labels"
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nseg_infer.engine.tiling import Window, block_grid, cut_by_margin
+from nseg_infer.engine.tiling import block_grid, cut_by_margin
+from nseg_infer.regions import ImageSource, Window
 from nseg_infer.sinks import geojson, measure
-from nseg_infer.sources.imageio import ImageSource
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,17 @@ the same files (`write_products(..., parts=...)`).
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nseg_data.atomic import atomic_path, write_bytes_atomic
+from nseg_data.atomic import write_bytes_atomic
 
 from nseg_infer.engine.tiling import Block, block_grid
 from nseg_infer.sinks.base import BlockData, LabelledImage, PartSink, Sink
-from nseg_infer.sinks.labels import LabelsTiffSink, count_labels, label_dtype, write_labels
+from nseg_infer.sinks.labels import LabelsTiffSink, count_labels, label_dtype
+from nseg_infer.sinks.names import PRODUCT_SUFFIXES, SUFFIXES
 from nseg_infer.sinks.nuclei import MeasureOptions, measure_all
 from nseg_infer.sinks.omezarr import ZarrSink
 from nseg_infer.sinks.overlay import OverlaySink, overview_factor
@@ -32,9 +32,9 @@ from nseg_infer.sinks.table import CsvSink
 
 # What the runners and the API take from here; the label and measurement helpers live in their own
 # modules and are offered here too.
-__all__ = ["DEFAULT_PRODUCTS", "PRODUCTS", "PRODUCT_SUFFIXES", "SUMMARY_COLUMNS", "MeasureOptions", "Parts",
+__all__ = ["DEFAULT_PRODUCTS", "PRODUCTS", "PRODUCT_SUFFIXES", "MeasureOptions", "Parts",
            "ProductPaths", "SinkOptions", "block_data", "block_parts", "label_dtype", "measure_all", "open_sinks", "parse_products",
-           "product_blocks", "write_labels", "write_products", "write_summary"]
+           "product_blocks", "write_products"]
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,6 @@ SINKS: dict[str, type[Sink]] = {s.product: s for s in (LabelsTiffSink, CsvSink, 
                                                        GeoJsonGzSink, RoiSink, ZarrSink)}
 PRODUCTS = tuple(SINKS)
 DEFAULT_PRODUCTS = ("labels", "csv", "overlay", "geojson")
-# Products that look like input images: `run` and `watch` skip them, so results may be written into
-# the input folder.
-PRODUCT_SUFFIXES = (".labels.tif", ".overlay.png")
-
-
 def parse_products(spec: str | Sequence[str]) -> tuple[str, ...]:
     """`labels,csv,geojson` (or a sequence) -> the products in their canonical order."""
     names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else [str(n).strip() for n in spec]
@@ -57,10 +52,6 @@ def parse_products(spec: str | Sequence[str]) -> tuple[str, ...]:
     if not names:
         raise ValueError(f"no products chosen; choose from {', '.join(PRODUCTS)}")
     return tuple(p for p in PRODUCTS if p in names)
-
-
-SUFFIXES = {"labels": ".labels.tif", "csv": ".csv", "overlay": ".overlay.png", "geojson": ".geojson",
-            "geojson.gz": ".geojson.gz", "rois": ".rois.zip", "zarr": ".ome.zarr"}
 
 
 @dataclass(frozen=True)
@@ -87,9 +78,10 @@ class ProductPaths:
 
 @dataclass(frozen=True)
 class SinkOptions:
-    """How the products of one image are cut and shaped (from `RunConfig`)."""
+    """How the products of one image are cut and shaped (`runners.files.sink_options`: from
+    `FileConfig` and the block margin of `RunConfig`)."""
 
-    tiled: bool = False         # the labels as a tiled BigTIFF (images above `RunConfig.large_px`)
+    tiled: bool = False         # the labels as a tiled BigTIFF (images above `FileConfig.large_px`)
     block: int = 2048           # product blocks, and the zarr product's chunks
     margin: int = 128           # a nucleus is measured whole up to this far beyond its block
     overview_side: int = 4096   # the overlay's longest side for large images
@@ -185,15 +177,3 @@ def write_products(paths: ProductPaths, image: LabelledImage, opts: SinkOptions 
         log.warning("%s: %d nuclei larger than the block margin (%d px) may be measured incompletely",
                     paths.path("csv"), cut, opts.margin)
     return n
-
-
-SUMMARY_COLUMNS = ("input", "status", "n_nuclei", "height", "width", "megapixels", "seconds", "backend",
-                   "labels", "error")
-
-
-def write_summary(path: Path, rows: Sequence[dict]) -> Path:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path

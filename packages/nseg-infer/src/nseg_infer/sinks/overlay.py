@@ -15,9 +15,8 @@ import math
 import numpy as np
 from PIL import Image
 
-from nseg_infer.engine.tiling import Window
+from nseg_infer.regions import ImageSource, Window
 from nseg_infer.sinks.base import BlockData, LabelledImage, Sink
-from nseg_infer.sources.imageio import ImageSource
 
 CONTOUR_RGB = (255, 255, 0)
 

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from nseg_data.errors import DataError
 
-from nseg_infer.engine.tiling import Window
-from nseg_infer.sources.imageio import ImageSource
+from nseg_infer.regions import ImageSource, Window
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 from nseg_data.errors import DataError
@@ -26,35 +25,6 @@ UNITS_UM = {"µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "m
 # Screen and print defaults (72-300 dpi) mean "uncalibrated"; a microscope or slide scanner
 # writes thousands to hundreds of thousands of dpi. Coarser than this is not a pixel size.
 MAX_INCH_PIXEL_UM = 10.0
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """Axes of the file (e.g. "TCZYX"), their sizes, which axis holds channels ("C": separate
-    planes, as fluorescence files store them; "S": interleaved samples, as RGB; "" for one
-    channel), channel names, pixel size (y, x) in µm or None, and notes on the plane used."""
-
-    axes: str = "YX"
-    sizes: tuple[int, ...] = ()
-    channel_axis: str = ""
-    channel_names: tuple[str, ...] = ()
-    pixel_size_um: tuple[float, float] | None = None
-    notes: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.channel_axis not in ("", "C", "S"):
-            raise ValueError(f"channel_axis must be '', 'C' or 'S', got {self.channel_axis!r}")
-        if self.sizes and len(self.sizes) != len(self.axes):
-            raise ValueError(f"axes {self.axes!r} and sizes {self.sizes} differ in length")
-        if self.pixel_size_um is not None and not all(v > 0 and math.isfinite(v) for v in self.pixel_size_um):
-            raise ValueError(f"pixel size must be positive, got {self.pixel_size_um}")
-
-    def describe(self) -> str:
-        shape = " ".join(f"{a}={n}" for a, n in zip(self.axes, self.sizes, strict=True)) if self.sizes else ""
-        text = f"axes {self.axes}" + (f" ({shape})" if shape else "")
-        if self.channel_names:
-            text += "; channels " + ", ".join(f"{i} {n!r}" for i, n in enumerate(self.channel_names))
-        return text
 
 
 def choose_planes(path: Path, axes: str, sizes: tuple[int, ...]) -> tuple[dict[str, int], tuple[str, ...]]:

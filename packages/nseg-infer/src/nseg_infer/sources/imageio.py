@@ -1,182 +1,31 @@
-"""Image readers: PNG, JPEG, TIFF incl. multi-page, OME, BigTIFF and pyramidal TIFF/SVS; CZI and
-ND2 through the optional `formats` extra (`nseg_infer.sources.vendor`).
-
-A large tiled or stripped TIFF is never decoded whole: `TiffRegionSource` decodes only the TIFF
-segments (tiles or strips) that intersect the requested window, using tifffile's own segment
-decoder, so no zarr is needed. Pyramids are read at level 0. Files whose channels are separate
-planes (OME-TIFF, ImageJ hyperstacks) come back HxWxC with every channel; which of them the model
-sees is `nseg_infer.sources.channels`' job. Every failure is a `DataError` naming the file.
+"""Opening an image file: PNG and JPEG decoded in memory, TIFF through `sources.tiff` (large
+ones read region by region), CZI and ND2 through the optional `formats` extra
+(`nseg_infer.sources.vendor`). Which channels the model sees is `nseg_infer.sources.channels`'
+job. Every failure is a `DataError` naming the file.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from nseg_data.errors import DataError
 
-from nseg_infer.engine.tiling import Window
-from nseg_infer.sources.imageinfo import (
-    ImageInfo,
-    check_ome,
-    choose_planes,
-    ome_channel_names,
-    tiff_pixel_size,
+from nseg_infer.regions import ArraySource, ImageSource
+from nseg_infer.sources.formats import (
+    LARGE_IMAGE_PX,
+    MAX_PIXELS,
+    PNG,
+    TIFF,
+    VENDOR,
+    check_file,
+    check_pixels,
+    image_suffix,
+    jpeg_size,
+    png_size,
 )
-
-log = logging.getLogger(__name__)
-
-PNG = (".png",)
-JPEG = (".jpg", ".jpeg")
-TIFF = (".tif", ".tiff")
-VENDOR = (".czi", ".nd2")  # read through bioio: `pip install 'nseg-infer[formats]'`
-SUPPORTED = PNG + JPEG + TIFF + VENDOR
-# Above this many pixels a TIFF is read window by window instead of into memory.
-REGION_THRESHOLD_PX = 8192 * 8192
-# An image whose header claims more pixels than this is refused before anything is allocated
-# (`--max-pixels`, `RunConfig.max_pixels`): a 65,536 x 65,536 scan passes, a few bytes claiming
-# 10^6 x 10^6 do not.
-MAX_PIXELS = 1 << 32
-# A TIFF split into more segments (tiles or strips) than this is refused: real scanners write
-# 256-1024 px tiles (a 131,072^2 slide has 65,536 of 512 px), while a forged header with 1 x 1
-# tiles would make every read loop over billions of segments.
-MAX_SEGMENTS = 1 << 22
-
-
-def image_suffix(path: Path) -> str:
-    return path.suffix.lower()
-
-
-class ImageSource:
-    """An image of known size whose pixels are read by window (HxWxC, original dtype)."""
-
-    path: Path
-    height: int
-    width: int
-    channels: int
-    dtype: np.dtype
-    is_region_reader: bool = False
-    info: ImageInfo = ImageInfo()
-    # A source whose pixels come normalised already (a bundle's `resize`: `scale.ResizedSource`)
-    # carries the whole-image (low, high) and modality of the image they came from; the engine's
-    # plan takes them instead of measuring its own pixels.
-    normalised: tuple[float, float] | None = None
-    modality: str | None = None
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.height, self.width
-
-    def read(self, window: Window) -> np.ndarray:
-        raise NotImplementedError
-
-    def read_channels(self, window: Window, channels: tuple[int, ...]) -> np.ndarray:
-        """HxWxlen(channels); sources whose channels are separate planes read only those."""
-        return self.read(window)[..., list(channels)]
-
-    def read_all(self) -> np.ndarray:
-        return self.read(Window(0, self.height, 0, self.width))
-
-    def check_complete(self) -> None:
-        """Raise DataError if pixel data of the plane(s) read lies beyond the end of the file (a
-        file still being written). In-memory sources were decoded whole when opened, so they are."""
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> ImageSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class ArraySource(ImageSource):
-    """An in-memory HxWxC image. Without `info`, more than one channel is read as interleaved
-    samples (RGB, RGBA) unless `channel_axis="C"` says they are separate channels."""
-
-    def __init__(self, array: np.ndarray, path: str | Path = "<array>", info: ImageInfo | None = None, *,
-                 channel_axis: str = "S") -> None:
-        a = np.asarray(array)
-        if a.ndim == 2:
-            a = a[..., None]
-        if a.ndim != 3 or a.shape[0] < 1 or a.shape[1] < 1 or a.shape[2] < 1:
-            raise DataError(path, f"expected a 2-D image (HxW or HxWxC), got shape {np.shape(array)}")
-        self.array = a
-        self.path = Path(path)
-        self.height, self.width, self.channels = a.shape
-        self.dtype = a.dtype
-        if info is None:
-            multi = self.channels > 1
-            info = ImageInfo(f"YX{channel_axis}" if multi else "YX",
-                             a.shape if multi else a.shape[:2], channel_axis if multi else "")
-        self.info = info
-
-    def read(self, window: Window) -> np.ndarray:
-        return self.array[window.slices]
-
-
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise DataError(path, "file not found")
-    if not path.is_file():
-        raise DataError(path, "not a regular file")
-    if path.stat().st_size == 0:
-        raise DataError(path, "empty file (0 bytes)")
-    if image_suffix(path) not in SUPPORTED:
-        raise DataError(path, f"unsupported format '{path.suffix}' (supported: {', '.join(SUPPORTED)})")
-
-
-def check_pixels(path: Path, height: int, width: int, max_pixels: int, what: str = "header") -> None:
-    """Refuse an image of absurd size (or a non-positive one) before any pixel buffer exists."""
-    if height < 1 or width < 1:
-        raise DataError(path, f"{what} claims an image of {height} x {width} pixels (corrupt file)")
-    if height * width > max_pixels:
-        raise DataError(path, f"{what} claims {height} x {width} = {height * width:,} pixels, above the limit of "
-                              f"{max_pixels:,} (--max-pixels); refused before decoding")
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the IHDR chunk: the first 24 bytes of every PNG."""
-    with open(path, "rb") as f:
-        head = f.read(24)
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        raise DataError(path, "not a PNG file (no PNG signature and IHDR header)")
-    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
-
-
-# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); C4, C8, CC are not frames.
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def jpeg_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the first start-of-frame segment, walking the marker segments."""
-    with open(path, "rb") as f:
-        if f.read(2) != b"\xff\xd8":
-            raise DataError(path, "not a JPEG file (no start-of-image marker)")
-        while True:
-            b = f.read(1)
-            while b == b"\xff":  # fill bytes before a marker
-                b = f.read(1)
-            if not b:
-                raise DataError(path, "JPEG has no frame header (truncated or corrupt file)")
-            marker = b[0]
-            if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-                continue
-            seg = f.read(2)
-            if len(seg) < 2:
-                raise DataError(path, "JPEG header is cut short (truncated or corrupt file)")
-            length = int.from_bytes(seg, "big")
-            if marker in _SOF:
-                body = f.read(5)
-                if len(body) < 5:
-                    raise DataError(path, "JPEG frame header is cut short (truncated or corrupt file)")
-                return int.from_bytes(body[1:3], "big"), int.from_bytes(body[3:5], "big")
-            if length < 2:
-                raise DataError(path, f"JPEG segment 0x{marker:02X} has an invalid length {length}")
-            f.seek(length - 2, 1)
+from nseg_infer.sources.tiff import open_tiff, tiff_shape
+from nseg_infer.sources.vendor import open_vendor, vendor_shape
 
 
 def _decode_small(path: Path) -> np.ndarray:
@@ -193,205 +42,37 @@ def _decode_small(path: Path) -> np.ndarray:
         raise DataError(path, f"cannot decode {suffix[1:].upper()} (truncated or corrupt file): {e}") from e
 
 
-class TiffRegionSource(ImageSource):
-    """Reads windows of one TIFF image plane by decoding only the segments it needs. `page` may be
-    a TiffFrame (a later plane of an OME stack): its segments, decoded by its keyframe."""
-
-    is_region_reader = True
-
-    def __init__(self, path: Path, tf, page, info: ImageInfo | None = None) -> None:
-        self.path = path
-        self._tf = tf
-        self._page = page
-        self._key = key = getattr(page, "keyframe", None) or page
-        axes = key.axes
-        shp = dict(zip(axes, key.shape, strict=True))
-        self.height, self.width = int(shp["Y"]), int(shp["X"])
-        self.channels = int(shp.get("S", 1))
-        self.dtype = np.dtype(key.dtype)
-        if info is not None:
-            self.info = info
-        self._planar = key.planarconfig == 2 and self.channels > 1
-        if key.is_tiled:
-            self._seg_h, self._seg_w = int(key.tilelength), int(key.tilewidth)
-        else:
-            self._seg_h, self._seg_w = int(min(key.rowsperstrip or self.height, self.height)), self.width
-        if self._seg_h < 1 or self._seg_w < 1:
-            raise DataError(path, f"TIFF segments of {self._seg_h} x {self._seg_w} pixels (corrupt header)")
-        self._rows = -(-self.height // self._seg_h)
-        self._cols = -(-self.width // self._seg_w)
-        n = self._rows * self._cols * (self.channels if self._planar else 1)
-        if n > MAX_SEGMENTS:
-            raise DataError(path, f"TIFF claims {n:,} tiles or strips of {self._seg_h} x {self._seg_w} px for a "
-                                  f"{self.height} x {self.width} image, above the limit of {MAX_SEGMENTS:,}; refused")
-        if len(page.dataoffsets) < n or len(page.databytecounts) < n:
-            raise DataError(path, f"TIFF lists {len(page.dataoffsets)} tiles or strips where its size needs {n} "
-                                  "(corrupt header)")
-
-    def _segment_ids(self, window: Window) -> Iterator[int]:
-        per_plane = self._rows * self._cols
-        planes = range(self.channels) if self._planar else range(1)
-        for s in planes:
-            for r in range(window.y0 // self._seg_h, -(-window.y1 // self._seg_h)):
-                for c in range(window.x0 // self._seg_w, -(-window.x1 // self._seg_w)):
-                    yield s * per_plane + r * self._cols + c
-
-    def read(self, window: Window) -> np.ndarray:
-        out = np.zeros((window.y1 - window.y0, window.x1 - window.x0, self.channels), self.dtype)
-        page = self._page
-        fh = self._tf.filehandle
-        try:
-            for idx in self._segment_ids(window):
-                offset, count = page.dataoffsets[idx], page.databytecounts[idx]
-                if count == 0:
-                    continue
-                fh.seek(offset)
-                data = fh.read(count)
-                if len(data) != count:
-                    raise ValueError(f"segment {idx} is cut short ({len(data)} of {count} bytes)")
-                seg, (s, _d, y, x, _), _shape = self._key.decode(data, idx, jpegtables=self._key.jpegtables)
-                seg = seg[0]  # drop depth
-                sw = Window(y, y + seg.shape[0], x, x + seg.shape[1])
-                iy0, iy1 = max(sw.y0, window.y0), min(sw.y1, window.y1, self.height)
-                ix0, ix1 = max(sw.x0, window.x0), min(sw.x1, window.x1, self.width)
-                if iy0 >= iy1 or ix0 >= ix1:
-                    continue
-                part = seg[iy0 - y:iy1 - y, ix0 - x:ix1 - x]
-                dst = out[iy0 - window.y0:iy1 - window.y0, ix0 - window.x0:ix1 - window.x0]
-                if self._planar:
-                    dst[..., s] = part[..., 0]
-                else:
-                    dst[...] = part
-        except DataError:
-            raise
-        except Exception as e:
-            raise DataError(self.path, f"cannot read TIFF region {window} (truncated or corrupt file): {e}") from e
-        return out
-
-    def check_complete(self) -> None:
-        # Decoding is lazy here, so check instead that every segment of the plane is inside the file.
-        page = self._page
-        size = self.path.stat().st_size
-        end = max((o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)), default=0)
-        if end > size:
-            raise DataError(self.path, f"TIFF is incomplete (image data runs to byte {end}, file has {size})")
-
-    def close(self) -> None:
-        self._tf.close()
+def _small_shape(p: Path, max_pixels: int) -> tuple[int, int]:
+    h, w = png_size(p) if image_suffix(p) in PNG else jpeg_size(p)
+    check_pixels(p, h, w, max_pixels)
+    return h, w
 
 
-class StackedSource(ImageSource):
-    """Channels stored as separate TIFF planes, read window by window and stacked HxWxC."""
-
-    is_region_reader = True
-
-    def __init__(self, planes: list[TiffRegionSource], info: ImageInfo) -> None:
-        first = planes[0]
-        self.path, self.height, self.width, self.dtype = first.path, first.height, first.width, first.dtype
-        self.channels = len(planes)
-        self.info = info
-        self._planes = planes
-
-    def read(self, window: Window) -> np.ndarray:
-        return self.read_channels(window, tuple(range(self.channels)))
-
-    def read_channels(self, window: Window, channels: tuple[int, ...]) -> np.ndarray:
-        return np.concatenate([self._planes[c].read(window) for c in channels], axis=2)
-
-    def check_complete(self) -> None:
-        for plane in self._planes:
-            plane.check_complete()
-
-    def close(self) -> None:
-        self._planes[0].close()  # the planes share one TiffFile
+def header_shape(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) of the plane `open_image` would read, from the file's header or metadata
+    alone (no pixel decoded), refused above `max_pixels` as `open_image` refuses it."""
+    p = Path(path)
+    check_file(p)
+    suffix = image_suffix(p)
+    if suffix in TIFF:
+        return tiff_shape(p, max_pixels)
+    if suffix in VENDOR:
+        return vendor_shape(p, max_pixels)
+    return _small_shape(p, max_pixels)
 
 
-def _keyframe(page):
-    return getattr(page, "keyframe", None) or page
-
-
-def _tiff_planes(path: Path, tf) -> tuple[list, ImageInfo]:
-    """Level 0 of the first series: the page of every channel at the first time point (other
-    axes: see `choose_planes`), and what the file holds."""
-    series = tf.series[0]
-    level = series.levels[0] if getattr(series, "levels", None) else series
-    key = _keyframe(level.pages[0])
-    axes, sizes = str(level.axes), tuple(int(n) for n in level.shape)
-    page_axes = str(key.axes)
-    if "Y" not in page_axes or "X" not in page_axes or set(page_axes) - set("YXS") or not axes.endswith(page_axes):
-        raise DataError(path, f"unsupported TIFF plane layout {page_axes!r} (series axes {axes!r})")
-    outer, outer_sizes = axes[: len(axes) - len(page_axes)], sizes[: len(axes) - len(page_axes)]
-    use, notes = choose_planes(path, axes, sizes)
-    if len(tf.series) > 1 and not tf.is_svs:  # an SVS's other series are its label and macro photos
-        notes += (f"{len(tf.series)} image series in the file: using the first",)
-    n_c = dict(zip(outer, outer_sizes, strict=True)).get("C", 1)
-    samples = dict(zip(page_axes, key.shape, strict=True)).get("S", 1)
-    if n_c > 1 and samples > 1:
-        raise DataError(path, f"both separate channels (C={n_c}) and colour samples (S={samples}) in one "
-                              f"image (axes {axes}): not supported; save the channels as one colour image")
-    pages = []
-    for c in range(n_c):
-        idx = tuple(c if a == "C" else use[a] for a in outer)
-        i = int(np.ravel_multi_index(idx, outer_sizes)) if outer else 0
-        page = level.pages[i] if i < len(level.pages) else None
-        if page is None:
-            raise DataError(path, f"plane {i} (axes {outer} = {idx}) is missing (truncated or corrupt file)")
-        pages.append(page)
-    names = ome_channel_names(tf) if n_c > 1 else ()
-    info = ImageInfo(axes, sizes, "C" if n_c > 1 else "S" if samples > 1 else "",
-                     names if len(names) == n_c else (), tiff_pixel_size(tf, key), notes)
-    return pages, info
-
-
-def _plane_array(page) -> np.ndarray:
-    arr = page.asarray()
-    return np.moveaxis(arr, 0, -1) if _keyframe(page).axes == "SYX" else arr
-
-
-def open_tiff(path: Path, region_threshold_px: int, max_pixels: int = MAX_PIXELS) -> ImageSource:
-    import tifffile
-
-    try:
-        tf = tifffile.TiffFile(path)  # reads the headers (IFDs) only, no pixel data
-    except Exception as e:
-        raise DataError(path, f"not a readable TIFF (truncated or corrupt file): {e}") from e
-    try:
-        check_ome(path, tf)
-        pages, info = _tiff_planes(path, tf)
-        key = _keyframe(pages[0])
-        h, w = key.shape[key.axes.index("Y")], key.shape[key.axes.index("X")]
-        check_pixels(path, int(h), int(w), max_pixels, "TIFF header")
-        for note in info.notes:
-            log.info("%s: %s", path, note)
-        if h * w > region_threshold_px:
-            planes = [TiffRegionSource(path, tf, p, info) for p in pages]
-            return planes[0] if len(planes) == 1 else StackedSource(planes, info)
-        arrays = [_plane_array(p) for p in pages]
-        arr = arrays[0] if len(arrays) == 1 else np.stack([a.reshape(a.shape[:2]) for a in arrays], axis=-1)
-        tf.close()
-        return ArraySource(arr, path, info)
-    except DataError:
-        tf.close()
-        raise
-    except Exception as e:
-        tf.close()
-        raise DataError(path, f"cannot read TIFF (truncated or corrupt file): {e}") from e
-
-
-def open_image(path: str | Path, *, region_threshold_px: int = REGION_THRESHOLD_PX,
+def open_image(path: str | Path, *, region_threshold_px: int = LARGE_IMAGE_PX,
                max_pixels: int = MAX_PIXELS) -> ImageSource:
     """Open any supported image; large TIFFs come back as region readers, the rest in memory.
     An image whose header claims more than `max_pixels` pixels is refused before decoding."""
     p = Path(path)
-    _check_file(p)
+    check_file(p)
     suffix = image_suffix(p)
     if suffix in TIFF:
         return open_tiff(p, region_threshold_px, max_pixels)
     if suffix in VENDOR:
-        from nseg_infer.sources.vendor import open_vendor
-
         return open_vendor(p, region_threshold_px, max_pixels)
-    check_pixels(p, *(png_size(p) if suffix in PNG else jpeg_size(p)), max_pixels)
+    _small_shape(p, max_pixels)
     return ArraySource(_decode_small(p), p)
 
 
@@ -399,4 +80,3 @@ def read_image(path: str | Path) -> np.ndarray:
     """Whole image, HxWxC in its own dtype (small images and tests)."""
     with open_image(path, region_threshold_px=1 << 62, max_pixels=1 << 62) as src:
         return src.read_all()
-

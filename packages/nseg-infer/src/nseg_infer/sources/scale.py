@@ -13,9 +13,8 @@ exact size by nearest neighbour at pixel centres (input pixel y takes model row
 floor((y + 0.5) * H' / H)), then are renumbered 1..n in order, dropping nuclei too small to
 survive the round trip.
 
-A bundle's `preprocessing.resize` (the seed study's setup) is the other decorator here:
-`ResizedSource` is the whole image normalised by its own statistics and resized to a fixed square,
-as training prepared its images; its labels come back the same way.
+A bundle's whole-image `preprocessing.resize` is the engine's own step (`engine.resize`); its
+labels come back the same way, through `labels_to_input`.
 """
 
 from __future__ import annotations
@@ -27,11 +26,7 @@ from pathlib import Path
 import numpy as np
 from nseg_data.errors import DataError
 
-from nseg_infer.engine.bundle import ScaleSpec
-from nseg_infer.engine.preprocess import Normalization, apply_norm, as_rgb, resize_image
-from nseg_infer.engine.stats import image_stats
-from nseg_infer.engine.tiling import Window
-from nseg_infer.sources.imageio import ImageSource
+from nseg_infer.regions import ImageSource, Window
 
 TOLERANCE = 0.01
 MIN_FACTOR, MAX_FACTOR = 1 / 16, 16.0
@@ -55,19 +50,26 @@ class Rescale:
         return max(1, round(height * self.factor)), max(1, round(width * self.factor))
 
 
-def rescale_for(path: Path, scale: ScaleSpec, *, diameter: float | None,
-                pixel_size_um: tuple[float, float] | None) -> Rescale:
-    """The factor for one image (see the module docstring), or a DataError naming the file."""
+def check_diameter(diameter: float | None, model_diameter_px: float | None, metadata: Path) -> None:
+    """Refuse `--diameter` for a model that records no nucleus diameter (`metadata`: the file that
+    would record it), before any image is read: every image would fail the same way."""
+    if diameter is not None and model_diameter_px is None:
+        raise ValueError(f"--diameter needs a model that records its training scale; {metadata} "
+                         "has no 'scale': {'nucleus_diameter_px': ...}")
+
+
+def rescale_for(path: Path, *, model_diameter_px: float | None, model_pixel_size_um: float | None,
+                diameter: float | None, pixel_size_um: tuple[float, float] | None) -> Rescale:
+    """The factor for one image (see the module docstring), or a DataError naming the file; the
+    model's training scale is `model_diameter_px` (needed with `diameter`: `check_diameter`) and
+    `model_pixel_size_um`."""
     if diameter is not None:
-        if scale.nucleus_diameter_px is None:
-            raise DataError(path, "--diameter needs a model that records its training scale "
-                                  "(metadata.json 'scale': {'nucleus_diameter_px': ...}); this one does not")
-        f = scale.nucleus_diameter_px / diameter
-        reason = f"nucleus diameter {diameter:g} px -> the model's {scale.nucleus_diameter_px:g} px"
-    elif pixel_size_um is not None and scale.pixel_size_um is not None:
+        f = model_diameter_px / diameter
+        reason = f"nucleus diameter {diameter:g} px -> the model's {model_diameter_px:g} px"
+    elif pixel_size_um is not None and model_pixel_size_um is not None:
         p = math.sqrt(pixel_size_um[0] * pixel_size_um[1])
-        f = p / scale.pixel_size_um
-        reason = f"pixel size {p:g} µm -> the model's {scale.pixel_size_um:g} µm"
+        f = p / model_pixel_size_um
+        reason = f"pixel size {p:g} µm -> the model's {model_pixel_size_um:g} µm"
     else:
         return Rescale()
     if not MIN_FACTOR <= f <= MAX_FACTOR:
@@ -127,26 +129,6 @@ class RescaledSource(ImageSource):
         if a.ndim == 2:
             a = a[..., None]
         return _apply(_apply(a, 0, iy, wy, r0), 1, ix, wx, c0)
-
-
-class ResizedSource(ImageSource):
-    """`src` as a bundle with `preprocessing.resize` sees it: the whole image normalised by its own
-    whole-image (low, high) (`norm`), then resized to size x size (bilinear, no anti-aliasing:
-    `preprocess.resize_image`), float32 in memory. Its pixels come normalised: `normalised` holds
-    the (low, high) they were normalised by and `modality` the image's own, which the engine's
-    plan takes instead of measuring the resized pixels."""
-
-    def __init__(self, src: ImageSource, size: int, norm: Normalization) -> None:
-        lo, hi, modality = image_stats(src, norm, modality=True)
-        self.pixels = resize_image(apply_norm(as_rgb(src.read_all(), source=str(src.path)), lo, hi), size)
-        self.path, self.info = src.path, src.info
-        self.height = self.width = size
-        self.channels = 3
-        self.dtype = np.dtype(np.float32)
-        self.normalised, self.modality = (lo, hi), modality
-
-    def read(self, window: Window) -> np.ndarray:
-        return self.pixels[window.slices]
 
 
 def _nearest(n_model: int, n_in: int, start: int, stop: int) -> np.ndarray:

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from nseg_data.errors import DataError
 
-from nseg_infer.engine.tiling import Window
-from nseg_infer.sources.imageinfo import ImageInfo, choose_planes
-from nseg_infer.sources.imageio import ArraySource, ImageSource, check_pixels
+from nseg_infer.regions import ArraySource, ImageInfo, ImageSource, Window
+from nseg_infer.sources.formats import MAX_PIXELS, check_pixels
+from nseg_infer.sources.imageinfo import choose_planes
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +71,40 @@ def _bioimage(path: Path):
                               f"{EXTRA}): {str(e).splitlines()[0][:300]}") from e
 
 
-def open_vendor(path: Path, region_threshold_px: int, max_pixels: int | None = None) -> ImageSource:
+def _dims(path: Path, img, max_pixels: int) -> tuple[str, tuple[int, ...]]:
+    """The file's axes and their sizes, its plane refused above `max_pixels` (from the file's
+    metadata, before any plane is read)."""
+    dims = img.dims
+    order = str(dims.order)
+    sizes = tuple(int(getattr(dims, a)) for a in order)
+    d = dict(zip(order, sizes, strict=True))
+    check_pixels(path, d.get("Y", 0), d.get("X", 0), max_pixels, f"{path.suffix[1:].upper()} metadata")
+    return order, sizes
+
+
+def _metadata_error(path: Path, e: Exception) -> DataError:
+    return DataError(path, f"cannot read {path.suffix} metadata (corrupt or unsupported file): {e}")
+
+
+def vendor_shape(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) of the plane `open_vendor` reads, from the file's metadata alone."""
+    img = _bioimage(path)
+    try:
+        order, sizes = _dims(path, img, max_pixels)
+    except DataError:
+        raise
+    except Exception as e:
+        raise _metadata_error(path, e) from e
+    d = dict(zip(order, sizes, strict=True))
+    return d["Y"], d["X"]
+
+
+def open_vendor(path: Path, region_threshold_px: int, max_pixels: int = MAX_PIXELS) -> ImageSource:
     """The first scene, first time point, every channel; a z stack is refused (`choose_planes`).
     Planes up to `region_threshold_px` are loaded whole, larger ones read by window."""
     img = _bioimage(path)
     try:
-        dims = img.dims
-        order = str(dims.order)
-        sizes = tuple(int(getattr(dims, a)) for a in order)
-        if max_pixels is not None:  # from the file's metadata, before any plane is read
-            d = dict(zip(order, sizes, strict=True))
-            check_pixels(path, d.get("Y", 0), d.get("X", 0), max_pixels, f"{path.suffix[1:].upper()} metadata")
+        order, sizes = _dims(path, img, max_pixels)
         use, notes = choose_planes(path, order, sizes)
         if len(img.scenes) > 1:
             notes += (f"{len(img.scenes)} scenes: using the first ({img.scenes[0]})",)
@@ -103,7 +126,7 @@ def open_vendor(path: Path, region_threshold_px: int, max_pixels: int | None = N
     except DataError:
         raise
     except Exception as e:
-        raise DataError(path, f"cannot read {path.suffix} metadata (corrupt or unsupported file): {e}") from e
+        raise _metadata_error(path, e) from e
     for note in notes:
         log.info("%s: %s", path, note)
     src = VendorSource(path, data, info, channel_last=samples > 1)

@@ -32,12 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nseg_data.atomic import clean_temp_files, exclusive_lock, publish_dir
+from nseg_data.atomic import clean_temp_files, exclusive_lock
 
+from nseg_infer.engine.blocks import label_offsets
 from nseg_infer.engine.bundle import load_bundle
 from nseg_infer.engine.config import RunConfig
 from nseg_infer.engine.plan import Planner
-from nseg_infer.runners.blocks_dask import (
+from nseg_infer.runners.cluster.manifest import MANIFEST_NAME, Manifest, fingerprint
+from nseg_infer.runners.cluster.tasks import (
     WORK_DIR,
     BlockDone,
     LargeImage,
@@ -45,20 +47,20 @@ from nseg_infer.runners.blocks_dask import (
     assemble_task,
     block_task,
     file_task,
-    label_offsets,
     measure_task,
     plan_large_image,
     products_task,
 )
-from nseg_infer.runners.cluster_manifest import MANIFEST_NAME, Manifest, fingerprint
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import sink_options
-from nseg_infer.runners.inputs import FileResult, expand_inputs, failure_message, stem
+from nseg_infer.runners.inputs import FileResult, expand_inputs, failed
+from nseg_infer.runners.prepare import check_options
+from nseg_infer.runners.summary import write_summary
 from nseg_infer.sinks.labels import label_dtype
 from nseg_infer.sinks.omezarr import create_labels
-from nseg_infer.sinks.outputs import part_sinks, product_blocks, write_summary
-from nseg_infer.sources.imageio import JPEG, PNG, TIFF
-from nseg_infer.sources.prepare import check_options
+from nseg_infer.sinks.outputs import part_sinks, product_blocks
+from nseg_infer.sources.formats import LARGE_IMAGE_PX
+from nseg_infer.sources.imageio import header_shape
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -77,7 +79,7 @@ class ClusterError(RuntimeError):
 class ClusterOptions:
     """How a run is cut into tasks and how hard failures are retried."""
 
-    split_px: int = 8192 * 8192       # images above this many pixels: one task per instance block
+    split_px: int = LARGE_IMAGE_PX    # images above this many pixels: one task per instance block
     retries: int = 2                  # extra attempts of a task that raised
     shuffle_seed: int | None = None   # submit tasks in a seeded random order (results never depend on it)
 
@@ -113,26 +115,6 @@ class _Large:
     failed: bool = False
 
 
-def _plane_pixels(path: Path) -> int | None:
-    """Pixels of an image's plane from its header (no decoding), or None where unknown."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix in TIFF:
-            import tifffile
-
-            with tifffile.TiffFile(path) as tf:
-                s = tf.series[0]
-                return int(s.shape[s.axes.index("Y")] * s.shape[s.axes.index("X")])
-        if suffix in PNG + JPEG:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                return im.size[0] * im.size[1]
-    except Exception:  # unreadable here: the file task reports it as `nseg-infer run` does
-        return None
-    return None
-
-
 def run_on_cluster(client: Client, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                    bundle: str | os.PathLike | None = None, config: RunConfig | None = None,
                    file_config: FileConfig | None = None, options: ClusterOptions = ClusterOptions(),
@@ -142,8 +124,8 @@ def run_on_cluster(client: Client, inputs: Sequence[str | os.PathLike], out_dir:
     the products and summary.csv of `nseg-infer run` (same `bundle`, `config` and `file_config`).
 
     Each file is one task; an image above `options.split_px` pixels is split into its instance
-    blocks (UNet bundles; others run it as one task, with a warning) and also gets
-    `NAME.ome.zarr`, its label image as OME-Zarr. Finished files and blocks are recorded in
+    blocks (UNet bundles; others run it as one task, with a warning), its label image assembled
+    as OME-Zarr in the work folder, from which the products are written. Finished files and blocks are recorded in
     `OUT/nseg-cluster.json`; a run started again redoes only the rest. `progress` is called with
     each file's result as it finishes, `on_start` with the number of files found."""
     config, file_config = config or RunConfig(), file_config or FileConfig()
@@ -226,8 +208,7 @@ class _Run:
                 self.results[i] = done
                 self.reused.append(p)
             else:
-                px = _plane_pixels(p)
-                (large if px is not None and px > self.options.split_px else small).append(i)
+                (large if self._plane_pixels(p) > self.options.split_px else small).append(i)
         # Small files go out first, so the workers start while the client reads the large images
         # for their normalisation (one whole-image pass each).
         futures = self._submit_all([self._file_args(i) for i in small], rng)
@@ -263,6 +244,15 @@ class _Run:
                              self.blocks_computed, self.blocks_reused,
                              tuple((self.paths[j.order], c) for j in self.large.values() if (c := _cut(j))),
                              tuple(self.warnings))
+
+    def _plane_pixels(self, p: Path) -> int:
+        """Pixels of the plane a file task would read, from its header under the run's limits; 0
+        for a file that cannot be read so (its file task reports it as `nseg-infer run` does)."""
+        try:
+            h, w = header_shape(p, self.file_config.max_pixels)
+        except Exception:
+            return 0
+        return h * w
 
     def _plan(self, p: Path) -> LargeImage | None:
         try:
@@ -301,11 +291,8 @@ class _Run:
             job.parts[block] = value
             job.seconds += value.seconds
             return [self._products(job)] if job.pending == 0 else []
-        # products; the zarr labels go last, where `zarr` is among the products (PRODUCTS' order)
+        # products: the image's work folder (block results, the assembled labels) is done with
         if value.ok:
-            zarr = self.out / f"{stem(job.image.path)}.ome.zarr"
-            publish_dir(job.image.zarr_work, zarr)
-            value = dataclasses.replace(value, outputs=(*value.outputs, zarr))
             shutil.rmtree(job.image.work, ignore_errors=True)
         cut = _cut(job)
         if cut:
@@ -330,16 +317,13 @@ class _Run:
             if job.failed:
                 return []
             job.failed = True
-        p = self.paths[order]
-        msg = failure_message(p, e)
-        log.error("%s", msg)
-        self._file_done(order, FileResult(p, error=msg))
+        self._file_done(order, failed(self.paths[order], e, 0.0, 0, 0, ""))
         return []
 
     def _array(self, job: _Large) -> Path:
         from nseg_infer.sinks.omezarr import array_path
 
-        return array_path(job.image.zarr_work)
+        return array_path(job.image.labels_work)
 
     def _total(self, job: _Large) -> int:
         return sum(_counts(job))
@@ -349,7 +333,7 @@ class _Run:
         image = job.image
         counts = _counts(job)
         offsets = label_offsets(counts)
-        create_labels(image.zarr_work, image.shape, self.config.block, label_dtype(sum(counts)),
+        create_labels(image.labels_work, image.shape, self.config.block, label_dtype(sum(counts)),
                       pixel_size_um=image.pixel_size_um)
         array = str(self._array(job))
         job.pending = len(image.blocks)

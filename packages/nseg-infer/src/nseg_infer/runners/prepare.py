@@ -1,37 +1,39 @@
 """From an opened file to what the model sees, and its labels back at the file's own size.
 
-    file (all channels) -> channels the model sees (`channels.model_view`) -> rescaled to the
-    model's training scale (`scale.RescaledSource`) -> a bundle's whole-image resize
-    (`scale.ResizedSource`) -> [the Predictor] -> labels back through each resampling, at the
-    input's size (`scale.labels_to_input`)
+    file (all channels) -> channels the model sees (`sources.channels.model_view`) -> rescaled to
+    the model's training scale (`sources.scale.RescaledSource`) -> a bundle's whole-image resize
+    (`engine.resize.resized`) -> [the Predictor] -> labels back through each resampling, at the
+    input's size (`sources.scale.labels_to_input`)
 
 `model_input` decorates an opened image; `segmented` brings a prediction for it back. The file
 runner (`nseg_infer.runners.files`) joins them around the Predictor, for the CLI, the folder
 watch, the cluster, the Python API and the napari plugin alike, so all give the same labels for
-the same options. Label canvases are the Predictor's `canvas` blocks: a large image's temp files
-live until the `with segmented(...)` block ends.
+the same options. This is where a bundle's settings meet a source: the sources know no bundle, the
+engine no file. Label canvases come from the caller's canvas factory (the Predictor's `canvas`): a
+large image's temp files live until the `with segmented(...)` block ends.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-from nseg_data.errors import DataError
 
 from nseg_infer.engine.bundle import Bundle
+from nseg_infer.engine.predictor import Prediction
+from nseg_infer.engine.resize import resized
+from nseg_infer.regions import ImageSource
 from nseg_infer.sources.channels import model_view
-from nseg_infer.sources.imageio import ImageSource
 from nseg_infer.sources.options import InputOptions
-from nseg_infer.sources.scale import Rescale, RescaledSource, ResizedSource, labels_to_input, rescale_for
+from nseg_infer.sources.scale import Rescale, RescaledSource, check_diameter, labels_to_input, rescale_for
 
-if TYPE_CHECKING:
-    from nseg_infer.engine.predictor import Prediction, Predictor
+# A label canvas of a shape (array, or memmap in `work_dir` for a large image), held for a `with`.
+CanvasFactory = Callable[..., AbstractContextManager[np.ndarray]]
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +81,19 @@ class ModelInput:
 def check_options(bundle: Bundle, opts: InputOptions) -> None:
     """Refuse, before any file is read, input options `bundle` cannot honour (every file would
     fail the same way): `--diameter` with a model that records no nucleus diameter."""
-    if opts.diameter is not None and bundle.scale.nucleus_diameter_px is None:
-        raise ValueError(f"--diameter needs a model that records its training scale; {bundle.path / 'metadata.json'} "
-                         "has no 'scale': {'nucleus_diameter_px': ...}")
+    check_diameter(opts.diameter, bundle.scale.nucleus_diameter_px, bundle.path / "metadata.json")
+
+
+def _rescale(bundle: Bundle, path: Path, opts: InputOptions, px: tuple[float, float] | None) -> Rescale:
+    check_options(bundle, opts)
+    return rescale_for(path, model_diameter_px=bundle.scale.nucleus_diameter_px,
+                       model_pixel_size_um=bundle.scale.pixel_size_um, diameter=opts.diameter, pixel_size_um=px)
 
 
 def model_input(bundle: Bundle, raw: ImageSource, opts: InputOptions = InputOptions()) -> ModelInput:
     view = model_view(raw, opts.choice)
     px = pixel_size(raw, opts.pixel_size_um)
-    rescale = rescale_for(raw.path, bundle.scale, diameter=opts.diameter, pixel_size_um=px)
+    rescale = _rescale(bundle, raw.path, opts, px)
     channels = raw if raw.info.channel_axis == "C" and raw.channels > 1 else None
     source, back = view, []
     if not rescale.identity:
@@ -98,7 +104,7 @@ def model_input(bundle: Bundle, raw: ImageSource, opts: InputOptions = InputOpti
     resize = bundle.preprocessing.resize
     if resize is not None:  # normalised whole, then resized, as training prepared its images
         back.insert(0, source.shape)
-        source = ResizedSource(source, resize, bundle.preprocessing.normalization)
+        source = resized(source, resize, bundle.preprocessing.normalization)
     return ModelInput(view, source, channels, px, rescale, tuple(back))
 
 
@@ -112,8 +118,8 @@ def model_shape(bundle: Bundle, shape: tuple[int, int], opts: InputOptions = Inp
         return None
     px = None if opts.pixel_size_um is None else (opts.pixel_size_um, opts.pixel_size_um)
     try:
-        rescale = rescale_for(Path(), bundle.scale, diameter=opts.diameter, pixel_size_um=px)
-    except DataError:
+        rescale = _rescale(bundle, Path(), opts, px)
+    except ValueError:
         return None
     resize = bundle.preprocessing.resize
     if resize is not None:  # the whole (rescaled) image is resized to resize x resize
@@ -122,15 +128,15 @@ def model_shape(bundle: Bundle, shape: tuple[int, int], opts: InputOptions = Inp
 
 
 @contextlib.contextmanager
-def segmented(predictor: Predictor, inp: ModelInput, pred: Prediction, *,
+def segmented(canvas: CanvasFactory, inp: ModelInput, pred: Prediction, *,
               work_dir: Path | None = None) -> Iterator[Segmented]:
     """`pred`, the prediction for `inp.source`, as a segmentation at the input's size: its labels
-    brought back through each resampling into the Predictor's canvases (on disk for large images,
-    until the block ends), renumbered 1..n."""
+    brought back through each resampling into canvases from `canvas(shape, work_dir=...)` (the
+    Predictor's `canvas`: on disk for large images, until the block ends), renumbered 1..n."""
     labels, n, scores = pred.labels, pred.max_label, pred.scores
     with contextlib.ExitStack() as stack:
         for shape in inp.back:
-            out = stack.enter_context(predictor.canvas(shape, work_dir=work_dir))
+            out = stack.enter_context(canvas(shape, work_dir=work_dir))
             n, scores = labels_to_input(labels, out, scores)
             labels = out
         yield Segmented(labels, n, scores, pred.norm, inp.view, inp.channels, inp.pixel_size_um, inp.rescale)

@@ -12,14 +12,14 @@ instance blocks (`tiling.block_grid` with `RunConfig.block` and `margin`), one t
         -> the nuclei it owns, numbered 1..n, saved beside the output (`block-NNNNNN.npz`)
     client: global ids = prefix sum of n in block order (so completion order never matters)
     assemble_task (one per block core = one zarr chunk): the owned labels of the blocks whose
-        outer window meets the chunk, pasted in block order with `stitch.paste_block`, exactly as
+        outer window meets the chunk, pasted in block order with `blocks.paste_owned`, exactly as
         `predict` pastes them -> the chunk of the OME-Zarr label image (`omezarr`)
     measure_task (one per product block: `outputs.product_blocks`, the instance blocks unless the
         overlay's downsampling trims them): the nuclei it owns measured from the zarr labels and
         the image's region, rendered into its parts of the CSV, GeoJSON and ROIs (`part-NNNNNN.*`)
     products_task: the image's sinks, as `nseg-infer run` writes them: the labels TIFF and the
-        overlay from the zarr labels, the parts concatenated in block order: the same files, byte
-        for byte (the zarr store itself is published by the client).
+        overlay (and `NAME.ome.zarr`, where chosen) from the zarr labels, the parts concatenated
+        in block order: the same files, byte for byte.
 
 So the label image equals `Predictor.predict`'s pixel for pixel and no worker holds the whole
 image. Measuring, the bulk of the products' work, runs one task per block in parallel.
@@ -39,17 +39,19 @@ from pathlib import Path
 import numpy as np
 from nseg_data.atomic import atomic_path
 
+from nseg_infer.engine.blocks import paste_owned
 from nseg_infer.engine.bundle import Bundle
 from nseg_infer.engine.config import RunConfig
 from nseg_infer.engine.plan import Plan, Planner
 from nseg_infer.engine.predictor import Predictor
-from nseg_infer.engine.stitch import paste_block
-from nseg_infer.engine.tiling import Block, Window
+from nseg_infer.engine.tiling import Block
+from nseg_infer.regions import ImageSource
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner, failed, sink_options
-from nseg_infer.runners.inputs import FileResult, stem
+from nseg_infer.runners.inputs import FileResult
+from nseg_infer.runners.prepare import ModelInput, model_input
 from nseg_infer.sinks.base import LabelledImage
-from nseg_infer.sinks.labels import count_labels
+from nseg_infer.sinks.names import stem
 from nseg_infer.sinks.omezarr import open_labels
 from nseg_infer.sinks.outputs import (
     Parts,
@@ -60,8 +62,6 @@ from nseg_infer.sinks.outputs import (
     product_blocks,
     write_products,
 )
-from nseg_infer.sources.imageio import ImageSource
-from nseg_infer.sources.prepare import ModelInput, model_input
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,9 @@ class LargeImage:
         return self.work / f"block-{index:06d}.npz"
 
     @property
-    def zarr_work(self) -> Path:
+    def labels_work(self) -> Path:
+        """The label image the chunk tasks assemble (OME-Zarr): the canvas the products are
+        written from, a product itself only through the `zarr` sink."""
         return self.work / "labels.ome.zarr"
 
 
@@ -173,15 +175,6 @@ def _model_source(bundle: Bundle, file_config: FileConfig, path: Path) -> Iterat
     """The file opened as `file_config` says, and what the model is given of it."""
     with file_config.open(path) as raw:
         yield raw, model_input(bundle, raw, file_config.inputs)
-
-
-def label_offsets(counts: Sequence[int]) -> list[int]:
-    """Global id offset of each block: the nuclei of all blocks before it, in block order."""
-    out, total = [], 0
-    for n in counts:
-        out.append(total)
-        total += n
-    return out
 
 
 @dataclass(frozen=True)
@@ -215,10 +208,7 @@ def assemble_chunk(image: LargeImage, index: int, offsets: Sequence[int]) -> np.
         if not o.intersects(core):
             continue
         with np.load(image.block_file(b.index)) as f:
-            lab = f["labels"]
-        y0, y1, x0, x1 = max(o.y0, core.y0), min(o.y1, core.y1), max(o.x0, core.x0), min(o.x1, core.x1)
-        paste_block(out, lab[y0 - o.y0:y1 - o.y0, x0 - o.x0:x1 - o.x0],
-                    Window(y0 - core.y0, y1 - core.y0, x0 - core.x0, x1 - core.x0), offsets[b.index])
+            paste_owned(out, core, f["labels"], o, offsets[b.index])
     return out
 
 
@@ -269,8 +259,8 @@ def products_task(bundle: str, config: RunConfig, file_config: FileConfig, image
                   array: str, total: int, parts: Sequence[PartsDone], seconds: float) -> FileResult:
     """`nseg-infer run`'s products of the image through its sinks: the labels TIFF and overlay from
     the zarr labels, the CSV, GeoJSON and ROIs from the block tasks' parts, concatenated in block
-    order. The zarr labels themselves are published by the client. `seconds` is the worker time
-    of its tasks; a failure is in the result."""
+    order; `NAME.ome.zarr` where `zarr` is among the products, through its sink as in a plain run.
+    `seconds` is the worker time of its tasks; a failure is in the result."""
     predictor = worker_predictor(bundle, config)
     p, out = image.path, Path(out_dir)
     t0 = time.perf_counter()
@@ -280,10 +270,7 @@ def products_task(bundle: str, config: RunConfig, file_config: FileConfig, image
         with _model_source(predictor.bundle, file_config, p) as (raw, inp):
             h, w = raw.shape
             labelled = _labelled(image, inp, array, total)
-            products = tuple(x for x in file_config.products if x != "zarr")
-            if not products:
-                return FileResult(p, (), count_labels(labelled.labels), seconds + time.perf_counter() - t0, None,
-                                  h, w, predictor.backend_name)
+            products = file_config.products
             paths = ProductPaths.for_input(stem(p), out, products)
             names = [k.part_name for k in part_sinks(products)]
 

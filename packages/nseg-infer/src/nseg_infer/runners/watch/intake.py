@@ -3,7 +3,7 @@ the ledger and handed to the main thread as `Job`s.
 
 The folder is listed every `poll` seconds, or sooner when watchdog reports an event (network
 shares deliver none, so polling always runs and events only wake it early); each file waits to
-settle (`nseg_infer.runners.settle`) before it is hashed and recorded.
+settle (`nseg_infer.runners.watch.settle`) before it is hashed and recorded.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 
 from nseg_infer.engine.bundle import sha256_file
 from nseg_infer.runners.file_config import FileConfig
-from nseg_infer.runners.ledger import Ledger
-from nseg_infer.runners.outguard import OutputGuard
-from nseg_infer.runners.settle import FolderScanner, Ready, check_decodes
-from nseg_infer.runners.watch_config import END, Job, WatchConfig, log
+from nseg_infer.runners.watch.config import END, Job, WatchConfig, log
+from nseg_infer.runners.watch.guard import OutputGuard
+from nseg_infer.runners.watch.ledger import Ledger
+from nseg_infer.runners.watch.settle import FolderScanner, Ready, check_decodes
 
 
 class Intake:
@@ -41,8 +41,7 @@ class Intake:
         c = self.config
         scanner = FolderScanner(self.in_dir, pattern=c.pattern, recursive=c.recursive,
                                 exclude=[self.out_dir], settle=c.settle, fail_after=c.fail_after,
-                                region_px=self.file_config.region_px,
-                                max_pixels=self.file_config.max_pixels)
+                                open_file=self.file_config.open)
         for row in ledger.current():
             if row.state in ("done", "failed"):
                 scanner.mark_known(Path(row.path), (row.size, row.mtime_ns))
@@ -166,7 +165,7 @@ class Intake:
                 continue
             if (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
                 continue  # changed since: the scanner records the new version after it settles
-            shape, error = check_decodes(p, self.file_config.region_px, self.file_config.max_pixels)
+            shape, error = check_decodes(p, self.file_config.open)
             scanner.mark_known(p, (row.size, row.mtime_ns))
             scanner.settling.pop(p, None)
             self.enqueued.add(row.id)

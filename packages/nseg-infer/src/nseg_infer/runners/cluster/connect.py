@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nseg_infer.engine.predictor import RunConfig
-from nseg_infer.runners.cluster import ClusterError, ClusterOptions, run_on_cluster
+from nseg_infer.runners.cluster.client import ClusterError, ClusterOptions, run_on_cluster
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.inputs import FileResult
+from nseg_infer.runners.summary import print_results
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -122,14 +123,6 @@ def cli_run(inputs: Sequence[str], out: Path, model: Path | None, config: RunCon
         return 2
     finally:
         bar.close()
-    done = [r for r in report.results if r.ok]
-    print(f"{len(done)} of {len(report.results)} images segmented ({len(report.reused)} finished earlier), "
-          f"{sum(r.n_nuclei for r in done)} nuclei; results in {out}", file=sys.stderr)
-    for w in report.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    if report.failed:
-        print(f"{len(report.failed)} failed:", file=sys.stderr)
-        for r in report.failed:
-            print(f"  {r.error}", file=sys.stderr)
-        return 1
-    return 0
+    ok = print_results(report.results, out, counted=f" ({len(report.reused)} finished earlier)",
+                       warnings=report.warnings)
+    return 0 if ok else 1

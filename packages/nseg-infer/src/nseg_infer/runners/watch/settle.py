@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nseg_infer.regions import ImageSource
+from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.inputs import failure_message
-from nseg_infer.sinks.outputs import PRODUCT_SUFFIXES
-from nseg_infer.sources.imageio import MAX_PIXELS, REGION_THRESHOLD_PX, SUPPORTED, open_image
+from nseg_infer.sinks.names import PRODUCT_SUFFIXES
+from nseg_infer.sources.formats import SUPPORTED
 
 Stat = tuple[int, int]  # (size, mtime_ns)
 
@@ -41,11 +43,14 @@ class _Obs:
     error: str | None = None
 
 
-def check_decodes(path: Path, region_px: int = REGION_THRESHOLD_PX,
-                  max_pixels: int = MAX_PIXELS) -> tuple[tuple[int, int] | None, str | None]:
-    """(height, width) if the image is complete, else (None, why)."""
+Opener = Callable[[Path], ImageSource]  # a file opened under its reading limits: `FileConfig.open`
+
+
+def check_decodes(path: Path, open_file: Opener) -> tuple[tuple[int, int] | None, str | None]:
+    """(height, width) if the image is complete, else (None, why), opening it as the runner will
+    (`open_file`, `FileConfig.open`)."""
     try:
-        with open_image(path, region_threshold_px=region_px, max_pixels=max_pixels) as src:
+        with open_file(path) as src:
             src.check_complete()
             return src.shape, None
     except Exception as e:
@@ -57,15 +62,14 @@ class FolderScanner:
 
     def __init__(self, in_dir: str | Path, *, pattern: str | None = None, recursive: bool = False,
                  exclude: Iterable[str | Path] = (), settle: float = 1.5, fail_after: float = 30.0,
-                 region_px: int = REGION_THRESHOLD_PX, max_pixels: int = MAX_PIXELS) -> None:
+                 open_file: Opener = FileConfig().open) -> None:
         self.root = Path(in_dir).resolve()
         self.pattern = pattern
         self.recursive = recursive
         self.exclude = {Path(p).resolve() for p in exclude}
         self.settle = settle
         self.fail_after = max(fail_after, settle)
-        self.region_px = region_px
-        self.max_pixels = max_pixels
+        self.open_file = open_file
         self.settling: dict[Path, _Obs] = {}
         # Versions already handed on (in the ledger); skipped without any I/O beyond the stat.
         self.known: dict[Path, Stat] = {}
@@ -137,7 +141,7 @@ class FolderScanner:
             age = now - obs.since
             if age < self.settle:
                 continue
-            shape, error = check_decodes(p, self.region_px, self.max_pixels)
+            shape, error = check_decodes(p, self.open_file)
             if error is not None and age < self.fail_after:
                 obs.error = error
                 continue

@@ -26,10 +26,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from nseg_data.atomic import exclusive_lock, write_bytes_atomic
+from nseg_data.atomic import WriteFailed, exclusive_lock, write_bytes_atomic
 
-from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
-from nseg_infer.runners.watch_config import LOCK_NAME, LOG_NAME, Job, WatchConfig, WatchError, display, log
+from nseg_infer.runners.watch.config import LOCK_NAME, LOG_NAME, Job, WatchConfig, WatchError, display, log
+from nseg_infer.runners.watch.ledger import LEDGER_NAME, Ledger
 
 PROBE_NAME = ".nseg-write-probe"
 PROBE_BYTES = 64 * 1024  # a probe of a few pages: a disk with less free space than this is still full
@@ -69,16 +69,20 @@ class QuietFileHandler(logging.FileHandler):
 
 
 def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:  # an output not on disk is an output not written
+        raise WriteFailed(path, e) from e
 
 
 def fsync_files(paths: Sequence[Path]) -> None:
     """Flush outputs to disk before the ledger says done, so `done` survives a power cut too:
-    each file, then each folder holding one (its entry for the file)."""
+    each file, then each folder holding one (its entry for the file). A flush that fails is a
+    `WriteFailed` naming the file or folder."""
     for p in paths:
         _fsync(p)
     for d in {p.parent for p in paths}:

@@ -2,7 +2,7 @@
 
 Two threads:
 
-- the scanner (`nseg_infer.runners.watch_intake`) lists the folder every `poll` seconds, or sooner
+- the scanner (`nseg_infer.runners.watch.intake`) lists the folder every `poll` seconds, or sooner
   when watchdog reports an event, waits for each file to settle, hashes it and records it in the
   ledger;
 - the main thread (here) takes pending files in arrival order and segments them with the same
@@ -10,15 +10,15 @@ Two threads:
   shape that are waiting together go through `FileRunner.process_files` (each decoded once, one
   shared model call); any other file through `FileRunner.process_file`, tiled as in `run`.
 
-The ledger (`nseg_infer.runners.ledger`) is the only record of what is done; see its docstring for the
+The ledger (`nseg_infer.runners.watch.ledger`) is the only record of what is done; see its docstring for the
 crash argument. SIGINT/SIGTERM finish the file in hand, commit and exit 0; a second signal stops
 at once (the ledger is crash-safe, so that loses nothing either).
 
 Output faults (a full or read-only output disk, a ledger commit that fails) hold the file and
 pause processing until a probe write succeeds; an output folder deleted while watching is
-recreated (`nseg_infer.runners.outguard`). Pausing rather than going on means no image is
+recreated (`nseg_infer.runners.watch.guard`). Pausing rather than going on means no image is
 segmented only to fail again, and no file is marked failed just because the disk was full when it
-arrived. summary.csv, `status` and `--compact`: `nseg_infer.runners.watch_report`.
+arrived. summary.csv, `status` and `--compact`: `nseg_infer.runners.watch.report`.
 """
 
 from __future__ import annotations
@@ -36,16 +36,15 @@ from pathlib import Path
 from nseg_data.atomic import clean_temp_files
 
 from nseg_infer.engine.predictor import Predictor
-from nseg_infer.engine.tiling import tile_grid
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner
-from nseg_infer.runners.inputs import FileResult
-from nseg_infer.runners.ledger import Ledger
-from nseg_infer.runners.outguard import MAX_HOLDS, OutputGuard, fsync_files
-from nseg_infer.runners.watch_config import END, Job, WatchConfig, WatchError, display, log
-from nseg_infer.runners.watch_intake import Intake
-from nseg_infer.runners.watch_report import Summary
-from nseg_infer.sources.prepare import model_shape
+from nseg_infer.runners.inputs import FileResult, failed
+from nseg_infer.runners.prepare import model_shape
+from nseg_infer.runners.watch.config import END, Job, WatchConfig, WatchError, display, log
+from nseg_infer.runners.watch.guard import MAX_HOLDS, OutputGuard, fsync_files
+from nseg_infer.runners.watch.intake import Intake
+from nseg_infer.runners.watch.ledger import Ledger
+from nseg_infer.runners.watch.report import Summary
 
 
 class Watcher:
@@ -177,7 +176,7 @@ class Watcher:
         shape = model_shape(p.bundle, job.shape, self.file_config.inputs)
         if shape is None:
             return None
-        grid = tile_grid(*shape, p.tile, p.halo, p.bundle.preprocessing.size_divisor)
+        grid = p.grid(*shape)
         return grid.tile_shape if len(grid) == 1 else None
 
     def take_group(self, waiting: collections.deque[Job]) -> list[Job]:
@@ -227,12 +226,9 @@ class Watcher:
                         try:
                             fsync_files(r.outputs)
                         except OSError as e:
-                            r = FileResult(job.path, (), 0, r.seconds, f"{job.path}: outputs not flushed to disk: {e}",
-                                           r.height, r.width, r.backend, e.errno)
+                            r = failed(job.path, e, r.seconds, r.height, r.width, r.backend)
                 except Exception as e:  # bad inputs are reported in the result; this is a bug or a full disk
-                    log.debug("traceback for %s", job.path, exc_info=True)
-                    r = FileResult(job.path, (), 0, 0.0, f"{job.path}: {type(e).__name__}: {e}",
-                                   output_errno=e.errno if isinstance(e, OSError) else None)
+                    r = failed(job.path, e, 0.0, 0, 0, "")
                 if r.output_errno is not None:
                     fault = r.error
                     if guard.tries(job.row_id) >= MAX_HOLDS:

@@ -7,9 +7,9 @@ import sqlite3
 import time
 from pathlib import Path
 
-from nseg_infer.runners.ledger import LEDGER_NAME, Ledger
-from nseg_infer.runners.watch_config import log
-from nseg_infer.sinks.outputs import write_summary
+from nseg_infer.runners.summary import write_summary
+from nseg_infer.runners.watch.config import log
+from nseg_infer.runners.watch.ledger import LEDGER_NAME, Ledger
 
 SUMMARY_EVERY = 5.0      # seconds between summary.csv rewrites while files keep coming
 
