@@ -6,7 +6,7 @@ Two departures from torchvision's defaults, both for the runtime:
 - in eval mode the model returns masks as [N, 1, M, M] probabilities in box coordinates, not
   pasted into the image: pasting N full-size float masks costs N x H x W memory (370 nuclei on a
   1 MP image is 1.5 GB), and the exported graph must stop before pasting anyway (architecture.md).
-  the runtime's `nseg_infer.engine.stitch.MaskRCNNMerger` turns them into a label image in numpy.
+  the runtime's `nseg_infer.engine.detections.MaskRCNNMerger` turns them into a label image in numpy.
 """
 
 from __future__ import annotations
