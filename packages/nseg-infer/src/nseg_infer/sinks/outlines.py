@@ -170,5 +170,5 @@ def _turning_rings(g: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[np.ndar
     back = signed[gi] < 0
     src = starts[gi] + np.where(back, (sizes[gi] - j) % sizes[gi], j)
     # Closed: each group's first point once more at its end.
-    closed = np.insert(src, starts[1:].tolist() + [len(g)], starts)
+    closed = np.insert(src, [*starts[1:].tolist(), len(g)], starts)
     return g[closed], y[closed], x[closed]
