@@ -1,4 +1,6 @@
-"""Execution backends, best first: TensorRT engine, ONNX Runtime (TensorRT / CUDA EP), ONNX Runtime CPU.
+"""Execution backends, best first: TensorRT engine, ONNX Runtime (TensorRT / CUDA EP), OpenVINO on
+the CPU (`backends_openvino`, where installed and trusted by the bundle's parity report), ONNX
+Runtime CPU. `--device cpu` is always plain ONNX Runtime fp32 on the CPU.
 
 Every backend is a callable object `run(batch NCHW float32) -> {output name: array}`; the rest of
 the runtime never knows which one it has. Optional GPU stacks are imported lazily and a missing
@@ -17,7 +19,7 @@ from nseg_infer.engine.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda", "trt")
+DEVICES = ("auto", "cpu", "cuda", "trt", "openvino")
 
 
 class BackendError(RuntimeError):
@@ -260,6 +262,23 @@ def create_backend(bundle: Bundle, device: str = "auto", *, threads: int | None 
             skipped.append("ORT CUDA EP: not available (needs onnxruntime-gpu)")
         if device == "cuda":
             raise BackendError("--device cuda requested but CUDA is unavailable: " + "; ".join(skipped))
+    if device in ("auto", "openvino"):
+        from nseg_infer.engine import backends_openvino as ovb
+
+        precision = ovb.preferred_precision()
+        if not ovb.available():
+            skipped.append("OpenVINO: not installed (nseg-infer[openvino])")
+        elif device == "auto" and not ovb.trusted(bundle, precision):
+            skipped.append(f"OpenVINO {precision}: no passing parity with ONNX Runtime fp32 in the bundle's parity.json")
+        else:
+            try:
+                backend = ovb.OpenVinoBackend(bundle, precision=precision, threads=threads)
+                log.info("backend: %s", backend.name)
+                return backend
+            except Exception as e:  # an OpenVINO that cannot compile the model: ONNX Runtime instead
+                skipped.append(f"OpenVINO: {e}")
+        if device == "openvino":
+            raise BackendError("--device openvino requested but OpenVINO is unavailable: " + "; ".join(skipped))
     backend = OrtBackend(bundle, ["CPUExecutionProvider"], threads=threads)
     log.info("backend: %s (%s)", backend.name, "; ".join(skipped) if skipped else "requested")
     return backend
