@@ -19,6 +19,12 @@ import numpy as np
 
 from nseg_infer.engine.bundle import Bundle
 
+
+def _cpu_threads() -> int:
+    from nseg_infer.engine.backends import _cpu_threads as threads
+
+    return threads()
+
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -90,9 +96,9 @@ class OpenVinoBackend:
             # One request at a time, as the Predictor calls it: all threads on that request.
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": "1",
+            # The cores this process may use, as ONNX Runtime's pool is sized (a container's share).
+            "INFERENCE_NUM_THREADS": str(threads or _cpu_threads()),
         }
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = str(threads)
         core = ov.Core()
         self.model = core.compile_model(core.read_model(str(bundle.model_path)), "CPU", config)
         self.request = self.model.create_infer_request()
