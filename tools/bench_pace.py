@@ -48,6 +48,7 @@ def command_seconds(src: Path, inputs: Path, out: Path, device: str = "cpu") -> 
 
 PRODUCTS_ONLY = """
 import sys, time
+from pathlib import Path
 import numpy as np, tifffile
 from PIL import Image
 from nseg_infer.engine.config import RunConfig
@@ -56,7 +57,7 @@ from nseg_infer.runners.files import sink_options
 from nseg_infer.sinks.base import LabelledImage
 from nseg_infer.sinks.outputs import DEFAULT_PRODUCTS, ProductPaths, write_products
 from nseg_infer.sources.imageio import ArraySource
-labels, image, out = sys.argv[1:4]
+labels, image, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 lab = tifffile.imread(labels)
 img = np.asarray(Image.open(image).convert("RGB"))
 li = LabelledImage("bench", lab, int(lab.max()), ArraySource(img), (0.0, 255.0))
