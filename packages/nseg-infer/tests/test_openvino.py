@@ -38,9 +38,9 @@ def test_trust_needs_a_passing_target_with_f1_one(tmp_path):
 
 def test_bf16_only_with_amx(monkeypatch):
     monkeypatch.setattr(ovb, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
-    assert ovb.preferred_precision() == "fp32"
+    assert ovb.precisions() == ("fp32",)
     monkeypatch.setattr(ovb, "cpu_flags", lambda: frozenset({"avx512f", "amx_tile", "amx_bf16"}))
-    assert ovb.preferred_precision() == "bf16"
+    assert ovb.precisions() == ("bf16", "fp32")
 
 
 @needs_openvino
@@ -64,6 +64,9 @@ def test_auto_takes_openvino_only_when_trusted_and_cpu_never(tmp_path, monkeypat
     assert isinstance(create_backend(untrusted, "auto", threads=1), OrtBackend)
     assert isinstance(create_backend(trusted, "cpu", threads=1), OrtBackend)
     assert create_backend(untrusted, "openvino", threads=1).name == "openvino:CPU:fp32"
+    # An AMX CPU whose bundle trusts only fp32 runs OpenVINO in fp32, not ONNX Runtime.
+    monkeypatch.setattr(ovb, "cpu_flags", lambda: frozenset({"amx_tile", "amx_bf16"}))
+    assert create_backend(trusted, "auto", threads=1).name == "openvino:CPU:fp32"
 
 
 @pytest.mark.skipif(not (ovb.available() and ovb.has_amx()), reason="bf16 inference needs OpenVINO and a CPU with AMX")

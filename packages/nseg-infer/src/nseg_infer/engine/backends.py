@@ -265,11 +265,14 @@ def create_backend(bundle: Bundle, device: str = "auto", *, threads: int | None 
     if device in ("auto", "openvino"):
         from nseg_infer.engine import backends_openvino as ovb
 
-        precision = ovb.preferred_precision()
+        # auto: the fastest precision the bundle's parity report trusts (bf16 only on AMX CPUs).
+        wanted = ovb.precisions()
+        precision = next((p for p in wanted if ovb.trusted(bundle, p)), None) if device == "auto" else wanted[0]
         if not ovb.available():
             skipped.append("OpenVINO: not installed (nseg-infer[openvino])")
-        elif device == "auto" and not ovb.trusted(bundle, precision):
-            skipped.append(f"OpenVINO {precision}: no passing parity with ONNX Runtime fp32 in the bundle's parity.json")
+        elif precision is None:
+            skipped.append(f"OpenVINO {'/'.join(wanted)}: no passing parity with ONNX Runtime fp32 in the bundle's "
+                           "parity.json")
         else:
             try:
                 backend = ovb.OpenVinoBackend(bundle, precision=precision, threads=threads)
