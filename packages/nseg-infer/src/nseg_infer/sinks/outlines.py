@@ -37,13 +37,15 @@ for _case, _segs in _CASES.items():
         _USED[_case, _j] = True
 
 
-def _segments(lab: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Every contour segment of every label of `lab` (0: background) framed by one row and column
-    of background: (label, raster order, from y, from x, to y, to x) in half-pixel units of the
-    framed array."""
-    p = np.pad(lab, 1)
+def _segments(p: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every contour segment of every label of `p` (0: background), a label array framed by one
+    row and column of background: (label, raster order, from y, from x, to y, to x) in half-pixel
+    units of `p`."""
     corners = (p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:])
-    mixed = (corners[0] != corners[1]) | (corners[0] != corners[2]) | (corners[0] != corners[3])
+    # In place: a product block's temporaries stay a few bytes per pixel (the 16k memory budget).
+    mixed = corners[0] != corners[1]
+    mixed |= corners[0] != corners[2]
+    mixed |= corners[0] != corners[3]
     rs, cs = np.nonzero(mixed)
     vals = [c[rs, cs] for c in corners]
     out = []
@@ -98,7 +100,11 @@ def block_outlines(lab: np.ndarray, wanted: np.ndarray, offset: tuple[int, int] 
     keep = np.zeros(top + 1, bool)
     keep[np.asarray(wanted, np.int64)] = True
     keep[0] = False
-    label, order, fy, fx, ty, tx = _segments(np.where(keep[lab], lab, 0))
+    # The wanted labels framed by background, in one array.
+    framed = np.zeros((lab.shape[0] + 2, lab.shape[1] + 2), lab.dtype)
+    np.copyto(framed[1:-1, 1:-1], lab, where=keep[lab])
+    label, order, fy, fx, ty, tx = _segments(framed)
+    del framed  # freed before the sorts below, which need a few arrays of the segments
     if not len(label):
         return {}
     # Each point of a label's contours starts exactly one of its segments and ends exactly one, so
