@@ -55,7 +55,7 @@ def _segments(p: np.ndarray) -> tuple[np.ndarray, ...]:
         for prev in vals[:i]:
             first &= v != prev
         case = sum(((w == v) * (1 << j) for j, w in enumerate(vals)), np.zeros(len(v), np.int64))[first]
-        r, c, label = rs[first], cs[first], v[first]
+        r, c, label = rs[first], cs[first], v[first].astype(np.int64)  # keys below need 64 bits
         for j in (0, 1):
             use = _USED[case, j]
             s = _SEG[case[use], j]
@@ -95,7 +95,8 @@ def block_outlines(lab: np.ndarray, wanted: np.ndarray, offset: tuple[int, int] 
     """The ring of each label in `wanted` (labels of `lab`, a 2-D label array), as traced from the
     label's own mask by `find_contours` (module docstring): closed [x, y] points in QuPath pixel coordinates (pixel
     (r, c) covers [c, c+1) x [r, r+1)) shifted by `offset` (the (y, x) of `lab`'s first pixel),
-    counter-clockwise, only turning vertices."""
+    counter-clockwise, only turning vertices. The labels index a table of the wanted ones, so
+    they should be a block's compact labels (`nuclei.measure_block` passes them), not global ids."""
     top = int(lab.max(initial=0))
     keep = np.zeros(top + 1, bool)
     keep[np.asarray(wanted, np.int64)] = True
