@@ -163,8 +163,25 @@ def machine() -> str:
     import onnxruntime
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cpu}, {cores} cores available{mem}; Python {platform.python_version()}, "
+    return (f"{cpu} ({cpu_features()}), {cores} cores available{mem}; Python {platform.python_version()}, "
             f"onnxruntime {onnxruntime.__version__}")
+
+
+# The flags that decide which CPU backend and precision is fastest (and so what a figure means).
+FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_features() -> str:
+    """The CPU's features that matter to the model, e.g. 'avx2 avx512f avx512_bf16, no AMX'."""
+    try:
+        from nseg_infer.engine.backends_openvino import cpu_flags
+
+        flags = cpu_flags()
+    except ImportError:
+        flags = frozenset()
+    have = [f for f in FEATURES if f in flags and not f.startswith("amx")]
+    amx = "AMX" if {"amx_tile", "amx_bf16"} <= flags else "no AMX"
+    return " ".join(have) + f", {amx}" if have else f"flags unknown, {amx}"
 
 
 def table(rows: list[dict]) -> str:

@@ -78,7 +78,10 @@ def cli_module(src: Path) -> str:
 
 def run_nseg(src: Path, inputs: Path, out: Path) -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(p) for p in sorted((src / "packages").glob("*/src"))))
-    cmd = [sys.executable, "-m", cli_module(src), "run", str(inputs), "--out", str(out), "--products", PRODUCTS]
+    # `--device cpu`: plain ONNX Runtime fp32, the one backend every version has, so a faster
+    # backend chosen by `auto` never makes a difference the code did not.
+    cmd = [sys.executable, "-m", cli_module(src), "run", str(inputs), "--out", str(out), "--products", PRODUCTS,
+           "--device", "cpu"]
     print(f"running {src.name}: {' '.join(cmd[2:])}", flush=True)
     subprocess.run(cmd, env=env, check=True, cwd=src)
 

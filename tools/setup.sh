@@ -10,7 +10,7 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # Pinned: these builds install from this machine's local disk; an unpinned torch pulls several GB.
 "${PIP[@]}" torch==2.14.1 torchvision==0.29.1
 # nseg-infer's extras: CZI/ND2 readers (bioio), the napari plugin (napari without a Qt
-# backend, which is all the headless tests need) and dask (`run --cluster`); nseg-export's
+# backend, which is all the headless tests need), dask (`run --cluster`) and OpenVINO; nseg-export's
 # bioimageio extra (bioimageio.core, to test-run the bioimage.io packages it writes).
-"${PIP[@]}" -e packages/nseg-data[coco] -e 'packages/nseg-infer[formats,napari,dask]' -e packages/nseg-train -e 'packages/nseg-export[fp16,simplify,bioimageio]' \
+"${PIP[@]}" -e packages/nseg-data[coco] -e 'packages/nseg-infer[formats,napari,dask,openvino]' -e packages/nseg-train -e 'packages/nseg-export[fp16,simplify,bioimageio]' \
   pytest hypothesis ruff

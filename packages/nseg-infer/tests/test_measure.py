@@ -154,3 +154,16 @@ def test_solidity_of_curved_shapes_matches_the_hull_of_the_pixel_squares():
         assert row["solidity"] == pytest.approx(m.sum() / _pixel_square_hull(m), abs=1e-5)
         # skimage counts hull pixels instead of the hull's area: close, and never below ours here.
         assert row["solidity"] <= p.solidity + 1e-9 and row["solidity"] == pytest.approx(p.solidity, abs=0.07)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_gray_intensity_is_the_float32_channel_mean(dtype, channels):
+    from nseg_infer.sinks.measure import gray_intensity
+
+    rng = np.random.default_rng(channels)
+    a = (rng.random((40, 33, channels)) * (255 if dtype == np.uint8 else 65535)).astype(dtype)
+    want = a[..., :min(channels, 3)].astype(np.float32).mean(axis=2)
+    got = gray_intensity(a)
+    assert got.dtype == np.float32
+    assert np.array_equal(got, want)

@@ -79,6 +79,38 @@ def parity_cmd(
         raise typer.Exit(1)
 
 
+
+@app.command("parity-openvino")
+def parity_openvino_cmd(
+    bundle: Path = typer.Argument(..., help="bundle folder (its parity.json gains the OpenVINO target)"),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 (bf16 is what CPUs with AMX run)"),
+    data: Path = typer.Option(None, "--data", help="dataset folder for real images (the parity run's)"),
+    max_images: int = typer.Option(6, help="real images to use from --data"),
+    seed: int = typer.Option(0, help="seed of the random tiles"),
+    threads: int = typer.Option(None, help="CPU threads of both backends"),
+) -> None:
+    """OpenVINO against ONNX Runtime fp32 on the bundle's parity set, recorded in BUNDLE/parity.json
+    (what `nseg-infer --device auto` reads before it trusts OpenVINO); exit 1 unless it passes."""
+    from nseg_export.openvino_parity import openvino_parity, record
+
+    if precision not in ("fp32", "bf16"):
+        _fail(f"--precision must be fp32 or bf16, got {precision!r}", 2)
+    target = openvino_parity(bundle, precision, data_dir=data, max_images=max_images, seed=seed, threads=threads)
+    path = bundle / "parity.json"
+    try:
+        record(path, target)
+    except (OSError, ValueError) as e:
+        _fail(f"cannot record in {path}: {e}")
+    s = target.summary()
+    typer.echo(f"{target.target}: {'passed' if target.passed else 'FAILED'}; max abs {s['max_abs']:.3g}, "
+               f"instance F1@0.5 min {s['min_f1']}, equal counts {s['equal_count_fraction']:.0%}")
+    for f in target.failures():
+        typer.echo(f"  {f}")
+    typer.echo(f"report: {path}")
+    if not target.passed:
+        raise typer.Exit(1)
+
+
 @app.command("trt")
 def trt_cmd(
     bundle: Path = typer.Argument(..., help="bundle folder made by `nseg-export onnx`"),

@@ -51,6 +51,9 @@ TOLERANCES: dict[str, Tolerance] = {
     "trt-fp32": Tolerance("trt-fp32", rtol=1e-3, atol=1e-4, box_atol=1e-2),
     "trt-fp16": Tolerance("trt-fp16", rtol=1e-2, atol=2e-2, min_f1=0.95, min_equal_count_fraction=0.5,
                           box_atol=1.0),
+    # OpenVINO against ONNX Runtime fp32: trusted only with the same nuclei on every image.
+    "openvino-fp32": Tolerance("openvino-fp32", rtol=1e-3, atol=1e-4, min_f1=1.0, min_equal_count_fraction=1.0),
+    "openvino-bf16": Tolerance("openvino-bf16", rtol=5e-2, atol=5e-2, min_f1=1.0, min_equal_count_fraction=1.0),
     "trt-int8": Tolerance("trt-int8", rtol=5e-2, atol=1e-1, min_f1=0.9, min_equal_count_fraction=0.5,
                           box_atol=4.0),
 }

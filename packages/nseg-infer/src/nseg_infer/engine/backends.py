@@ -1,4 +1,6 @@
-"""Execution backends, best first: TensorRT engine, ONNX Runtime (TensorRT / CUDA EP), ONNX Runtime CPU.
+"""Execution backends, best first: TensorRT engine, ONNX Runtime (TensorRT / CUDA EP), OpenVINO on
+the CPU (`backends_openvino`, where installed and trusted by the bundle's parity report), ONNX
+Runtime CPU. `--device cpu` is always plain ONNX Runtime fp32 on the CPU.
 
 Every backend is a callable object `run(batch NCHW float32) -> {output name: array}`; the rest of
 the runtime never knows which one it has. Optional GPU stacks are imported lazily and a missing
@@ -14,10 +16,11 @@ from typing import Protocol
 import numpy as np
 
 from nseg_infer.engine.bundle import Bundle
+from nseg_infer.engine.threads import cpu_threads
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda", "trt")
+DEVICES = ("auto", "cpu", "cuda", "trt", "openvino")
 
 
 class BackendError(RuntimeError):
@@ -28,13 +31,6 @@ class Backend(Protocol):
     name: str
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
-
-
-def _cpu_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 class FlipAverage:
@@ -69,7 +65,7 @@ class OrtBackend:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # One intra-op pool sized to the cores; inter-op parallelism only adds contention for a
         # single sequential graph, and our own threads already overlap I/O with compute.
-        opts.intra_op_num_threads = threads or _cpu_threads()
+        opts.intra_op_num_threads = threads or cpu_threads()
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
@@ -260,6 +256,26 @@ def create_backend(bundle: Bundle, device: str = "auto", *, threads: int | None 
             skipped.append("ORT CUDA EP: not available (needs onnxruntime-gpu)")
         if device == "cuda":
             raise BackendError("--device cuda requested but CUDA is unavailable: " + "; ".join(skipped))
+    if device in ("auto", "openvino"):
+        from nseg_infer.engine import backends_openvino as ovb
+
+        # auto: the fastest precision the bundle's parity report trusts (bf16 only on AMX CPUs).
+        wanted = ovb.precisions()
+        precision = next((p for p in wanted if ovb.trusted(bundle, p)), None) if device == "auto" else wanted[0]
+        if not ovb.available():
+            skipped.append("OpenVINO: not installed (nseg-infer[openvino])")
+        elif precision is None:
+            skipped.append(f"OpenVINO {'/'.join(wanted)}: no passing parity with ONNX Runtime fp32 in the bundle's "
+                           "parity.json")
+        else:
+            try:
+                backend = ovb.OpenVinoBackend(bundle, precision=precision, threads=threads)
+                log.info("backend: %s", backend.name)
+                return backend
+            except Exception as e:  # an OpenVINO that cannot compile the model: ONNX Runtime instead
+                skipped.append(f"OpenVINO: {e}")
+        if device == "openvino":
+            raise BackendError("--device openvino requested but OpenVINO is unavailable: " + "; ".join(skipped))
     backend = OrtBackend(bundle, ["CPUExecutionProvider"], threads=threads)
     log.info("backend: %s (%s)", backend.name, "; ".join(skipped) if skipped else "requested")
     return backend

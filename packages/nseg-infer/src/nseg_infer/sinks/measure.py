@@ -49,7 +49,15 @@ def gray_intensity(raw: np.ndarray) -> np.ndarray:
     its physical scale in the table."""
     a = np.asarray(raw)
     if a.ndim == 3:
-        return a[..., : min(a.shape[2], 3)].astype(np.float32).mean(axis=2)
+        n = min(a.shape[2], 3)
+        if a.dtype in (np.uint8, np.uint16):
+            # The float32 mean of n integers, without an n-channel float32 copy: their sum is exact
+            # in float32 (below 2^24), divided by n as mean() divides it, so the values are equal.
+            total = a[..., 0].astype(np.float32)
+            for c in range(1, n):
+                total += a[..., c]
+            return total / np.float32(n) if n > 1 else total
+        return a[..., :n].astype(np.float32).mean(axis=2)
     return a.astype(np.float32)
 
 

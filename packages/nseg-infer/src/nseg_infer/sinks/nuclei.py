@@ -14,7 +14,8 @@ import numpy as np
 
 from nseg_infer.engine.tiling import block_grid, cut_by_margin
 from nseg_infer.regions import ImageSource, Window
-from nseg_infer.sinks import geojson, measure
+from nseg_infer.sinks import measure
+from nseg_infer.sinks.outlines import block_outlines
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def measure_block(lab: np.ndarray, src: ImageSource, outer: Window, core: Window
     # Compact the labels present so the per-label table stays block-sized, not image-sized.
     uniq, compact = _compact(lab)
     table = measure.region_table(compact, intensities)
-    rows, rings, cut = [], [], 0
+    rows, owned, cut = [], [], 0
     for k in table.present.tolist():
         y0, x0, y1, x1 = table.bbox[k].tolist()
         if not core.contains(y0 + outer.y0, x0 + outer.x0):
@@ -96,10 +97,12 @@ def measure_block(lab: np.ndarray, src: ImageSource, outer: Window, core: Window
         if opts.channels is not None:
             measure.add_channel_means(row, table, k)
         rows.append(row)
-        if polygons:
-            ring = geojson.mask_polygon(compact[table.slices(k)] == k + 1, (y0 + outer.y0, x0 + outer.x0))
-            if ring is not None:
-                rings.append((label, ring))
+        owned.append(k + 1)
+    rings = []
+    if polygons:
+        # Every owned nucleus traced at once (`outlines`), listed in label order as the rows are.
+        traced = block_outlines(compact, np.asarray(owned, np.int64), (outer.y0, outer.x0))
+        rings = [(int(uniq[c]), traced[c]) for c in owned if c in traced]
     return Nuclei(rows, rings, cut)
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from PIL import Image
 
 from nseg_infer.regions import ImageSource, Window
 from nseg_infer.sinks.base import BlockData, LabelledImage, Sink
+from nseg_infer.sinks.png import write_rgb_png
 
 CONTOUR_RGB = (255, 255, 0)
 
@@ -105,4 +105,5 @@ class OverlaySink(Sink):
         draw_overlay(self.ov, self.image.labels, self.image.view, core, self.factor, self.image.norm)
 
     def finish(self) -> None:
-        Image.fromarray(self.ov).save(self.tmp, format="PNG", compress_level=3)
+        with open(self.tmp, "wb") as fh:
+            write_rgb_png(fh, self.ov)

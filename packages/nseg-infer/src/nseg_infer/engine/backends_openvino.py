@@ -1,0 +1,109 @@
+"""OpenVINO on the CPU: the optional `openvino` extra, imported only when this backend is made.
+
+On the CPUs measured (docs/benchmarks.md) OpenVINO runs the UNet faster than ONNX Runtime in fp32,
+and on CPUs with AMX much faster in bf16. A bundle trusts it only once its parity report records
+OpenVINO's labels equal to ONNX Runtime fp32's (instance F1@0.5 of 1.000 on every image of the
+parity set, `nseg-export parity-openvino`), per precision: `--device auto` takes it only then.
+
+bf16 is asked for only where AMX multiplies it in hardware; elsewhere the inference precision is
+pinned to f32, because OpenVINO would otherwise pick bf16 by itself on any CPU with AVX-512 BF16.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from nseg_infer.engine.bundle import Bundle
+from nseg_infer.engine.threads import cpu_threads
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class OpenVinoUnavailable(RuntimeError):
+    pass
+
+
+@cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def has_amx() -> bool:
+    return {"amx_bf16", "amx_tile"} <= cpu_flags()
+
+
+def precisions() -> tuple[str, ...]:
+    """The precisions worth running on this CPU, fastest first."""
+    return ("bf16", "fp32") if has_amx() else ("fp32",)
+
+
+def parity_target(precision: str) -> str:
+    """The name of the target a bundle's parity report holds for OpenVINO at `precision`."""
+    return f"openvino:{precision} vs onnxruntime:fp32"
+
+
+def trusted(bundle: Bundle, precision: str) -> bool:
+    """True when the bundle's `parity.json` records OpenVINO at `precision` passing against ONNX
+    Runtime fp32 with instance F1@0.5 of 1.000 on every image."""
+    path = Path(bundle.path) / "parity.json"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    for t in report.get("targets", []):
+        if t.get("target") == parity_target(precision):
+            summary = t.get("summary") or {}
+            return bool(t.get("passed")) and summary.get("min_f1") == 1.0
+    return False
+
+
+def available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OpenVinoBackend:
+    """The bundle's ONNX model compiled by OpenVINO for the CPU, dynamic batch and tile size."""
+
+    def __init__(self, bundle: Bundle, *, precision: str = "fp32", threads: int | None = None) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise OpenVinoUnavailable(f"OpenVINO is not installed ({e}); install nseg-infer[openvino]") from e
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            # One request at a time, as the Predictor calls it: all threads on that request.
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": "1",
+            # The cores this process may use, as ONNX Runtime's pool is sized (a container's share).
+            "INFERENCE_NUM_THREADS": str(threads or cpu_threads()),
+        }
+        core = ov.Core()
+        self.model = core.compile_model(core.read_model(str(bundle.model_path)), "CPU", config)
+        self.request = self.model.create_infer_request()
+        self.output_names = [o.get_any_name() for o in self.model.outputs]
+        self.precision = precision
+        self.name = f"openvino:CPU:{precision}"
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        res = self.request.infer([np.ascontiguousarray(batch, np.float32)])
+        # The request reuses its output buffers on the next call: copy them out.
+        return {name: np.array(res[out], np.float32) for name, out in zip(self.output_names, self.model.outputs,
+                                                                          strict=True)}

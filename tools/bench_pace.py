@@ -1,0 +1,162 @@
+#!/usr/bin/env python
+"""Does the network set the pace? `nseg-infer run` with the default products (labels, CSV,
+overlay, GeoJSON) on synthetic 2048 x 2048 images, beside the network's own pixel rate, measured
+side by side in one run: the variants take turns, round after round, so a machine shared with
+other work slows them alike; medians shown, and the ratios are the figures to compare.
+
+- network alone: the backend's `run` on batches of 4 x 3 x 512 x 512 (ONNX Runtime fp32, and
+  OpenVINO fp32 where installed), 2 threads; Mpx/s counts the batch's pixels;
+- whole command: one `nseg-infer run FILES --out DIR --device cpu` process per run, minus the
+  start-up of a 64 x 64 run (each version its own), this version's code and, with `--base`,
+  an earlier commit's (a git worktree, as `check_outputs.py` makes it), and this version with
+  `--device openvino` where OpenVINO is installed;
+- products alone: the default products of the first image's labels (from the first run) written
+  by each version's `write_products`, in its own process, the writing alone timed.
+
+    .venv/bin/python tools/bench_pace.py --base 17cc325 [--images 2] [--rounds 3] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from bench_infer import machine, publish, synthetic_image  # noqa: E402
+from check_outputs import cli_module, worktree  # noqa: E402
+
+SECTION = "## Pace: the whole command against the network"
+
+
+def command_seconds(src: Path, inputs: Path, out: Path, device: str = "cpu") -> float:
+    import os
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(p) for p in sorted((src / "packages").glob("*/src"))))
+    cmd = [sys.executable, "-m", cli_module(src), "run", str(inputs), "--out", str(out), "--device", device]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, cwd=src, capture_output=True)
+    return time.perf_counter() - t0
+
+
+PRODUCTS_ONLY = """
+import sys, time
+from pathlib import Path
+import numpy as np, tifffile
+from PIL import Image
+from nseg_infer.engine.config import RunConfig
+from nseg_infer.runners.file_config import FileConfig
+from nseg_infer.runners.files import sink_options
+from nseg_infer.sinks.base import LabelledImage
+from nseg_infer.sinks.outputs import DEFAULT_PRODUCTS, ProductPaths, write_products
+from nseg_infer.sources.imageio import ArraySource
+labels, image, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+lab = tifffile.imread(labels)
+img = np.asarray(Image.open(image).convert("RGB"))
+li = LabelledImage("bench", lab, int(lab.max()), ArraySource(img), (0.0, 255.0))
+t0 = time.perf_counter()
+write_products(ProductPaths.for_input("bench", out, DEFAULT_PRODUCTS), li,
+               sink_options(RunConfig(), FileConfig(), lab.shape))
+print(time.perf_counter() - t0)
+"""
+
+
+def products_seconds(src: Path, labels: Path, image: Path, out: Path) -> float:
+    import os
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(p) for p in sorted((src / "packages").glob("*/src"))))
+    out.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run([sys.executable, "-c", PRODUCTS_ONLY, str(labels), str(image), str(out)], env=env,
+                         check=True, cwd=src, capture_output=True, text=True)
+    return float(res.stdout.strip().splitlines()[-1])
+
+
+def network_seconds(backend, batch: np.ndarray, calls: int) -> float:
+    backend.run(batch)  # warm: a new shape may be compiled on first use
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        backend.run(batch)
+    return (time.perf_counter() - t0) / calls
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", help="an earlier commit to run beside this version")
+    ap.add_argument("--images", type=int, default=2)
+    ap.add_argument("--side", type=int, default=2048)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-write", action="store_true")
+    a = ap.parse_args()
+    from nseg_infer.engine import backends_openvino as ovb
+    from nseg_infer.engine.backends import OrtBackend
+    from nseg_infer.engine.bundle import default_bundle_path, load_bundle
+    from PIL import Image
+
+    bundle = load_bundle(default_bundle_path())
+    nets = {"onnxruntime fp32": OrtBackend(bundle, ["CPUExecutionProvider"], threads=2)}
+    if ovb.available():
+        nets["openvino fp32"] = ovb.OpenVinoBackend(bundle, precision="fp32", threads=2)
+    batch = np.random.default_rng(0).normal(0.3, 0.5, (4, 3, 512, 512)).astype(np.float32)
+    versions = {"this": ROOT}
+    if a.base:
+        versions[f"base {a.base}"] = worktree(a.base, ROOT / ".cache" / "check_outputs")
+    mpx = a.images * a.side * a.side / 1e6
+    times: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        big, tiny = tmp / "big", tmp / "tiny"
+        big.mkdir()
+        tiny.mkdir()
+        for k in range(a.images):
+            Image.fromarray(synthetic_image(a.side, seed=k)).save(big / f"img{k}.png")
+        Image.fromarray(synthetic_image(64)).save(tiny / "tiny.png")
+        for r in range(a.rounds):
+            for name, net in nets.items():
+                times.setdefault(name, []).append(network_seconds(net, batch, 3))
+            for name, src in versions.items():
+                times.setdefault(f"{name} start-up", []).append(command_seconds(src, tiny, tmp / f"o{r}t"))
+                times.setdefault(name, []).append(command_seconds(src, big, tmp / f"o{r}{name[:4]}"))
+            if "openvino fp32" in nets:
+                times.setdefault("this, --device openvino", []).append(
+                    command_seconds(ROOT, big, tmp / f"o{r}ov", "openvino"))
+            labels = tmp / "o0this" / "img0.labels.tif"
+            for name, src in versions.items():
+                times.setdefault(f"{name} products", []).append(
+                    products_seconds(src, labels, big / "img0.png", tmp / f"p{r}{name[:4]}"))
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    net_px = batch.shape[0] * batch.shape[2] * batch.shape[3] / 1e6
+    net_rate = {k: net_px / med[k] for k in nets}
+    ort = net_rate["onnxruntime fp32"]
+    lines = [SECTION, "",
+             f"Measured by `tools/bench_pace.py` on {time.strftime('%Y-%m-%d')}: {machine()}. The machine was shared "
+             f"with other work, so absolute rates are low and vary; the variants took turns over {a.rounds} rounds "
+             "(medians), and only the ratios compare. Model: the bundled default.", "",
+             "| what | Mpx/s | vs the network (ONNX Runtime fp32) |", "|---|---:|---:|"]
+    for k in nets:
+        lines.append(f"| network alone, {k}, 4 x 3 x 512², 2 threads | {net_rate[k]:.2f} | {net_rate[k] / ort:.2f} |")
+    for name in versions:
+        rate = mpx / max(med[name] - med[f"{name} start-up"], 1e-9)
+        lines.append(f"| `nseg-infer run --device cpu`, {a.images} x {a.side}², default products, {name} "
+                     f"(start-up {med[f'{name} start-up']:.1f} s subtracted) | {rate:.2f} | {rate / ort:.2f} |")
+    if "openvino fp32" in nets:
+        rate = mpx / max(med["this, --device openvino"] - med["this start-up"], 1e-9)
+        lines.append(f"| `nseg-infer run --device openvino`, {a.images} x {a.side}², default products, this "
+                     f"| {rate:.2f} | {rate / ort:.2f} (of OpenVINO's own rate: {rate / net_rate['openvino fp32']:.2f}) |")
+    lines += ["", f"Writing the default products of one {a.side}² image's labels (labels TIFF, CSV, overlay, "
+              "GeoJSON; `write_products` alone, in each version's own process): "
+              + ", ".join(f"{name} {med[f'{name} products']:.2f} s" for name in versions)
+              + (f"; this version takes x{med['this products'] / med[f'{n} products']:.2f} of the time of {n}"
+                 if len(versions) > 1 and (n := next(v for v in versions if v != 'this')) else "") + "."]
+    return publish(SECTION, "\n".join(lines) + "\n", write=not a.no_write)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
