@@ -7,8 +7,8 @@ The recipe, for a handful of images rather than a data set:
 - **Held-out images.** A quarter of the lab's images (at least one) is set aside; with a single
   image, its bottom quarter is. They judge the fine-tune and are never trained on.
 - **Sized in steps and minutes**, not epochs: `steps` optimizer steps of `batch` random crops on
-  one cosine schedule; with `minutes`, the schedule is shortened after the first steps to what the
-  machine can run in that time, so the fine-tune ends annealed inside the budget.
+  one warmup + cosine schedule, or fewer when `minutes` runs out first: the schedule follows
+  whichever is further along, so the fine-tune ends annealed inside the budget.
 - **Augmentations for the lab's modality**: a lab of one look (all H&E, all fluorescence, ...)
   gets no inversion or grayscale (they turn one look into another, which the default needed and a
   lab does not), and stain jitter only for H&E; a mixed lab keeps the default's augmentations.
@@ -61,8 +61,6 @@ REPLAY_DIR = Path(__file__).resolve().parent / "assets" / "replay"
 # too few to choose a seed rule, and the search stays a few seconds).
 TUNE_GRID = {k: v for k, v in REFINE_GRID.items() if k != "seed_h"}
 WATERSHED_KEYS = ("fg_threshold", "seed_threshold", "min_seed_area", "min_size", "seed_h")
-# Steps timed before the schedule is fitted to the time budget.
-CALIBRATION_STEPS = 10
 
 
 class AdaptError(RuntimeError):
@@ -223,49 +221,48 @@ def draw_batch(rng: np.random.Generator, items: list[Prepared], weights: np.ndar
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
-def schedule(total: Callable[[], int], warmup: int) -> Callable[[int], float]:
-    """Linear warmup, then a cosine to 2 % over `total()` steps (read each step: the time budget may shorten it)."""
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        t = min(1.0, (step - warmup) / max(1, total() - warmup))
-        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
-
-    return f
+def lr_factor(frac: float, warmup: float) -> float:
+    """Linear warmup over the first `warmup` of the run, then a cosine to 2 % at its end (`frac` 1)."""
+    if frac < warmup:
+        return max(frac / warmup, 0.01)
+    t = min(1.0, (frac - warmup) / max(1e-9, 1 - warmup))
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def finetune(model: torch.nn.Module, cfg: TrainConfig, items: list[Prepared], weights: np.ndarray,
              ac: AdaptConfig, device: torch.device, *, progress=None, cancel=None) -> tuple[int, float, list[float]]:
-    """Train in place; returns (steps run, seconds, losses)."""
+    """Train in place; returns (steps run, seconds, losses).
+
+    The run's progress is whichever is further along, steps (of `ac.steps`) or time (of
+    `ac.minutes`), and the schedule follows it: on a machine slower than planned, or one that
+    slows down mid-run (other work on a shared CPU), the fine-tune still ends annealed, on time."""
     task = TASKS["unet"](cfg)
     model.to(device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=ac.lr, weight_decay=ac.weight_decay)
-    plan = {"total": ac.steps}
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(lambda: plan["total"], ac.warmup_steps))
     rng = np.random.default_rng([ac.seed, 1])
+    budget = ac.minutes * 60 if ac.minutes is not None else math.inf
+    warmup = ac.warmup_steps / ac.steps
     losses: list[float] = []
     t0 = time.perf_counter()
-    step = 0
-    while step < plan["total"]:
+    step, frac = 0, 0.0
+    while frac < 1:
         if cancel is not None and cancel():
-            raise AdaptCancelled(f"cancelled after {step} of {plan['total']} steps")
+            raise AdaptCancelled(f"cancelled after {step} steps")
+        for group in opt.param_groups:
+            group["lr"] = ac.lr * lr_factor(frac, warmup)
         loss, _ = task.loss(model, draw_batch(rng, items, weights, cfg, ac.batch), device)
         if not torch.isfinite(loss):
             raise AdaptError(f"loss became {float(loss)} at step {step}; lower the learning rate")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         step += 1
         losses.append(float(loss.detach()))
         elapsed = time.perf_counter() - t0
-        if ac.minutes is not None and step == CALIBRATION_STEPS:
-            # Fit the whole cosine into the budget at the pace measured so far.
-            plan["total"] = max(step, min(ac.steps, int(ac.minutes * 60 / (elapsed / step))))
-        if ac.minutes is not None and elapsed > ac.minutes * 60:
-            break  # the machine slowed down after calibration: the budget is a promise
+        frac = max(step / ac.steps, elapsed / budget)
         if progress is not None:
-            progress(Progress("train", step, plan["total"], losses[-1], elapsed))
+            # The total is an estimate while time leads: the steps the budget allows at this pace.
+            progress(Progress("train", step, step if frac >= 1 else max(step + 1, round(step / frac)), losses[-1], elapsed))
     model.eval()
     return step, time.perf_counter() - t0, losses
 
