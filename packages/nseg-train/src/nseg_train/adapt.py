@@ -138,6 +138,9 @@ class AdaptResult:
     train_ids: tuple[str, ...]
     heldout_ids: tuple[str, ...]
     report: dict = field(repr=False, default_factory=dict)
+    # The fine-tuned model and its config (with the thresholds it was judged with), kept or not:
+    # for studies of what the stop-loss prevented; never written when the default is kept.
+    finetuned: tuple[torch.nn.Module, TrainConfig] | None = field(repr=False, default=None)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -185,7 +188,8 @@ def hold_out(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sa
             raise AdaptError(f"{s.source}: annotate nuclei in both the top three quarters and the bottom quarter "
                              "of the image (the bottom quarter judges the fine-tune), or give two images")
         return [train], [held]
-    n_held = min(len(samples) - 1, max(1, int(round(len(samples) * fraction))))
+    # Half up (10 images: 3 held out), where round() would give 2 and leave too few to re-tune on.
+    n_held = min(len(samples) - 1, max(1, int(len(samples) * fraction + 0.5)))
     rng = np.random.default_rng(seed)
     held = set(rng.choice(len(samples), size=n_held, replace=False).tolist())
     return [s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held]
@@ -395,5 +399,6 @@ def adapt(data: Path, out: Path, ac: AdaptConfig = AdaptConfig(), *, progress: C
     }
     save_atomic(ckpt, out / "model.pt")
     write_text_atomic(out / "adapt.json", json.dumps(report, indent=1))
+    finetuned = (model, cfg.replace(eval=dataclasses.replace(cfg.eval, **adapted_j.eval_params)))
     return AdaptResult(kept, message, default_j, adapted_j, out / "model.pt", steps, seconds,
-                       tuple(s.id for s in train), tuple(s.id for s in held), report)
+                       tuple(s.id for s in train), tuple(s.id for s in held), report, finetuned)

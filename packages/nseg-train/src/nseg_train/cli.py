@@ -117,13 +117,15 @@ def adapt(
     from nseg_train.adapt import adapt as run_adapt
     from nseg_train.config import ConfigError
 
-    shown = {"step": 0}
+    shown = {"step": 0, "seconds": 0.0}
 
     def progress(p) -> None:
+        # A line at the first step, every 2 % and at least every 15 s: the napari widget's progress bar reads them.
         if p.phase == "load":
             typer.echo("preparing the images and the replay set...", err=True)
-        elif p.phase == "train" and (p.step - shown["step"] >= max(1, p.total // 20) or p.step == p.total):
-            shown["step"] = p.step
+        elif p.phase == "train" and (p.step == 1 or p.step - shown["step"] >= max(1, p.total // 50)
+                                     or p.seconds - shown["seconds"] >= 15 or p.step == p.total):
+            shown.update(step=p.step, seconds=p.seconds)
             left = p.seconds / p.step * (p.total - p.step)
             typer.echo(f"step {p.step}/{p.total} loss {p.loss:.4f} ({p.seconds / p.step:.2f} s/step, "
                        f"{left / 60:.1f} min left)", err=True)
