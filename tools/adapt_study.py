@@ -69,7 +69,7 @@ def run_study(args) -> None:
 
     specs = []
     if args.only in (None, "claim"):
-        specs.append(("claim", args.claim.split(","), 0))
+        specs.append((args.name, args.claim.split(","), 0))
     if args.only in (None, "curve"):
         for draw in range(args.draws):
             for k in args.k:
@@ -88,6 +88,7 @@ def run_study(args) -> None:
         kept = judge(model, cfg, val, device, min_tune_images=never)
         row = {"name": name, "k": len(names), "tiles": names, "kept": r.kept, "message": r.message,
                "steps": r.steps, "train_minutes": r.train_seconds / 60, "total_minutes": minutes,
+               "train_cpu_minutes": r.report["train_cpu_seconds"] / 60, "torch_threads": r.report["torch_threads"],
                "kept_dsb": kept.dsb, "kept_f1_50": kept.f1_50,
                "default_dsb": baseline.dsb, "default_f1_50": baseline.f1_50,
                "heldout_adapted_dsb": r.adapted.dsb, "heldout_default_dsb": r.default.dsb,
@@ -144,6 +145,7 @@ def run_stoploss(args) -> None:
            "scored_on": f"{len(scored)} DSB validation fluorescence images", "kept_dsb": kept.dsb,
            "kept_f1_50": kept.f1_50, "default_dsb": base.dsb, "default_f1_50": base.f1_50, "steps": r.steps,
            "train_minutes": r.train_seconds / 60, "total_minutes": minutes, "machine": describe("cpu"),
+           "train_cpu_minutes": r.report["train_cpu_seconds"] / 60,
            "config": r.report["config"]}
     # The fine-tune itself, whichever was kept: what shipping it without the stop-loss would give.
     ft_model, ft_cfg = r.finetuned
@@ -222,6 +224,7 @@ def main() -> None:
     r.add_argument("--claim", default="tnbc_01_1,tnbc_01_2,tnbc_01_3,tnbc_01_4,tnbc_01_5,"
                                       "tnbc_03_1,tnbc_03_2,tnbc_03_3,tnbc_03_4,tnbc_03_5")
     r.add_argument("--only", choices=("claim", "curve", "stoploss"), default=None)
+    r.add_argument("--name", default="claim", help="the claim run's name (another name: another run of its tiles)")
     r.add_argument("--dsb", type=Path, help="DSB stage1_train (for --only stoploss)")
     r.add_argument("--dsb-splits", type=Path, help="its splits JSON (train images to adapt on, val to score)")
     r.add_argument("--stoploss-images", type=int, default=4)

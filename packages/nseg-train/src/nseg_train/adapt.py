@@ -234,8 +234,8 @@ def lr_factor(frac: float, warmup: float) -> float:
 
 
 def finetune(model: torch.nn.Module, cfg: TrainConfig, items: list[Prepared], weights: np.ndarray,
-             ac: AdaptConfig, device: torch.device, *, progress=None, cancel=None) -> tuple[int, float, list[float]]:
-    """Train in place; returns (steps run, seconds, losses).
+             ac: AdaptConfig, device: torch.device, *, progress=None, cancel=None) -> tuple[int, float, float, list[float]]:
+    """Train in place; returns (steps run, seconds, CPU seconds of this process, losses).
 
     The run's progress is whichever is further along, steps (of `ac.steps`) or time (of
     `ac.minutes`), and the schedule follows it: on a machine slower than planned, or one that
@@ -247,7 +247,7 @@ def finetune(model: torch.nn.Module, cfg: TrainConfig, items: list[Prepared], we
     budget = ac.minutes * 60 if ac.minutes is not None else math.inf
     warmup = ac.warmup_steps / ac.steps
     losses: list[float] = []
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     step, frac = 0, 0.0
     while frac < 1:
         if cancel is not None and cancel():
@@ -268,7 +268,7 @@ def finetune(model: torch.nn.Module, cfg: TrainConfig, items: list[Prepared], we
             # The total is an estimate while time leads: the steps the budget allows at this pace.
             progress(Progress("train", step, step if frac >= 1 else max(step + 1, round(step / frac)), losses[-1], elapsed))
     model.eval()
-    return step, time.perf_counter() - t0, losses
+    return step, time.perf_counter() - t0, time.process_time() - cpu0, losses
 
 
 def base_params(cfg: TrainConfig, modality: str | None = None) -> dict:
@@ -362,7 +362,7 @@ def adapt(data: Path, out: Path, ac: AdaptConfig = AdaptConfig(), *, progress: C
     torch.manual_seed(ac.seed)
     items = prepare(train, cfg) + prepare(replay, cfg)
     model, _, _ = load_model(init_path)
-    steps, seconds, losses = finetune(model, cfg, items, draw_weights(len(train), len(replay), ac.replay), ac, device,
+    steps, seconds, cpu_seconds, losses = finetune(model, cfg, items, draw_weights(len(train), len(replay), ac.replay), ac, device,
                                       progress=progress, cancel=cancel)
     if progress is not None:
         progress(Progress("judge", steps, steps, None, seconds))
@@ -379,6 +379,9 @@ def adapt(data: Path, out: Path, ac: AdaptConfig = AdaptConfig(), *, progress: C
         "train": [s.id for s in train], "heldout": [s.id for s in held], "replay_images": len(replay),
         "default": dataclasses.asdict(default_j), "adapted": dataclasses.asdict(adapted_j),
         "steps": steps, "train_seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(1, steps), 3),
+        # CPU time over the cores torch used: the wall-clock minutes of the same steps on a machine
+        # whose cores were free (a shared machine's wall clock also counts the others' work).
+        "train_cpu_seconds": round(cpu_seconds, 1), "torch_threads": torch.get_num_threads(),
         "final_loss": float(np.mean(losses[-10:])) if losses else None,
         "config": dataclasses.asdict(ac), "augment": dataclasses.asdict(cfg.augment), "machine": describe(str(device)),
     }
