@@ -105,6 +105,7 @@ def adapt(
     batch: int = typer.Option(4, "--batch", help="crops per step"),
     lr: float = typer.Option(1e-3, "--lr", help="peak learning rate"),
     replay: float = typer.Option(0.25, "--replay", help="fraction of crops from the shipped replay set (0: none)"),
+    min_gain: float = typer.Option(0.02, "--min-gain", help="held-out DSB by which the fine-tune must beat the default to be kept"),
     init: str = typer.Option("default", "--init", help="the UNet checkpoint to adapt ('default': the shipped one)"),
     seed: int = typer.Option(0, "--seed", help="seed of the held-out draw, the crops and the augmentations"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
@@ -112,7 +113,7 @@ def adapt(
     """Adapt the default UNet to a few annotated images: a fine-tune sized in steps and minutes,
     augmentations for the lab's modality, replay of the default's own training images, thresholds
     re-tuned on held-out images when there are enough, and a stop-loss: the fine-tune is kept only
-    if it beats the default on the held-out images. Export OUT/model.pt with `nseg-export onnx`."""
+    if it beats the default on the held-out images by --min-gain DSB. Export OUT/model.pt with `nseg-export onnx`."""
     from nseg_train.adapt import AdaptConfig, AdaptError
     from nseg_train.adapt import adapt as run_adapt
     from nseg_train.config import ConfigError
@@ -133,8 +134,8 @@ def adapt(
             typer.echo(f"trained {p.step} steps in {p.seconds / 60:.1f} min; judging on the held-out images...", err=True)
 
     try:
-        ac = AdaptConfig(steps=steps, minutes=minutes or None, batch=batch, lr=lr, replay=replay, init=init, seed=seed,
-                         device=device)
+        ac = AdaptConfig(steps=steps, minutes=minutes or None, batch=batch, lr=lr, replay=replay, min_gain=min_gain,
+                         init=init, seed=seed, device=device)
         r = run_adapt(data, out, ac, progress=progress)
     except (ConfigError, AdaptError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
