@@ -5,8 +5,8 @@
 Needs a display (Xvfb under a headless machine), napari with a Qt backend, the nseg-infer napari
 extra, and nseg-train + nseg-export (torch) for the fine-tune itself. It
 
-1. opens three H&E images (the histology images of nseg-train's replay set, CC0) side by side as
-   image layers, and segments each with the Segment widget (the default model);
+1. opens three H&E images (the histology images of nseg-train's replay set, CC0, or the first
+   three of `--images`, a label folder) side by side as image layers, and segments each with the Segment widget (the default model);
 2. corrects each `NAME nuclei` layer with napari's own label editing (`Labels.data_setitem`, what
    the paint, fill and erase tools call, with undo): nuclei the model missed are painted in from
    the images' annotations, objects that match no nucleus are erased; a copy of the default's
@@ -40,13 +40,13 @@ REPLAY = REPO / "packages" / "nseg-train" / "src" / "nseg_train" / "assets" / "r
 GAP = 16  # pixels between images laid side by side
 
 
-def he_images() -> list[tuple[str, np.ndarray, np.ndarray]]:
-    import tifffile
+def he_images(folder: Path | None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Three H&E images with their annotations: the replay set's, or the first three of a label folder."""
     from nseg_data.dataset import open_dataset
 
-    res = open_dataset(REPLAY)
+    res = open_dataset(folder or REPLAY)
     he = sorted((s for s in res.samples if str(s.modality) == "histology"), key=lambda s: s.id)[:3]
-    return [(f"he{i + 1}", s.image, tifffile.imread(REPLAY / f"{s.id}.labels.tif")) for i, s in enumerate(he)]
+    return [(f"he{i + 1}", s.image, s.labels) for i, s in enumerate(he)]
 
 
 def correction(pred: np.ndarray, truth: np.ndarray) -> tuple[list[tuple[tuple, int]], int, int]:
@@ -84,6 +84,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--screenshots", type=Path, default=None)
+    ap.add_argument("--images", type=Path, default=None, help="a label folder whose first three H&E images to use "
+                    "(default: the replay set's)")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds the fine-tune may take")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ["NAPARI_CONFIG"] = str(args.out / "napari-settings.yaml")
@@ -100,6 +103,8 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     def shot(viewer, name: str) -> None:
+        QApplication.instance().processEvents()
+        viewer.reset_view()  # every image in view, at the canvas's current size
         for w in QApplication.instance().allWidgets():
             if type(w).__name__ == "NapariQtNotification":
                 w.close()
@@ -111,7 +116,7 @@ def main() -> None:
     viewer.window.resize(1400, 800)
     app = QApplication.instance()
     images, truths, x = {}, {}, 0
-    for name, img, truth in he_images():
+    for name, img, truth in he_images(args.images):
         images[name] = viewer.add_image(img, name=name, rgb=True, translate=(0, x))
         truths[name] = truth
         x += img.shape[1] + GAP
@@ -150,6 +155,7 @@ def main() -> None:
         report["without_training"] = {"status": bare.status.value, "button_enabled": bare.run_button.enabled}
     finally:
         importlib.util.find_spec = real_find_spec
+    viewer.window.remove_dock_widget("all")  # the canvas gets the room the Segment widget took
     _, fw = viewer.window.add_plugin_dock_widget("nseg-infer", "Fine-tune")
     w = {sub.label or sub.text: sub for sub in fw}
     w["corrected labels"].value = [viewer.layers[f"{n} nuclei"] for n in images]
@@ -183,7 +189,7 @@ def main() -> None:
     t0 = time.perf_counter()
     w["Fine-tune"].native.click()
     try:
-        _wait(app, lambda: fw.worker is None, 900, on_turn)
+        _wait(app, lambda: fw.worker is None, args.timeout, on_turn)
     except TimeoutError:
         fw.cancel()  # the training process must not outlive this script
         raise

@@ -228,6 +228,7 @@ def _finetune_widget_class():
             self.cancel_button = PushButton(text="Cancel", enabled=False)
             self.progress = ProgressBar(label="progress", value=0, min=0, max=1, visible=False)
             self.status = Label(label="status", value="")
+            self.status.native.setWordWrap(True)  # the stop-loss's verdict is a sentence with its numbers
             super().__init__(widgets=[self.corrected, self.steps, self.minutes, self.out, self.run_button,
                                       self.cancel_button, self.progress, self.status])
             self.worker = None
