@@ -12,8 +12,9 @@ and the locked slides (02, 07) are never read. Each run copies its tiles into a 
 kept, the fine-tune itself and the default on the validation slides through the runtime's own
 pipeline: the default with its shipped thresholds, and with the thresholds the run re-tuned for
 it on its held-out tiles. Each finished run is appended to OUT/runs.json at once (a stopped study
-keeps its runs; a rerun skips them). `report` writes OUT/README.md (tables, machine, minutes) and
-OUT/curve.png.
+keeps its runs; a rerun skips them). `--only stoploss` adapts on a few DSB fluorescence images the
+default already segments well and scores on DSB validation images (OUT/stoploss.json). `report`
+writes OUT/tables.md (every run: DSB, F1@0.5, steps, minutes) and OUT/curve.png.
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ def _progress(name: str):
 
 
 def report(args) -> None:
+    """OUT/tables.md (every run of runs.json, and the stop-loss case of stoploss.json) and OUT/curve.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,44 +174,52 @@ def report(args) -> None:
 
     runs = json.loads((args.out / "runs.json").read_text())
     curve = [r for r in runs if r["name"].startswith("k")]
-    machine = runs[0]["machine"] if runs else ""
-    lines = ["# Adapting the default UNet to a few H&E tiles (`nseg-train adapt`)", "",
-             "TNBC H&E tiles (Naylor et al. 2019, CC BY 4.0: P. Naylor, M. Laé, F. Reyal, T. Walter, IEEE TMI "
-             "38(2):448-459, 2019, doi:10.1109/TMI.2018.2865709); one slide is one patient. Tiles to adapt on come "
-             "from slides 01, 03, 05, 06; every model is scored on slides 04 and 08 (other patients, 12 tiles), "
-             "never adapted or tuned on; slides 02 and 07 are not used. Made by `tools/adapt_study.py` with the "
-             "command's defaults " + (f"(`{json.dumps(runs[0]['config'])}`)" if runs else "") + ".", "",
-             f"Machine: {machine}, no GPU, shared with other work (minutes are wall-clock).", "",
-             "| run | tiles | kept | slides 04+08 DSB | F1@0.5 | default DSB | default F1@0.5 | default, re-tuned DSB | held-out DSB adapted / default | steps | training min | whole command min |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    lines = ["| run | tiles | kept | DSB | F1@0.5 | fine-tune DSB | default DSB | default F1@0.5 | default, re-tuned DSB "
+             "| held-out DSB adapted / default | steps | training min (CPU min) | whole command min |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in runs:
         rt = f"{r['default_retuned_dsb']:.3f}" if "default_retuned_dsb" in r else "-"
+        cpu = f" ({r['train_cpu_minutes']:.1f})" if "train_cpu_minutes" in r else ""
         lines.append(f"| {r['name']} | {r['k']} | {r['kept']} | {r['kept_dsb']:.3f} | {r['kept_f1_50']:.3f} | "
-                     f"{r['default_dsb']:.3f} | {r['default_f1_50']:.3f} | {rt} | "
+                     f"{r['finetune_dsb']:.3f} | {r['default_dsb']:.3f} | {r['default_f1_50']:.3f} | {rt} | "
                      f"{r['heldout_adapted_dsb']:.3f} / {r['heldout_default_dsb']:.3f} | {r['steps']} | "
-                     f"{r['train_minutes']:.1f} | {r['total_minutes']:.1f} |")
-    lines += ["", "Tiles of each run:", ""] + [f"- {r['name']}: {', '.join(r['tiles'])}" for r in runs]
-    (args.out / "README.md").write_text("\n".join(lines) + "\n")
+                     f"{r['train_minutes']:.1f}{cpu} | {r['total_minutes']:.1f} |")
+    lines += ["", "Tiles of each run: " + "; ".join(f"{r['name']}: {', '.join(r['tiles'])}" for r in runs)]
+    stop = args.out / "stoploss.json"
+    if stop.exists():
+        r = json.loads(stop.read_text())
+        lines += ["", "| stop-loss case | kept | held-out DSB adapted / default | kept model DSB | F1@0.5 | "
+                  "fine-tune DSB | F1@0.5 | default DSB | F1@0.5 | steps | training min (CPU min) |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+                  f"| {len(r['lab_images'])} DSB fluorescence images, scored on {r['scored_on']} | {r['kept']} | "
+                  f"{r['heldout_adapted_dsb']:.4f} / {r['heldout_default_dsb']:.4f} | {r['kept_dsb']:.3f} | "
+                  f"{r['kept_f1_50']:.3f} | {r['finetune_dsb']:.3f} | {r['finetune_f1_50']:.3f} | {r['default_dsb']:.3f} | "
+                  f"{r['default_f1_50']:.3f} | {r['steps']} | {r['train_minutes']:.1f} ({r['train_cpu_minutes']:.1f}) |",
+                  "", f"Stop-loss case images (DSB ids): {', '.join(r['lab_images'])}"]
+    (args.out / "tables.md").write_text("\n".join(lines) + "\n")
     if curve:
         fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+        ks = sorted({r["k"] for r in curve})
         for i, (key, label) in enumerate((("dsb", "DSB"), ("f1_50", "F1@0.5"))):
-            ks = sorted({r["k"] for r in curve})
-            for r in curve:
-                ax[i].scatter(r["k"], r[f"kept_{key}"], color="C0", alpha=0.6)
+            ax[i].scatter([r["k"] for r in curve], [r[f"kept_{key}"] for r in curve], color="C0", alpha=0.6)
             ax[i].plot(ks, [np.mean([r[f"kept_{key}"] for r in curve if r["k"] == k]) for k in ks], "o-", color="C0",
-                       label="adapt (kept model), mean of draws")
+                       label="adapt (the model it kept)")
+            claims = [r for r in runs if not r["name"].startswith("k")]
+            if claims:  # the README's tiles, with the command's own budget (the curve's may be shorter)
+                ax[i].scatter([r["k"] for r in claims], [r[f"kept_{key}"] for r in claims], color="C2", marker="*",
+                              s=120, label="the README's command (slides 01+03)")
             ax[i].axhline(curve[0][f"default_{key}"], color="C3", ls="--", label="default, shipped thresholds")
             rt = [(r["k"], r[f"default_retuned_{key}"]) for r in curve if f"default_retuned_{key}" in r]
             if rt:
                 ax[i].scatter(*zip(*rt, strict=True), color="C3", marker="x", label="default, thresholds re-tuned per run")
             ax[i].set_xlabel("annotated tiles (slides 01, 03, 05, 06)")
             ax[i].set_ylabel(f"{label} on slides 04+08")
-            ax[i].set_xticks(ks)
+            ax[i].set_xticks(sorted({*ks, *(r["k"] for r in runs)}))
         ax[0].legend(fontsize=7)
         fig.suptitle("nseg-train adapt on TNBC H&E tiles")
         fig.tight_layout()
         fig.savefig(args.out / "curve.png", dpi=110)
-    print((args.out / "README.md").read_text())
+    print((args.out / "tables.md").read_text())
 
 
 def main() -> None:
