@@ -19,7 +19,8 @@ def test_manifest_is_valid_and_installed():
 
     m = PluginManifest.from_file(MANIFEST)
     assert m.name == "nseg-infer"
-    assert {c.id for c in m.contributions.commands} == {"nseg-infer.get_reader", "nseg-infer.segment_widget"}
+    assert {c.id for c in m.contributions.commands} == {"nseg-infer.get_reader", "nseg-infer.segment_widget",
+                                                        "nseg-infer.finetune_widget"}
     assert m.contributions.readers[0].filename_patterns == ["*.labels.tif", "*.geojson", "*.geojson.gz"]
     m.validate_imports()  # every python_name imports and is callable
     installed = PluginManifest.from_distribution("nseg-infer")  # the napari.manifest entry point

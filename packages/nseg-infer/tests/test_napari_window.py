@@ -75,3 +75,31 @@ def test_widget_and_reader_in_a_real_window(display, tmp_path):
     vals = w["progress_values"]
     assert vals == sorted(vals) and vals[-1] == w["progress_max"] > 1
     assert any(0 < v < w["progress_max"] for v in vals), vals
+
+
+def test_correct_and_adapt_loop_in_a_real_window(display, tmp_path):
+    """tools/napari_finetune_window.py: segment three H&E images, correct the labels with napari's
+    label editing, cancel a fine-tune, run one to its end, and get the images segmented again
+    with the exported bundle. Needs nseg-train and nseg-export (torch) besides the window."""
+    for mod in ("torch", "nseg_train", "nseg_export"):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"{mod} is not installed (the fine-tune needs nseg-train and nseg-export)")
+    script = REPO / "tools" / "napari_finetune_window.py"
+    run = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--steps", "4"], env=display,
+                         capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads((tmp_path / "report.json").read_text())
+    # The corrections made the labels better than the default's.
+    assert all(c["corrected_dsb"] > c["default_dsb"] and c["erased"] + c["painted"] > 0 for c in r["correction"].values())
+    # Without nseg-train the widget says what to install and cannot start.
+    assert "pip install" in r["without_training"]["status"] and not r["without_training"]["button_enabled"]
+    # Cancel stops a fine-tune: no adapted layers appear.
+    assert r["cancel"]["status"].startswith("cancelled") and not any("(adapted)" in n for n in r["cancel"]["layers"])
+    f = r["finetune"]
+    # Training ran in a worker thread (the GUI's timer kept firing), with step progress to the end.
+    assert f["timer_ticks"] >= 5 and f["progress_values"][-1] == f["progress_max"] == 4
+    assert f["progress_values"] == sorted(f["progress_values"]) and len(f["progress_values"]) > 2
+    assert f["kept"] in ("adapted", "default") and f"kept the {f['kept']} model" in f["status"]
+    # The bundle the widget exported gives its adapted layers exactly, where their images are.
+    for a in r["adapted"].values():
+        assert a["equals_runtime"] and a["translate"] == a["image_translate"] and a["n_nuclei"] > 0

@@ -97,6 +97,54 @@ def maskrcnn(
 
 
 @app.command()
+def adapt(
+    data: Path = typer.Argument(..., help="a folder of NAME.png + NAME.labels.tif (or Cellpose NAME_masks.png): the lab's annotated images"),
+    out: Path = typer.Option(..., "--out", help="folder for model.pt (the kept model), adapt.json and splits.json"),
+    steps: int = typer.Option(400, "--steps", help="optimizer steps of the fine-tune"),
+    minutes: float = typer.Option(12.0, "--minutes", help="time budget of the training steps (0: none, run all --steps)"),
+    batch: int = typer.Option(4, "--batch", help="crops per step"),
+    lr: float = typer.Option(1e-3, "--lr", help="peak learning rate"),
+    replay: float = typer.Option(0.25, "--replay", help="fraction of crops from the shipped replay set (0: none)"),
+    min_gain: float = typer.Option(0.02, "--min-gain", help="held-out DSB by which the fine-tune must beat the default to be kept"),
+    init: str = typer.Option("default", "--init", help="the UNet checkpoint to adapt ('default': the shipped one)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the held-out draw, the crops and the augmentations"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+) -> None:
+    """Adapt the default UNet to a few annotated images: a fine-tune sized in steps and minutes,
+    augmentations for the lab's modality, replay of the default's own training images, thresholds
+    re-tuned on held-out images when there are enough, and a stop-loss: the fine-tune is kept only
+    if it beats the default on the held-out images by --min-gain DSB. Export OUT/model.pt with `nseg-export onnx`."""
+    from nseg_train.adapt import AdaptConfig, AdaptError
+    from nseg_train.adapt import adapt as run_adapt
+    from nseg_train.config import ConfigError
+
+    shown = {"step": 0, "seconds": 0.0}
+
+    def progress(p) -> None:
+        # A line at the first step, every 2 % and at least every 15 s: the napari widget's progress bar reads them.
+        if p.phase == "load":
+            typer.echo("preparing the images and the replay set...", err=True)
+        elif p.phase == "train" and (p.step == 1 or p.step - shown["step"] >= max(1, p.total // 50)
+                                     or p.seconds - shown["seconds"] >= 15 or p.step == p.total):
+            shown.update(step=p.step, seconds=p.seconds)
+            left = p.seconds / p.step * (p.total - p.step)
+            typer.echo(f"step {p.step}/{p.total} loss {p.loss:.4f} ({p.seconds / p.step:.2f} s/step, "
+                       f"{left / 60:.1f} min left)", err=True)
+        elif p.phase == "judge":
+            typer.echo(f"trained {p.step} steps in {p.seconds / 60:.1f} min; judging on the held-out images...", err=True)
+
+    try:
+        ac = AdaptConfig(steps=steps, minutes=minutes or None, batch=batch, lr=lr, replay=replay, min_gain=min_gain,
+                         init=init, seed=seed, device=device)
+        r = run_adapt(data, out, ac, progress=progress)
+    except (ConfigError, AdaptError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(r.message)
+    typer.echo(f"wrote {r.model_path} ({r.kept}) and {out / 'adapt.json'}; make a bundle with: "
+               f"nseg-export onnx {r.model_path} --out BUNDLE")
+
+
+@app.command()
 def compare(
     runs: list[Path] = typer.Argument(..., help="run directories (or checkpoints); each run's best.pt is evaluated"),
     split: str = typer.Option("locked", "--split", help="the split every run is scored on"),
