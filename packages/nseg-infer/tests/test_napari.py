@@ -204,3 +204,14 @@ def test_segment_command_on_an_image_layer(unet_bundle):
     np.testing.assert_array_equal(data2, data)
     data3, _, _ = segment_layer(stack, model=unet_bundle, channels="1")
     np.testing.assert_array_equal(data3, data)
+
+
+def test_layer_names_are_stemmed_as_outputs_are_named():
+    from nseg_infer.runners.napari_plugin import _image_stem
+    from nseg_infer.sinks.names import stem
+
+    for name in ("scan.ome.tif", "plate.TIFF", "well.png", "slide.czi"):
+        assert _image_stem(name) == stem(Path(name)) != name
+    assert _image_stem("scan.ome") == "scan"
+    # A dot that is no image suffix is part of the name.
+    assert _image_stem("cells 1.5x") == "cells 1.5x"

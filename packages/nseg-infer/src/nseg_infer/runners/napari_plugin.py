@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nseg_infer.sinks.names import output_stem
+from nseg_infer.sinks.names import output_stem, stem
+from nseg_infer.sources.formats import SUPPORTED
 
 if TYPE_CHECKING:  # napari is napari's to import
     import napari
@@ -66,12 +67,12 @@ def read_outputs(path: str | list[str]) -> list[LayerData]:
 # -- where layers sit ---------------------------------------------------------------------------
 
 def _image_stem(layer_name: str) -> str:
-    """A layer name as napari's readers make it from a file name, without image extensions."""
-    n = layer_name
-    for ext in (".ome.tiff", ".ome.tif", ".ome", ".tiff", ".tif", ".png", ".jpg", ".jpeg", ".czi", ".nd2", ".svs"):
-        if n.lower().endswith(ext):
-            return n[: -len(ext)]
-    return n
+    """A layer name as napari's readers make it from a file name, stemmed as outputs are named
+    (`sinks.names.stem`) when it ends in a suffix nseg reads; a reader's bare `.ome` goes too."""
+    p = Path(layer_name)
+    if p.suffix.lower() in SUPPORTED:
+        return stem(p)
+    return layer_name[:-4] if layer_name.lower().endswith(".ome") else layer_name
 
 
 def _yx_shape(layer) -> tuple[int, ...]:
