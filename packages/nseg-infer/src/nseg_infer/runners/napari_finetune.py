@@ -188,11 +188,10 @@ def segment_again(images: list, bundle: Path) -> list[tuple[np.ndarray, dict]]:
 
 
 def __getattr__(name: str):
-    # The widget class subclasses magicgui's Container, so it is made on first use.
     if name == "FinetuneWidget":
-        cls = _finetune_widget_class()
-        globals()["FinetuneWidget"] = cls
-        return cls
+        from nseg_infer.runners.napari_plugin import widget_class
+
+        return widget_class(globals(), name, _finetune_widget_class)
     raise AttributeError(name)
 
 

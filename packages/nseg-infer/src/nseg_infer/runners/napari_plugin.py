@@ -271,13 +271,17 @@ def segment_layer(image: "napari.layers.Image", model: str | Path | None = None,
     return result.labels, meta, "labels"
 
 
+def widget_class(namespace: dict, name: str, make: Callable[[], type]) -> type:
+    """A dock widget's class, made on first use and kept in its module: the class subclasses
+    magicgui's Container, and importing a plugin module (the reader, headless tests) must not need
+    magicgui or Qt."""
+    namespace[name] = make()
+    return namespace[name]
+
+
 def __getattr__(name: str):
-    # The widget class subclasses magicgui's Container, so it is made on first use: importing
-    # this module (the reader, headless tests) must not need magicgui or Qt.
     if name == "SegmentWidget":
-        cls = _segment_widget_class()
-        globals()["SegmentWidget"] = cls
-        return cls
+        return widget_class(globals(), name, _segment_widget_class)
     raise AttributeError(name)
 
 
