@@ -146,14 +146,9 @@ def run_child(spec: dict, timeout: float) -> dict:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from nseg_infer.engine.cpu import cpu_model
+
+    cpu = cpu_model()
     mem = ""
     try:
         kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
@@ -173,12 +168,9 @@ FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
 def cpu_features() -> str:
     """The CPU's features that matter to the model, e.g. 'avx2 avx512f avx512_bf16, no AMX'."""
-    try:
-        from nseg_infer.engine.backends_openvino import cpu_flags
+    from nseg_infer.engine.cpu import cpu_flags
 
-        flags = cpu_flags()
-    except ImportError:
-        flags = frozenset()
+    flags = cpu_flags()
     have = [f for f in FEATURES if f in flags and not f.startswith("amx")]
     amx = "AMX" if {"amx_tile", "amx_bf16"} <= flags else "no AMX"
     return " ".join(have) + f", {amx}" if have else f"flags unknown, {amx}"

@@ -29,13 +29,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+from napari_window import open_napari, screenshot, wait_until  # noqa: E402
+
 REPLAY = REPO / "packages" / "nseg-train" / "src" / "nseg_train" / "assets" / "replay"
 GAP = 16  # pixels between images laid side by side
 
@@ -68,17 +71,6 @@ def correction(pred: np.ndarray, truth: np.ndarray) -> tuple[list[tuple[tuple, i
     return erase + paint, len(erase), len(paint)
 
 
-def _wait(app, done, timeout: float, on_turn=None) -> None:
-    t0 = time.perf_counter()
-    while not done():
-        app.processEvents()
-        if on_turn is not None:
-            on_turn()
-        if time.perf_counter() - t0 > timeout:
-            raise TimeoutError(f"not done after {timeout} s")
-        time.sleep(0.005)  # yield the CPU to the worker thread between event-loop turns
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -89,11 +81,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=900, help="seconds the fine-tune may take")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    os.environ["NAPARI_CONFIG"] = str(args.out / "napari-settings.yaml")
-    import napari
-    from napari.settings import get_settings
-
-    get_settings().application.gui_notification_level = "none"
+    napari = open_napari(args.out)
     from nseg_data.metrics import dsb_score
     from nseg_infer.engine.bundle import load_bundle
     from nseg_infer.engine.predictor import Predictor
@@ -105,12 +93,7 @@ def main() -> None:
     def shot(viewer, name: str) -> None:
         QApplication.instance().processEvents()
         viewer.reset_view()  # every image in view, at the canvas's current size
-        for w in QApplication.instance().allWidgets():
-            if type(w).__name__ == "NapariQtNotification":
-                w.close()
-        if args.screenshots is not None:
-            args.screenshots.mkdir(parents=True, exist_ok=True)
-            viewer.screenshot(str(args.screenshots / name), canvas_only=False, flash=False)
+        screenshot(viewer, args.screenshots, name)
 
     viewer = napari.Viewer(title="nseg: correct and adapt", show=True)
     viewer.window.resize(1400, 800)
@@ -125,7 +108,7 @@ def main() -> None:
     for layer in images.values():
         sw["image"].value = layer
         sw["Segment"].native.click()
-        _wait(app, lambda: seg.worker is None, 300)
+        wait_until(app, lambda: seg.worker is None, 300)
     report: dict = {"images": {n: list(ly.data.shape) for n, ly in images.items()}, "correction": {}}
 
     # -- 2. corrections with napari's own label editing ---------------------------------------
@@ -164,10 +147,10 @@ def main() -> None:
     w["steps"].value = 10000
     w["Fine-tune"].native.click()
     try:
-        _wait(app, lambda: w["progress"].value >= 1, 300)
+        wait_until(app, lambda: w["progress"].value >= 1, 300)
     finally:
         w["Cancel"].native.click()
-    _wait(app, lambda: fw.worker is None, 300)
+    wait_until(app, lambda: fw.worker is None, 300)
     report["cancel"] = {"status": w["status"].value, "layers": [ly.name for ly in viewer.layers]}
 
     w["steps"].value = args.steps
@@ -189,7 +172,7 @@ def main() -> None:
     t0 = time.perf_counter()
     w["Fine-tune"].native.click()
     try:
-        _wait(app, lambda: fw.worker is None, args.timeout, on_turn)
+        wait_until(app, lambda: fw.worker is None, args.timeout, on_turn)
     except TimeoutError:
         fw.cancel()  # the training process must not outlive this script
         raise

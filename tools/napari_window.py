@@ -73,7 +73,33 @@ def show_dapi(viewer, image) -> None:
     image.contrast_limits = (float(lo), float(hi))
 
 
-def _wait(app, done, timeout: float, on_turn=None) -> None:
+def open_napari(out: Path):
+    """napari with its settings in a file of this run (the user's own stay untouched) and pop-up
+    notifications off: a notice about the Qt binding would cover the canvas in every screenshot."""
+    import os
+
+    os.environ["NAPARI_CONFIG"] = str(out / "napari-settings.yaml")
+    import napari
+    from napari.settings import get_settings
+
+    get_settings().application.gui_notification_level = "none"
+    return napari
+
+
+def screenshot(viewer, folder: Path | None, name: str) -> None:
+    """The whole window as `folder/name`, after closing napari's toasts (its notice about the PyQt5
+    binding would cover the canvas); nothing without a folder."""
+    from qtpy.QtWidgets import QApplication
+
+    for w in QApplication.instance().allWidgets():
+        if type(w).__name__ == "NapariQtNotification":
+            w.close()
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        viewer.screenshot(str(folder / name), canvas_only=False, flash=False)
+
+
+def wait_until(app, done, timeout: float, on_turn=None) -> None:
     t0 = time.perf_counter()
     while not done():
         app.processEvents()
@@ -92,15 +118,7 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    import os
-
-    # napari's settings in a file of this run (the user's own stay untouched), with pop-up
-    # notifications off: a notice about the Qt binding would cover the canvas in every screenshot.
-    os.environ["NAPARI_CONFIG"] = str(args.out / "napari-settings.yaml")
-    import napari
-    from napari.settings import get_settings
-
-    get_settings().application.gui_notification_level = "none"
+    napari = open_napari(args.out)
     from nseg_infer.engine.predictor import Predictor
     from nseg_infer.runners.file_config import FileConfig
     from nseg_infer.runners.files import FileRunner
@@ -114,13 +132,7 @@ def main() -> None:
     report: dict = {"image": {"path": plate.name, "side": args.side, "pixel_size_um": PIXEL_UM}}
 
     def shot(viewer, name: str) -> None:
-        # napari shows a notice about the PyQt5 binding as a toast over the canvas: close it.
-        for w in QApplication.instance().allWidgets():
-            if type(w).__name__ == "NapariQtNotification":
-                w.close()
-        if args.screenshots is not None:
-            args.screenshots.mkdir(parents=True, exist_ok=True)
-            viewer.screenshot(str(args.screenshots / name), canvas_only=False, flash=False)
+        screenshot(viewer, args.screenshots, name)
 
     # -- 1. the widget on an image opened by napari's own reader -------------------------------
     viewer = napari.Viewer(title="nseg in napari", show=True)
@@ -151,7 +163,7 @@ def main() -> None:
     t0 = time.perf_counter()
     w["Segment"].native.click()
     ticks_at_start = ticks["n"]
-    _wait(app, lambda: widget.worker is None, 600, on_turn)
+    wait_until(app, lambda: widget.worker is None, 600, on_turn)
     seconds = time.perf_counter() - t0
     timer.stop()
     labels = viewer.layers[f"{image.name} nuclei"]
@@ -189,7 +201,7 @@ def main() -> None:
     side = args.side
     viewer.camera.center = (side * 0.3, side * 0.3)
     viewer.camera.zoom = 900 / (side * 0.45)
-    _wait(app, lambda: True, 5)
+    wait_until(app, lambda: True, 5)
     shot(viewer, "labels-beside-image.png")
     viewer.close()
     (args.out / "report.json").write_text(json.dumps(report, indent=1))

@@ -233,8 +233,9 @@ def compare_runs(
     ]
     gallery(rows, out / "comparison.png", title=f"image / truth / {' / '.join(r.name for r in runs)} ('{split}' split)")
     if len(runs[0].result.per_source()) > 1:
+        base_dsb = {x.id: x.scores.dsb for x in runs[0].result.rows}
         for src, worst in worst_by_source(runs, samples, max(1, gallery_images // 2)).items():
-            rows = [(f"{w.id[:16]} DSB {next(x.scores.dsb for x in runs[0].result.rows if x.id == w.id):.2f}", w.image, w.labels,
+            rows = [(f"{w.id[:16]} DSB {base_dsb[w.id]:.2f}", w.image, w.labels,
                      {r.name: r.predictions[w.id] for r in runs}) for w in worst]
             gallery(rows, out / f"worst-{src}.png", title=f"{src}: the first run's worst '{split}' images, every run")
     plot_curves_side_by_side([(r.name, r.history) for r in runs], out / "curves.png", title="training curves")

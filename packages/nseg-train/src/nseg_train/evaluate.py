@@ -50,11 +50,12 @@ class EvalResult:
         return sum(r.seconds for r in self.rows) / mp if mp else float("nan")
 
     def to_json(self) -> dict:
+        per_source = self.per_source()
         return {
             "dsb_score": self.overall.get("dsb", float("nan")),
             "overall": self.overall,
             "per_modality": self.per_modality(),
-            **({"per_source": self.per_source()} if len(self.per_source()) > 1 else {}),
+            **({"per_source": per_source} if len(per_source) > 1 else {}),
             "seconds_per_megapixel": self.seconds_per_megapixel,
             "images": [{"id": r.id, "modality": r.modality, **({"source": r.source} if r.source else {}),
                         **r.scores.as_dict()} for r in self.rows],

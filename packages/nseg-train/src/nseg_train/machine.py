@@ -2,33 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import platform
-from functools import cache
 
-
-@cache
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-@cache
-def cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+from nseg_infer.engine.cpu import cpu_flags, cpu_model, cpu_threads
 
 
 def cpu_bf16_native() -> bool:
@@ -40,7 +16,7 @@ def cpu_bf16_native() -> bool:
 def describe(device: str = "cpu") -> str:
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cpu_threads()
     simd = "/".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags())
     parts = [f"{platform.system()} {platform.machine()}",
              f"{cpu_model()} ({cores} cores{', ' + simd if simd else ''}, torch {torch.get_num_threads()} threads)"]

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from nseg_infer.engine.bundle import Bundle
-from nseg_infer.engine.threads import cpu_threads
+from nseg_infer.engine.cpu import cpu_threads
 
 log = logging.getLogger(__name__)
 

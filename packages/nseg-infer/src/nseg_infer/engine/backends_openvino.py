@@ -12,32 +12,18 @@ pinned to f32, because OpenVINO would otherwise pick bf16 by itself on any CPU w
 from __future__ import annotations
 
 import json
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 
 from nseg_infer.engine.bundle import Bundle
-from nseg_infer.engine.threads import cpu_threads
+from nseg_infer.engine.cpu import cpu_flags, cpu_threads
 
 PRECISIONS = ("fp32", "bf16")
 
 
 class OpenVinoUnavailable(RuntimeError):
     pass
-
-
-@cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: not Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
 
 
 def has_amx() -> bool:
