@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from nseg_train.tune import coordinate_search, overrides, unet_ablation
+from nseg_train.tune import coordinate_search, image_weights, overrides, unet_ablation
 
 
 def test_coordinate_search_climbs_to_the_grid_optimum_of_a_separable_score():
@@ -44,3 +44,28 @@ def test_ablation_breaks_each_row_down_by_modality():
     assert a.per_modality["global_thresholds"] == {"fluorescence": 0.7, "histology": 0.3}
     assert a.per_modality["combined"] == {"fluorescence": 0.7, "histology": 0.7}
     assert np.isclose(a.combined, 0.7) and np.isclose(a.global_thresholds, 0.5)
+
+
+def test_image_weights_make_each_source_count_once():
+    w = image_weights(["dsb"] * 8 + ["tnbc"] * 2)
+    assert np.isclose(w.sum(), 1) and np.isclose(w[:8].sum(), 0.5) and np.isclose(w[8:].sum(), 0.5)
+    assert np.allclose(image_weights(["a", "a", "a"]), 1 / 3)
+
+
+def test_weighted_search_lets_a_small_source_outvote_a_large_one():
+    # 9 images of a large source prefer seed_threshold 0.3 a little; 3 of a small source prefer
+    # 0.7 a lot. Image-weighted, 0.3 wins; source-weighted, 0.7 does.
+    modalities = ["fluorescence"] * 12
+    sources = ["big"] * 9 + ["small"] * 3
+
+    def score_images(p, idx):
+        return [(1 - 0.2 * (p["seed_threshold"] == 0.7)) if sources[i] == "big" else (0.5 + 0.4 * (p["seed_threshold"] == 0.7))
+                for i in idx]
+
+    grid = {"seed_threshold": (0.3, 0.7), "seed_h": (0.0,)}
+    start = {"seed_threshold": 0.3, "seed_h": 0.0}
+    plain = unet_ablation(score_images, 12, modalities, start, grid=grid)
+    fair = unet_ablation(score_images, 12, modalities, start, grid=grid, weights=image_weights(sources))
+    assert plain.combined_params["fluorescence"]["seed_threshold"] == 0.3
+    assert fair.combined_params["fluorescence"]["seed_threshold"] == 0.7
+    assert np.isclose(fair.combined, (0.8 + 0.9) / 2)

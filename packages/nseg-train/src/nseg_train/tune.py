@@ -24,6 +24,7 @@ import torch
 from nseg_data.atomic import write_text_atomic
 from nseg_data.dataset import open_dataset
 from nseg_data.metrics import dsb_score
+from nseg_data.sources import source_of
 from nseg_data.split import load_splits
 
 from nseg_train.checkpoint import load_checkpoint, load_model, save_atomic
@@ -88,12 +89,26 @@ class Ablation:
     per_modality: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
+def image_weights(sources: list[str]) -> np.ndarray:
+    """Per-image weights whose weighted mean is the mean of the sources' means, as training's
+    best.pt is chosen: a 12-image source counts as much as a 161-image one."""
+    counts = {s: sources.count(s) for s in set(sources)}
+    return np.array([1.0 / (len(counts) * counts[s]) for s in sources]) if sources else np.zeros(0)
+
+
 def unet_ablation(score_images, n: int, modalities: list[str], start: dict, *,
-                  grid: dict[str, tuple] = REFINE_GRID, min_images: int = MIN_MODALITY_IMAGES) -> Ablation:
+                  grid: dict[str, tuple] = REFINE_GRID, min_images: int = MIN_MODALITY_IMAGES,
+                  weights: np.ndarray | None = None) -> Ablation:
     """`score_images(params, indices)` -> per-image DSBs. From the global best `start`: h-maxima
-    seeds for all images, per-modality parameters without them, and per-modality with them."""
+    seeds for all images, per-modality parameters without them, and per-modality with them.
+    `weights` (default equal) weigh the images in every mean the search maximises."""
     every = list(range(n))
-    mean_all = lambda p: float(np.mean(score_images(p, every)))  # noqa: E731
+    w = np.full(n, 1.0 / max(n, 1)) if weights is None else np.asarray(weights, float)
+
+    def mean_of(params: dict, idx) -> float:
+        return float(np.average(score_images(params, idx), weights=w[idx]))
+
+    mean_all = lambda p: mean_of(p, every)  # noqa: E731
     no_h = {k: v for k, v in grid.items() if k != "seed_h"}
     h_values = tuple(v for v in grid.get("seed_h", ()) if v > 0) or (0.2,)
     h_grid = {"seed_h": h_values, **{k: grid[k] for k in ("seed_threshold", "min_seed_area") if k in grid}}
@@ -108,10 +123,10 @@ def unet_ablation(score_images, n: int, modalities: list[str], start: dict, *,
             idx = [i for i, x in enumerate(modalities) if x == m]
             params = dict(start)
             if len(idx) >= min_images:
-                params, _ = coordinate_search(lambda p, idx=idx: float(np.mean(score_images(p, idx))), start, g)
+                params, _ = coordinate_search(lambda p, idx=idx: mean_of(p, idx), start, g)
             chosen[m] = params
             scores[idx] = score_images(params, idx)
-        return chosen, float(scores.mean())
+        return chosen, float(np.average(scores, weights=w))
 
     mod_params, mod_score = per_modality(no_h)
     comb_params, comb_score = per_modality(grid)
@@ -161,8 +176,9 @@ def _with_params(cfg, params: dict):
                        eval=dataclasses.replace(cfg.eval, **sections["eval"]))
 
 
-def _maskrcnn_scorer(model, cfg, device, samples, grid, progress):
-    """Raw detections per image, once, through the runtime; returns score(params) -> mean DSB."""
+def _maskrcnn_scorer(model, cfg, device, samples, grid, progress, weights):
+    """Raw detections per image, once, through the runtime; returns score(params) -> the
+    `weights`-weighted mean DSB."""
     heads = model.roi_heads
     heads.score_thresh = float(min(grid["score_threshold"]))
     heads.nms_thresh = float(max(grid["nms_threshold"]))
@@ -171,8 +187,8 @@ def _maskrcnn_scorer(model, cfg, device, samples, grid, progress):
     raw = [(s.labels, predictor.detections(s.image)) for s in it]
 
     def score(params: dict) -> float:
-        return float(np.mean([dsb_score(gt, predictor.merge_detections(found, gt.shape, **params)[0])
-                              for gt, found in raw]))
+        return float(np.average([dsb_score(gt, predictor.merge_detections(found, gt.shape, **params)[0])
+                                 for gt, found in raw], weights=weights))
 
     return score
 
@@ -212,9 +228,10 @@ def tune_checkpoint(
         raise ValueError(f"{len(res.errors)} unreadable sample(s), first: {res.errors[0]}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
+    weights = image_weights([source_of(s) for s in res.samples])
     if cfg.model.kind == "maskrcnn":
         grid = grid or MASKRCNN_GRID
-        score = _maskrcnn_scorer(model, cfg, device, res.samples, grid, progress)
+        score = _maskrcnn_scorer(model, cfg, device, res.samples, grid, progress, weights)
         baseline_params = {k: getattr(getattr(cfg, sec), name) for k, (sec, name) in _MASKRCNN_FIELDS.items()}
     else:
         grid = grid or DEFAULT_GRID
@@ -241,7 +258,7 @@ def tune_checkpoint(
 
         def score(params: dict) -> float:
             # Explicit params, no modality: the checkpoint's own by_modality never leaks in.
-            return float(np.mean(score_images({"seed_h": 0.0, **params}, range(len(probs)))))
+            return float(np.average(score_images({"seed_h": 0.0, **params}, range(len(probs))), weights=weights))
 
         baseline_params = {k: getattr(cfg.eval, k) for k in grid}
     keys = list(grid)
@@ -257,7 +274,7 @@ def tune_checkpoint(
     ablation, by_modality = None, None
     if cfg.model.kind == "unet" and cfg.eval.instances == "watershed":
         start = {**{k: getattr(cfg.eval, k) for k in REFINE_GRID}, "seed_h": 0.0, **best}
-        ablation = unet_ablation(score_images, len(probs), modalities, start)
+        ablation = unet_ablation(score_images, len(probs), modalities, start, weights=weights)
         # Ship what validation prefers: global thresholds, h-maxima for all, or per-modality.
         options = [(ablation.global_thresholds, start, {}), (ablation.h_maxima, ablation.h_maxima_params, {}),
                    (ablation.by_modality, start, overrides(start, ablation.modality_params)),
@@ -266,11 +283,13 @@ def tune_checkpoint(
         best = {**base, "by_modality": by_modality or None}
     tuned = _with_params(cfg, best)
     ckpt["config"] = json.loads(json.dumps(tuned.to_dict()))
-    ckpt["tuning"] = {"split": split, "n_images": len(res.samples), "baseline_dsb": baseline, "best_dsb": best_dsb, "grid": {k: list(v) for k, v in grid.items()}}
+    objective = "mean of the sources' mean DSB" if len(set(source_of(s) for s in res.samples)) > 1 else "mean DSB"
+    ckpt["tuning"] = {"split": split, "n_images": len(res.samples), "objective": objective, "baseline_dsb": baseline,
+                      "best_dsb": best_dsb, "grid": {k: list(v) for k, v in grid.items()}}
     for k in ("optimizer", "scheduler", "scaler"):  # a deployable checkpoint needs weights only
         ckpt.pop(k, None)
     save_atomic(ckpt, out)
-    report = {"best": best, "best_dsb": best_dsb, "baseline_dsb": baseline, "table": rows}
+    report = {"best": best, "objective": objective, "best_dsb": best_dsb, "baseline_dsb": baseline, "table": rows}
     if ablation is not None:
         report["ablation"] = dataclasses.asdict(ablation)
     write_text_atomic(out.parent / f"{out.stem}.tuning.json", json.dumps(report, indent=1))
