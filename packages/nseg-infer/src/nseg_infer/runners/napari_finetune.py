@@ -15,9 +15,13 @@ that pair and write layers import neither napari nor Qt and are tested headless;
 """
 
 # No `from __future__ import annotations`: napari and magicgui read annotations at run time.
+import atexit
+import ctypes
+import ctypes.util
 import importlib.util
 import json
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -124,9 +128,24 @@ def _command(cli: str, *args: str) -> list[str]:
     return [sys.executable, "-c", f"from {cli} import app; app()", *args]
 
 
+def _dies_with_parent() -> Callable[[], None] | None:
+    """On Linux, a `preexec_fn` asking the kernel to send the child SIGTERM when napari's process
+    ends for any reason, a crash or a kill included; elsewhere None (atexit covers a normal quit).
+    The C function is looked up here, before the fork, so the child only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    pr_set_pdeathsig = 1
+
+    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _run(cmd: list[str], on_line: Callable[[str], None], cancel: threading.Event) -> None:
-    """Run `cmd`, handing each output line to `on_line`; terminate it when `cancel` is set."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    """Run `cmd`, handing each output line to `on_line`; terminate it when `cancel` is set or
+    when napari quits: a training left running would hold both cores with no one to see it."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            preexec_fn=_dies_with_parent())
+    atexit.register(proc.terminate)
 
     def watch() -> None:
         while proc.poll() is None:
@@ -136,10 +155,13 @@ def _run(cmd: list[str], on_line: Callable[[str], None], cancel: threading.Event
 
     threading.Thread(target=watch, daemon=True).start()
     tail: deque[str] = deque(maxlen=15)
-    for line in proc.stdout:
-        tail.append(line.rstrip())
-        on_line(line)
-    proc.wait()
+    try:
+        for line in proc.stdout:
+            tail.append(line.rstrip())
+            on_line(line)
+        proc.wait()
+    finally:
+        atexit.unregister(proc.terminate)
     if cancel.is_set():
         raise FinetuneCancelled("cancelled: no model was written")
     if proc.returncode:
@@ -233,6 +255,11 @@ def _finetune_widget_class():
             self.worker = None
             self.result: dict | None = None
             self._cancel = threading.Event()
+            # Quitting napari cancels a fine-tune under way, so no worker keeps the app waiting.
+            from qtpy.QtWidgets import QApplication
+
+            if (app := QApplication.instance()) is not None:
+                app.aboutToQuit.connect(self._cancel.set)
             viewer.layers.events.inserted.connect(self._layers_changed)
             viewer.layers.events.removed.connect(self._layers_changed)
             self.run_button.changed.connect(self.start)
