@@ -7,7 +7,8 @@
 
 `predict(image)` streams blocks as their tiles complete (a tile's output is dropped after its last
 block); `run_block(source, block, plan)` is one block on its own (the cluster's block task);
-`predict_many(images)` packs the tiles of many one-block images into shared model calls;
+`predict_many(images)` packs the tiles of many one-block images into shared model calls (the file
+runner's windows of small files, the folder watch's groups);
 `probabilities` + `instances` are the same blocks' fields and instance step, for tuning and parity.
 Three stages overlap through bounded queues (`engine.stages`): the reader thread, the model on the
 calling thread (ONNX Runtime and TensorRT release the GIL) and a merger thread for the block step.
@@ -158,13 +159,16 @@ class Predictor(Planner):
         """`predict` of each image, labels in memory, in order. A UNet's tiles of every image that
         is one instance block (side <= `RunConfig.block`) are packed into shared model calls of up
         to `batch` tiles, so many small images cost a few batched calls; each image still gets
-        exactly `predict`'s labels. The detector graph takes one tile per call: a plain loop."""
+        exactly `predict`'s labels. Only tiles of one shape can share a call (a tile grown to
+        another's shape sees more around it, which changes its output), so the tiles are grouped
+        by shape across all the images: images whose tiles have one shape share calls wherever
+        they are in `images`. The detector graph takes one tile per call: a plain loop."""
         srcs = [as_source(i) for i in images]
         if self.bundle.kind != "unet":
             return [self.predict(s) for s in srcs]
         plans = [self.plan(s) for s in srcs]
         grids = {k: p.grid for k, p in enumerate(plans) if len(p.blocks) == 1}
-        # Tiles of one shape share calls; within a shape, images and tiles keep their order.
+        # Within a shape, images and tiles keep their order.
         by_shape: dict[tuple[int, int], list[TileRead]] = {}
         for k, grid in grids.items():
             by_shape.setdefault(grid.tile_shape, []).extend(TileRead(k, srcs[k], t, plans[k].tile_norm) for t in grid.tiles)

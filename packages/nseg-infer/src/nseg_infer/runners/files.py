@@ -1,13 +1,15 @@
 """The file runner: files -> Source -> Predictor -> Sinks, one file at a time or overlapped
 across files, with a result per file (its outputs, or the error that names it).
 
-`FileRunner(predictor, file_config)` runs `process_file`, `process_files` (small images sharing model calls,
-the folder watch) and `process_many` (the `nseg-infer run` pipeline); `run` expands the inputs
-and writes summary.csv. One bad file never stops a batch: its error is in its result.
+`FileRunner(predictor, file_config)` runs `process_file`, `process_files` (files segmented
+together, the folder watch) and `process_many` (the `nseg-infer run` pipeline); `run` expands the
+inputs and writes summary.csv. One bad file never stops a batch: its error is in its result.
 
 `process_many` overlaps three stages through bounded queues (`engine.stages`): a reader thread
-opens (decodes) the next file while this one is segmented, and a writer thread writes the
-previous file's products meanwhile.
+opens (decodes) the next file while files are segmented, and a writer thread writes the products
+of those before meanwhile. Runs of small files are segmented together (`Predictor.predict_many`),
+a window at a time, so their tiles share model calls; each file still gets `process_file`'s
+labels and products.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from nseg_data.atomic import WriteFailed
 
-from nseg_infer.engine.predictor import Predictor, RunConfig
+from nseg_infer.engine.predictor import Prediction, Predictor, RunConfig
 from nseg_infer.engine.stages import Worker, background
 from nseg_infer.regions import ImageSource
 from nseg_infer.runners.file_config import FileConfig
@@ -42,6 +45,18 @@ from nseg_infer.sinks.outputs import ProductPaths, SinkOptions, write_products
 from nseg_infer.sources.options import InputOptions
 
 log = logging.getLogger(__name__)
+
+# A file shares model calls with its neighbours in `process_many` when the model sees it as one
+# instance block of at most SMALL_PX pixels (every DSB 2018 size: the largest, 1040 x 1388, is
+# 1.4 Mpx); larger images fill their own batches. A window holds at most WINDOW_FILES files and
+# WINDOW_PX of their model pixels: it bounds the images and in-memory labels held together, and
+# is large enough that the tiles of each shape in it mostly fill whole batches.
+SMALL_PX = 1 << 21
+WINDOW_FILES = 32
+WINDOW_PX = 1 << 22
+
+# A file opened by `FileRunner._open`: (input, output folder, its source or the error, seconds).
+_Opened = tuple[Path, Path, ImageSource | Exception, float]
 
 
 @contextlib.contextmanager
@@ -87,7 +102,7 @@ class FileRunner:
         job = self._segment(*self._open(Path(path), Path(out_dir)))
         return job if isinstance(job, FileResult) else self._finish(job)
 
-    def _open(self, p: Path, out: Path) -> tuple[Path, Path, ImageSource | Exception, float]:
+    def _open(self, p: Path, out: Path) -> _Opened:
         """Stage 1: the output folder made and the file opened (small files are decoded here)."""
         t0 = time.perf_counter()
         try:
@@ -102,21 +117,93 @@ class FileRunner:
             raw = e
         return p, out, raw, time.perf_counter() - t0
 
-    def _segment(self, p: Path, out: Path, raw: ImageSource | Exception, seconds: float) -> _Job | FileResult:
-        """Stage 2: the model and the instance step. The segmentation, its label canvas and the
-        open file stay alive in the job's ExitStack until its products are written."""
+    def _segment(self, p: Path, out: Path, raw: ImageSource | Exception, seconds: float,
+                 made: tuple[ModelInput, Prediction] | None = None) -> _Job | FileResult:
+        """Stage 2: the model and the instance step, or with `made` the file's model input and its
+        prediction made together with other files' (`_segment_window`), brought back to the
+        file's size. The segmentation, its label canvas and the open file stay alive in the job's
+        ExitStack until its products are written."""
         if isinstance(raw, Exception):
             return self.failure(p, raw, seconds, 0, 0)
         t0 = time.perf_counter()
         h, w = raw.shape
+        canvas = self.file_config.canvas
         with contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(raw)
-                seg = stack.enter_context(segment_source(self.predictor, raw, self.file_config.inputs,
-                                                         canvas=self.file_config.canvas, work_dir=out))
+                seg = stack.enter_context(
+                    segment_source(self.predictor, raw, self.file_config.inputs, canvas=canvas, work_dir=out)
+                    if made is None else segmented(canvas, *made, work_dir=out))
             except Exception as e:
                 return self.failure(p, e, seconds + time.perf_counter() - t0, h, w)
             return _Job(p, out, seg, h, w, seconds + time.perf_counter() - t0, stack.pop_all())
+
+    def _model_input(self, raw: ImageSource | Exception) -> ModelInput | None:
+        """The opened file as the model sees it, or None where it failed to open or that fails
+        (`_segment` then meets the error again and reports it with the file's name)."""
+        if isinstance(raw, Exception):
+            return None
+        try:
+            return model_input(self.predictor.bundle, raw, self.file_config.inputs)
+        except Exception:
+            return None
+
+    def _window_input(self, raw: ImageSource | Exception) -> ModelInput | None:
+        """The model input of an opened file that joins a window of small files: a UNet's (a
+        detector takes one tile per call), at most SMALL_PX pixels and, as the model sees it, one
+        instance block of at most SMALL_PX pixels; never above `large_px`, as a window's labels
+        are held in memory. None for any other file."""
+        limit = min(SMALL_PX, self.file_config.large_px)
+        if self.predictor.bundle.kind != "unet" or isinstance(raw, Exception) or raw.height * raw.width > limit:
+            return None
+        inp = self._model_input(raw)
+        if inp is None:
+            return None
+        h, w = inp.source.shape
+        return inp if h * w <= limit and len(self.predictor.blocks(h, w)) == 1 else None
+
+    def _windows(self, opened: Iterable[_Opened]) -> Iterator[list[tuple[_Opened, ModelInput | None]]]:
+        """The opened files in input order, cut into runs for `_segment_window`: windows of small
+        files (`_window_input`; a file that failed to open takes its place in a window without
+        ending it), each closed at WINDOW_FILES files or WINDOW_PX model pixels, and every other
+        file alone, ending the window before it."""
+        window: list[tuple[_Opened, ModelInput | None]] = []
+        px = 0
+        for item in opened:
+            inp = self._window_input(item[2])
+            if inp is None and not isinstance(item[2], Exception):
+                if window:
+                    yield window
+                    window, px = [], 0
+                yield [(item, None)]
+                continue
+            window.append((item, inp))
+            px += 0 if inp is None else inp.source.height * inp.source.width
+            if len(window) == WINDOW_FILES or px >= WINDOW_PX:
+                yield window
+                window, px = [], 0
+        if window:
+            yield window
+
+    def _segment_window(self, run: Sequence[tuple[_Opened, ModelInput | None]]) -> list[_Job | FileResult]:
+        """Stage 2 for a run of opened files, in order: the files with a model input segmented
+        together (`Predictor.predict_many`: tiles of one shape share model calls, each image gets
+        exactly `predict`'s labels), their shared time split evenly; the others (one that failed
+        to open, one whose model input failed, a file alone) through `_segment`. If segmenting
+        together fails, each file is segmented alone, so an error names its own file."""
+        together = {k: inp for k, (_, inp) in enumerate(run) if inp is not None}
+        preds: dict[int, Prediction] = {}
+        t0 = time.perf_counter()
+        if together:
+            try:
+                preds = dict(zip(together, self.predictor.predict_many([i.source for i in together.values()]),
+                                 strict=True))
+            except Exception as e:
+                # e.g. an engine profile smaller than the batch, or one bad image among them.
+                log.warning("segmenting %d images together failed (%s); segmenting them one by one", len(together), e)
+        share = (time.perf_counter() - t0) / max(len(preds), 1)
+        return [self._segment(p, out, raw, seconds + share, (together[k], preds[k])) if k in preds
+                else self._segment(p, out, raw, seconds) for k, ((p, out, raw, seconds), _) in enumerate(run)]
 
     def _finish(self, job: _Job) -> FileResult:
         """Stage 3: the products written, then the file, canvas and temp files released."""
@@ -131,46 +218,19 @@ class FileRunner:
 
     def process_files(self, jobs: Sequence[tuple[str | os.PathLike, str | os.PathLike]]) -> Iterator[FileResult]:
         """`process_file` of each (input, output folder), in order, each file decoded once and all
-        of them segmented together (`predict_many`), so small images share model calls. Labels
+        of them segmented together (`_segment_window`), so small images share model calls. Labels
         are held in memory: meant for small images. Results come one by one, as each file's
         products are written; closing the iterator early writes no more and closes the files."""
-        t0 = time.perf_counter()
-        with contextlib.ExitStack() as stack:
-            opened: list[tuple[Path, Path, tuple[int, int], ModelInput | Exception]] = []
-            for path, out in jobs:
-                p, shape = Path(path), (0, 0)
-                try:
-                    raw = stack.enter_context(self.file_config.open(p))
-                    shape = raw.shape
-                    opened.append((p, Path(out), shape, model_input(self.predictor.bundle, raw, self.file_config.inputs)))
-                except Exception as e:  # reported in this file's result, as process_file does
-                    opened.append((p, Path(out), shape, e))
-            inputs = [inp for *_, inp in opened if isinstance(inp, ModelInput)]
-            try:
-                preds = iter(self.predictor.predict_many([inp.source for inp in inputs]))
-            except Exception as e:
-                # e.g. an engine profile smaller than the batch: each file then runs alone.
-                log.warning("segmenting %d images together failed (%s); running them one by one", len(inputs), e)
-                preds = None
-            shared = (time.perf_counter() - t0) / max(len(opened), 1)
-            for p, out, (h, w), inp in opened:
-                t1 = time.perf_counter()
-                if isinstance(inp, Exception):
-                    yield self.failure(p, inp, shared, h, w)
-                elif preds is None:
-                    yield self.process_file(p, out)
-                else:
-                    pred = next(preds)
-                    try:
-                        try:
-                            out.mkdir(parents=True, exist_ok=True)
-                        except OSError as e:
-                            raise WriteFailed(out, e) from e
-                        with segmented(self.file_config.canvas, inp, pred, work_dir=out) as seg:
-                            outputs, n = self.write(p, out, seg, h, w)
-                        yield FileResult(p, outputs, n, shared + time.perf_counter() - t1, None, h, w, self.predictor.backend_name)
-                    except Exception as e:  # as in process_file: one bad file never stops the rest
-                        yield self.failure(p, e, shared + time.perf_counter() - t1, h, w)
+        opened = [self._open(Path(path), Path(out)) for path, out in jobs]
+        pending: deque[_Job | FileResult] = deque(self._segment_window([(o, self._model_input(o[2])) for o in opened]))
+        try:
+            while pending:
+                job = pending.popleft()
+                yield job if isinstance(job, FileResult) else self._finish(job)
+        finally:
+            for job in pending:
+                if isinstance(job, _Job):
+                    job.resources.close()
 
     def write(self, p: Path, out: Path, seg: Segmented, h: int, w: int) -> tuple[tuple[Path, ...], int]:
         """The products of input `p`'s segmentation into `out`, through the sinks of
@@ -189,27 +249,31 @@ class FileRunner:
         """Every file, in order; one bad file never stops the batch. Writes OUT/summary.csv.
 
         `process_file`'s stages, overlapped across files: a reader thread opens (decodes) the next
-        file while this one is segmented, and a writer thread writes the previous file's products
-        meanwhile. Both queues hold one file, so at most five are in flight (two opened ahead, one
-        being segmented, two being or waiting to be written), and an image with labels on disk
-        (above `FileConfig.large_px`) is segmented only once the writer is idle, so no two large
-        label images are ever held together. Results and files are `process_file`'s, in input
-        order; `progress` is called from the writer thread."""
+        file while files are segmented, and a writer thread writes the products of those before
+        meanwhile. Runs of small files are segmented together, a window of up to WINDOW_FILES at
+        a time (`_windows`, `_segment_window`), so their tiles share model calls; any other file
+        is segmented alone. The reader holds one file ahead and the writer's queue one window or
+        file, so at most three windows are in flight (being written, waiting, being segmented),
+        and an image with labels on disk (above `FileConfig.large_px`) is segmented only once the
+        writer is idle, so no two large label images are ever held together. Results and files
+        are `process_file`'s, in input order; `progress` is called from the writer thread."""
         out = Path(out_dir)
         results: list[FileResult] = []
 
-        def finish(job: _Job | FileResult) -> None:
-            r = job if isinstance(job, FileResult) else self._finish(job)
-            results.append(r)
-            if progress is not None:
-                progress(r)
+        def finish(jobs: list[_Job | FileResult]) -> None:
+            for job in jobs:
+                r = job if isinstance(job, FileResult) else self._finish(job)
+                results.append(r)
+                if progress is not None:
+                    progress(r)
 
         writer = Worker(finish, 1, name="nseg-writer")
         try:
-            for p, o, raw, seconds in background((self._open(Path(p), out) for p in paths), 1):
+            for run in self._windows(background((self._open(Path(p), out) for p in paths), 1)):
+                raw = run[0][0][2]
                 if isinstance(raw, ImageSource) and raw.height * raw.width > self.file_config.large_px:
                     writer.wait()
-                writer.put(self._segment(p, o, raw, seconds))
+                writer.put(self._segment_window(run))
         finally:
             writer.close()
         if summary:
