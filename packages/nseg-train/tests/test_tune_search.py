@@ -1,8 +1,9 @@
 """The post-processing searches of `nseg-train tune`, on synthetic score functions."""
 
 import numpy as np
+import pytest
 
-from nseg_train.tune import coordinate_search, image_weights, overrides, unet_ablation
+from nseg_train.tune import FLOOR_PENALTY, SourceObjective, coordinate_search, overrides, unet_ablation
 
 
 def test_coordinate_search_climbs_to_the_grid_optimum_of_a_separable_score():
@@ -46,17 +47,24 @@ def test_ablation_breaks_each_row_down_by_modality():
     assert np.isclose(a.combined, 0.7) and np.isclose(a.global_thresholds, 0.5)
 
 
-def test_image_weights_make_each_source_count_once():
-    w = image_weights(["dsb"] * 8 + ["tnbc"] * 2)
-    assert np.isclose(w.sum(), 1) and np.isclose(w[:8].sum(), 0.5) and np.isclose(w[8:].sum(), 0.5)
-    assert np.allclose(image_weights(["a", "a", "a"]), 1 / 3)
+def test_the_source_objective_counts_each_source_once_and_guards_its_floor():
+    sources = ("dsb",) * 8 + ("tnbc",) * 2
+    scores = [0.6] * 8 + [0.2] * 2
+    assert SourceObjective(sources)(scores) == pytest.approx(0.4)
+    guarded = SourceObjective(sources, {"dsb": 0.62, "tnbc": 0.1}, max_drop=0.01)
+    # dsb is 0.01 below its allowed 0.61: penalised FLOOR_PENALTY-fold
+    assert guarded(scores) == pytest.approx(0.4 - FLOOR_PENALTY * 0.01)
+    assert SourceObjective(("a",) * 3)([0.1, 0.2, 0.6]) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="max_drop"):
+        SourceObjective(sources, max_drop=-1)
 
 
-def test_weighted_search_lets_a_small_source_outvote_a_large_one():
-    # 9 images of a large source prefer seed_threshold 0.3 a little; 3 of a small source prefer
-    # 0.7 a lot. Image-weighted, 0.3 wins; source-weighted, 0.7 does.
+def test_a_modality_search_never_trades_a_guarded_source_away():
+    # One modality, two sources: a large one that prefers seed_threshold 0.3 a little and a small
+    # one that prefers 0.7 a lot. The mean of the sources prefers 0.7; with the large source's
+    # floor at its 0.3 score, 0.7 costs it more than allowed and 0.3 stays.
     modalities = ["fluorescence"] * 12
-    sources = ["big"] * 9 + ["small"] * 3
+    sources = ("big",) * 9 + ("small",) * 3
 
     def score_images(p, idx):
         return [(1 - 0.2 * (p["seed_threshold"] == 0.7)) if sources[i] == "big" else (0.5 + 0.4 * (p["seed_threshold"] == 0.7))
@@ -65,7 +73,10 @@ def test_weighted_search_lets_a_small_source_outvote_a_large_one():
     grid = {"seed_threshold": (0.3, 0.7), "seed_h": (0.0,)}
     start = {"seed_threshold": 0.3, "seed_h": 0.0}
     plain = unet_ablation(score_images, 12, modalities, start, grid=grid)
-    fair = unet_ablation(score_images, 12, modalities, start, grid=grid, weights=image_weights(sources))
+    fair = unet_ablation(score_images, 12, modalities, start, grid=grid, objective=SourceObjective(sources))
+    guarded = unet_ablation(score_images, 12, modalities, start, grid=grid,
+                            objective=SourceObjective(sources, {"big": 1.0, "small": 0.5}, max_drop=0.05))
     assert plain.combined_params["fluorescence"]["seed_threshold"] == 0.3
     assert fair.combined_params["fluorescence"]["seed_threshold"] == 0.7
-    assert np.isclose(fair.combined, (0.8 + 0.9) / 2)
+    assert fair.combined == pytest.approx((0.8 + 0.9) / 2)
+    assert guarded.combined_params["fluorescence"]["seed_threshold"] == 0.3

@@ -204,22 +204,31 @@ def tune(
     split: str = typer.Option("val", "--split", help="never 'locked'"),
     cache: Path = _CACHE,
     limit: int = typer.Option(None, "--limit", help="use only the first N images of the split"),
+    max_drop: float = typer.Option(0.005, "--max-drop", help="with several sources: the most DSB any source may "
+                                   "lose against the checkpoint's own settings"),
+    workers: int = typer.Option(None, "--workers", help="processes scoring the instance step (default: the cores)"),
 ) -> None:
     """Grid-search the post-processing thresholds on the validation split (UNet: watershed, then
     h-maxima seeds and per-modality parameters, each scored alone and together; Mask R-CNN: score,
-    mask, NMS and size) through the runtime's pipeline; write the best into a new checkpoint."""
+    mask, NMS and size) through the runtime's pipeline; write the best into a new checkpoint.
+    With several sources (a sources catalogue) the search maximises the mean of the sources' DSB
+    and no source may lose more than --max-drop."""
     from tqdm import tqdm
 
     from nseg_train.tune import tune_checkpoint
 
     try:
-        r = tune_checkpoint(checkpoint, data=data, splits=splits, out=out, cache=cache, split=split, limit=limit, progress=lambda x, desc: tqdm(x, desc=desc))
+        r = tune_checkpoint(checkpoint, data=data, splits=splits, out=out, cache=cache, split=split, limit=limit,
+                            progress=lambda x, desc: tqdm(x, desc=desc), max_drop=max_drop, workers=workers)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     if r.ablation is not None:
         a = r.ablation
         typer.echo(f"val DSB: global thresholds {a.global_thresholds:.4f}, h-maxima seeds {a.h_maxima:.4f}, "
                    f"per-modality {a.by_modality:.4f}, both {a.combined:.4f} (images per modality {a.modality_counts})")
+    if r.per_source:
+        typer.echo("val DSB per source: " + ", ".join(
+            f"{k} {r.per_source['own settings'][k]:.4f} -> {v:.4f}" for k, v in r.per_source["tuned"].items()))
     typer.echo(f"val DSB {r.baseline_dsb:.4f} -> {r.best_dsb:.4f} with {r.best}; wrote {out}")
 
 

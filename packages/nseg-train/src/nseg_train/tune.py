@@ -13,9 +13,12 @@ per-modality thresholds alone, and both.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from nseg_data.dataset import open_dataset
 from nseg_data.metrics import dsb_score
 from nseg_data.sources import source_of
 from nseg_data.split import load_splits
+from nseg_infer.engine.cpu import cpu_threads
 
 from nseg_train.checkpoint import load_checkpoint, load_model, save_atomic
 from nseg_train.deploy import runtime_predictor
@@ -89,26 +93,50 @@ class Ablation:
     per_modality: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
-def image_weights(sources: list[str]) -> np.ndarray:
-    """Per-image weights whose weighted mean is the mean of the sources' means, as training's
-    best.pt is chosen: a 12-image source counts as much as a 161-image one."""
-    counts = {s: sources.count(s) for s in set(sources)}
-    return np.array([1.0 / (len(counts) * counts[s]) for s in sources]) if sources else np.zeros(0)
+# A source that falls below its floor costs the objective this much per unit of DSB lost: far more
+# than any gain elsewhere can buy back.
+FLOOR_PENALTY = 10.0
+
+
+@dataclass(frozen=True)
+class SourceObjective:
+    """What the searches maximise, from every image's DSB: the mean of the sources' mean DSB (as
+    training's best.pt is chosen: a 12-image source counts as much as a 161-image one), and with
+    `floor` (each source's mean under the checkpoint's own settings) any source more than
+    `max_drop` below its floor is penalised, so tuning never buys one source's gain with another's
+    loss. One source: the plain mean."""
+
+    sources: tuple[str, ...]
+    floor: dict[str, float] | None = None
+    max_drop: float = 0.005
+
+    def __post_init__(self) -> None:
+        if self.max_drop < 0:
+            raise ValueError(f"max_drop must be >= 0, got {self.max_drop}")
+
+    def per_source(self, scores) -> dict[str, float]:
+        v = np.asarray(scores, float)
+        src = np.asarray(self.sources)
+        return {s: float(v[src == s].mean()) for s in sorted(set(self.sources))}
+
+    def __call__(self, scores) -> float:
+        means = self.per_source(scores)
+        value = float(np.mean(list(means.values())))
+        if self.floor:
+            value -= FLOOR_PENALTY * sum(max(0.0, self.floor[s] - self.max_drop - m) for s, m in means.items())
+        return value
 
 
 def unet_ablation(score_images, n: int, modalities: list[str], start: dict, *,
                   grid: dict[str, tuple] = REFINE_GRID, min_images: int = MIN_MODALITY_IMAGES,
-                  weights: np.ndarray | None = None) -> Ablation:
+                  objective=None) -> Ablation:
     """`score_images(params, indices)` -> per-image DSBs. From the global best `start`: h-maxima
     seeds for all images, per-modality parameters without them, and per-modality with them.
-    `weights` (default equal) weigh the images in every mean the search maximises."""
+    `objective(scores of all n images)` is what every search maximises (default: their mean); a
+    modality's search scores its own images with each candidate and the others as chosen so far."""
     every = list(range(n))
-    w = np.full(n, 1.0 / max(n, 1)) if weights is None else np.asarray(weights, float)
-
-    def mean_of(params: dict, idx) -> float:
-        return float(np.average(score_images(params, idx), weights=w[idx]))
-
-    mean_all = lambda p: mean_of(p, every)  # noqa: E731
+    objective = objective or (lambda v: float(np.mean(v)))
+    mean_all = lambda p: objective(score_images(p, every))  # noqa: E731
     no_h = {k: v for k, v in grid.items() if k != "seed_h"}
     h_values = tuple(v for v in grid.get("seed_h", ()) if v > 0) or (0.2,)
     h_grid = {"seed_h": h_values, **{k: grid[k] for k in ("seed_threshold", "min_seed_area") if k in grid}}
@@ -118,15 +146,20 @@ def unet_ablation(score_images, n: int, modalities: list[str], start: dict, *,
 
     def per_modality(g: dict[str, tuple]) -> tuple[dict[str, dict], float]:
         chosen: dict[str, dict] = {}
-        scores = np.zeros(n)
+        scores = np.asarray(score_images(start, every), float)
         for m in sorted(set(modalities)):
             idx = [i for i, x in enumerate(modalities) if x == m]
             params = dict(start)
             if len(idx) >= min_images:
-                params, _ = coordinate_search(lambda p, idx=idx: mean_of(p, idx), start, g)
+                def with_m(p: dict, idx=idx) -> float:
+                    v = scores.copy()
+                    v[idx] = score_images(p, idx)
+                    return objective(v)
+
+                params, _ = coordinate_search(with_m, start, g)
             chosen[m] = params
             scores[idx] = score_images(params, idx)
-        return chosen, float(np.average(scores, weights=w))
+        return chosen, objective(scores)
 
     mod_params, mod_score = per_modality(no_h)
     comb_params, comb_score = per_modality(grid)
@@ -149,6 +182,56 @@ def overrides(base: dict, per_modality: dict[str, dict]) -> dict[str, dict]:
     """The `by_modality` section: for each modality, the parameters that differ from `base`."""
     out = {m: {k: v for k, v in p.items() if base.get(k) != v} for m, p in per_modality.items()}
     return {m: d for m, d in out.items() if d}
+
+
+# The fields a scorer's worker processes read: set before the pool forks, so every worker shares
+# the parent's arrays (copy-on-write) instead of receiving them pickled.
+_FORKED: tuple | None = None
+
+
+def _score_forked(job: tuple[dict, int]) -> float:
+    params, i = job
+    predictor, probs = _FORKED
+    return _score(predictor, probs[i], params)
+
+
+def _score(predictor, item: tuple, params: dict) -> float:
+    gt, inp, fields = item
+    return dsb_score(gt, inp.to_input(predictor.instances(fields, **params))[0])
+
+
+class InstanceScorer:
+    """`scorer(params, indices)` -> each image's DSB under the instance parameters `params`, from
+    its fields (the model ran once). Memoised, as the searches revisit parameter sets, and spread
+    over `workers` processes (default: the cores) where the platform forks: the instance step is
+    pure NumPy work on one core, repeated thousands of times. `close()` stops the workers."""
+
+    def __init__(self, predictor, probs: list[tuple], *, workers: int | None = None) -> None:
+        global _FORKED
+        self.predictor, self.probs = predictor, probs
+        self.memo: dict[tuple, float] = {}
+        self.workers = workers or cpu_threads()
+        self.pool = None
+        if self.workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            _FORKED = (predictor, probs)
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
+
+    def __call__(self, params: dict, idx) -> list[float]:
+        key = tuple(sorted(params.items()))
+        todo = [i for i in idx if (key, i) not in self.memo]
+        if self.pool is not None and len(todo) > 1:
+            chunk = max(1, len(todo) // (4 * self.workers))
+            done = self.pool.map(_score_forked, [(params, i) for i in todo], chunksize=chunk)
+        else:
+            done = (_score(self.predictor, self.probs[i], params) for i in todo)
+        for i, v in zip(todo, done, strict=True):
+            self.memo[key, i] = v
+        return [self.memo[key, i] for i in idx]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
 
 
 # Detector thresholds, in the runtime merger's names. The model is run once with the loosest
@@ -176,9 +259,9 @@ def _with_params(cfg, params: dict):
                        eval=dataclasses.replace(cfg.eval, **sections["eval"]))
 
 
-def _maskrcnn_scorer(model, cfg, device, samples, grid, progress, weights):
-    """Raw detections per image, once, through the runtime; returns score(params) -> the
-    `weights`-weighted mean DSB."""
+def _maskrcnn_scorer(model, cfg, device, samples, grid, progress):
+    """Raw detections per image, once, through the runtime; returns score(params) -> every
+    image's DSB."""
     heads = model.roi_heads
     heads.score_thresh = float(min(grid["score_threshold"]))
     heads.nms_thresh = float(max(grid["nms_threshold"]))
@@ -186,9 +269,8 @@ def _maskrcnn_scorer(model, cfg, device, samples, grid, progress, weights):
     it = progress(samples, "detect") if progress else samples
     raw = [(s.labels, predictor.detections(s.image)) for s in it]
 
-    def score(params: dict) -> float:
-        return float(np.average([dsb_score(gt, predictor.merge_detections(found, gt.shape, **params)[0])
-                                 for gt, found in raw], weights=weights))
+    def score(params: dict) -> list[float]:
+        return [dsb_score(gt, predictor.merge_detections(found, gt.shape, **params)[0]) for gt, found in raw]
 
     return score
 
@@ -202,11 +284,14 @@ class TuneResult:
     by_modality: dict[str, dict] | None = None
     ablation: Ablation | None = None
     images: int = 0  # validation images tuned on
+    # Several sources: each one's mean DSB under the checkpoint's own settings and as tuned.
+    per_source: dict[str, dict[str, float]] | None = None
 
 
 def tune_checkpoint(
     checkpoint: Path, *, data: Path, splits: Path | None, out: Path, cache: Path | None, split: str = "val",
-    grid: dict[str, tuple] | None = None, limit: int | None = None, progress=None,
+    grid: dict[str, tuple] | None = None, limit: int | None = None, progress=None, max_drop: float = 0.005,
+    workers: int | None = None,
 ) -> TuneResult:
     if split == "locked":
         raise ValueError("tuning on the locked split would leak it into the reported numbers; use val")
@@ -228,11 +313,19 @@ def tune_checkpoint(
         raise ValueError(f"{len(res.errors)} unreadable sample(s), first: {res.errors[0]}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
-    weights = image_weights([source_of(s) for s in res.samples])
+    sources = tuple(source_of(s) for s in res.samples)
+    with contextlib.ExitStack() as cleanup:
+        return _search(cfg, ckpt, model, device, res, sources, grid, progress, max_drop, workers, cleanup,
+                       split=split, out=out)
+
+
+def _search(cfg, ckpt, model, device, res, sources, grid, progress, max_drop, workers, cleanup, *, split, out):
+    """`tune_checkpoint`'s searches and outputs, once the checkpoint and images are loaded."""
     if cfg.model.kind == "maskrcnn":
         grid = grid or MASKRCNN_GRID
-        score = _maskrcnn_scorer(model, cfg, device, res.samples, grid, progress, weights)
+        per_image = _maskrcnn_scorer(model, cfg, device, res.samples, grid, progress)
         baseline_params = {k: getattr(getattr(cfg, sec), name) for k, (sec, name) in _MASKRCNN_FIELDS.items()}
+        own = per_image(baseline_params)
     else:
         grid = grid or DEFAULT_GRID
         it = progress(res.samples, "predict") if progress else res.samples
@@ -245,22 +338,23 @@ def tune_checkpoint(
             inp = runtime_input(predictor, s.image)
             probs.append((s.labels, inp, predictor.probabilities(inp.source)))
         modalities = [predictor.modality(s.image) for s in res.samples]
+        score_images = InstanceScorer(predictor, probs, workers=workers)
+        cleanup.callback(score_images.close)
 
-        memo: dict[tuple, float] = {}  # the searches revisit parameter sets; each image is scored once per set
-
-        def score_images(params: dict, idx) -> list[float]:
-            key = tuple(sorted(params.items()))
-            for i in idx:
-                if (key, i) not in memo:
-                    gt, inp, fields = probs[i]
-                    memo[key, i] = dsb_score(gt, inp.to_input(predictor.instances(fields, **params))[0])
-            return [memo[key, i] for i in idx]
-
-        def score(params: dict) -> float:
+        def per_image(params: dict) -> list[float]:
             # Explicit params, no modality: the checkpoint's own by_modality never leaks in.
-            return float(np.average(score_images({"seed_h": 0.0, **params}, range(len(probs))), weights=weights))
+            return score_images({"seed_h": 0.0, **params}, range(len(probs)))
 
         baseline_params = {k: getattr(cfg.eval, k) for k in grid}
+        # The checkpoint's own settings, its by_modality included, as its validation scored it.
+        own_params = {**{k: getattr(cfg.eval, k) for k in REFINE_GRID}, "seed_h": cfg.eval.seed_h}
+        own = np.zeros(len(probs))
+        for m in set(modalities):
+            idx = [i for i, x in enumerate(modalities) if x == m]
+            own[idx] = score_images({**own_params, **(cfg.eval.by_modality or {}).get(m, {})}, idx)
+    several = len(set(sources)) > 1
+    objective = SourceObjective(sources, SourceObjective(sources).per_source(own) if several else None, max_drop)
+    score = lambda params: objective(per_image(params))  # noqa: E731
     keys = list(grid)
     rows = []
     combos = list(itertools.product(*(grid[k] for k in keys)))
@@ -274,24 +368,39 @@ def tune_checkpoint(
     ablation, by_modality = None, None
     if cfg.model.kind == "unet" and cfg.eval.instances == "watershed":
         start = {**{k: getattr(cfg.eval, k) for k in REFINE_GRID}, "seed_h": 0.0, **best}
-        ablation = unet_ablation(score_images, len(probs), modalities, start, weights=weights)
+        ablation = unet_ablation(score_images, len(probs), modalities, start, objective=objective)
         # Ship what validation prefers: global thresholds, h-maxima for all, or per-modality.
         options = [(ablation.global_thresholds, start, {}), (ablation.h_maxima, ablation.h_maxima_params, {}),
                    (ablation.by_modality, start, overrides(start, ablation.modality_params)),
                    (ablation.combined, start, overrides(start, ablation.combined_params))]
         best_dsb, base, by_modality = max(options, key=lambda o: o[0])
         best = {**base, "by_modality": by_modality or None}
+        chosen = np.zeros(len(probs))
+        for m in set(modalities):
+            idx = [i for i, x in enumerate(modalities) if x == m]
+            chosen[idx] = score_images({**base, **(by_modality or {}).get(m, {})}, idx)
+    else:
+        chosen = np.asarray(per_image(best))
+    per_source = {"own settings": objective.per_source(own), "tuned": objective.per_source(chosen)} if several else None
+    if several and objective(chosen) < objective(own):
+        # Nothing the grid offers beats the checkpoint's own settings under the floor: keep them.
+        best = {**{k: getattr(cfg.eval, k) for k in REFINE_GRID}, "seed_h": cfg.eval.seed_h,
+                "by_modality": cfg.eval.by_modality} if cfg.model.kind == "unet" else baseline_params
+        best_dsb, per_source["tuned"] = objective(own), per_source["own settings"]
+        by_modality = best.get("by_modality") if cfg.model.kind == "unet" else None
     tuned = _with_params(cfg, best)
     ckpt["config"] = json.loads(json.dumps(tuned.to_dict()))
-    objective = "mean of the sources' mean DSB" if len(set(source_of(s) for s in res.samples)) > 1 else "mean DSB"
-    ckpt["tuning"] = {"split": split, "n_images": len(res.samples), "objective": objective, "baseline_dsb": baseline,
-                      "best_dsb": best_dsb, "grid": {k: list(v) for k, v in grid.items()}}
+    goal = (f"mean of the sources' mean DSB, no source more than {max_drop} below its DSB under the checkpoint's "
+            "own settings" if several else "mean DSB")
+    ckpt["tuning"] = {"split": split, "n_images": len(res.samples), "objective": goal, "baseline_dsb": baseline,
+                      "best_dsb": best_dsb, "per_source": per_source, "grid": {k: list(v) for k, v in grid.items()}}
     for k in ("optimizer", "scheduler", "scaler"):  # a deployable checkpoint needs weights only
         ckpt.pop(k, None)
     save_atomic(ckpt, out)
-    report = {"best": best, "objective": objective, "best_dsb": best_dsb, "baseline_dsb": baseline, "table": rows}
+    report = {"best": best, "objective": goal, "best_dsb": best_dsb, "baseline_dsb": baseline, "per_source": per_source,
+              "table": rows}
     if ablation is not None:
         report["ablation"] = dataclasses.asdict(ablation)
     write_text_atomic(out.parent / f"{out.stem}.tuning.json", json.dumps(report, indent=1))
     return TuneResult(best=best, best_dsb=best_dsb, baseline_dsb=baseline, table=rows, by_modality=by_modality,
-                      ablation=ablation, images=len(res.samples))
+                      ablation=ablation, images=len(res.samples), per_source=per_source)
