@@ -2,10 +2,12 @@
 """The scale a model was trained at: median equivalent diameter (px) of the training nuclei.
 
 The runtime rescales a user's image by `--diameter` against this number, so it must describe
-the images the weights saw: only the ids of the chosen split (default `train`) are measured.
-Each DSB mask file is one nucleus; its equivalent diameter is sqrt(4 * area / pi).
+the images the weights saw: only the ids of the chosen split (default `train`) are measured, from
+any data set nseg-data reads (a stage1_train folder, a label folder, a sources catalogue). Each
+label is one nucleus; its equivalent diameter is sqrt(4 * area / pi).
 
     .venv/bin/python tools/bundle_scale.py --data DSB/stage1_train --splits splits/dsb2018_stage1_train.json
+    .venv/bin/python tools/bundle_scale.py --data splits/sources.yaml --splits splits/multi_source.json
     .venv/bin/python tools/bundle_scale.py ... --write packages/nseg-infer/src/nseg_infer/assets/default
 """
 
@@ -19,32 +21,31 @@ from pathlib import Path
 
 import numpy as np
 from nseg_data.atomic import write_bytes_atomic
+from nseg_data.dataset import open_dataset
 from nseg_data.split import load_splits
-from PIL import Image
 
 
-def diameters(data: Path, ids: list[str]) -> list[float]:
+def diameters(data: Path, ids: list[str], cache: Path | None = None) -> list[float]:
+    res = open_dataset(data, cache_dir=cache, ids=ids)
+    if res.errors:
+        raise SystemExit(f"{len(res.errors)} unreadable sample(s), first: {res.errors[0]}")
     out: list[float] = []
-    for i in ids:
-        masks = sorted((data / i / "masks").glob("*.png"))
-        if not masks:
-            raise SystemExit(f"{data / i / 'masks'}: no mask files (is --data a stage1_train folder?)")
-        for m in masks:
-            area = int(np.count_nonzero(np.asarray(Image.open(m))))
-            if area:
-                out.append(math.sqrt(4 * area / math.pi))
+    for sample in res.samples:
+        areas = np.bincount(np.asarray(sample.labels).ravel())[1:]
+        out.extend(np.sqrt(4 * areas[areas > 0] / math.pi).tolist())
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True, help="stage1_train folder (one folder per image id)")
+    ap.add_argument("--data", type=Path, required=True, help="any data set nseg-data reads")
+    ap.add_argument("--cache", type=Path, help="decoded-sample cache directory")
     ap.add_argument("--splits", type=Path, required=True)
     ap.add_argument("--split", default="train")
     ap.add_argument("--write", type=Path, help="bundle folder whose metadata.json gets the 'scale' entry")
     args = ap.parse_args(argv)
     ids = list(load_splits(args.splits)[args.split])
-    d = diameters(args.data, ids)
+    d = diameters(args.data, ids, args.cache)
     scale = {"nucleus_diameter_px": round(float(np.median(d)), 2),
              "source": f"median equivalent diameter of {len(d)} nuclei in the {len(ids)} "
                        f"'{args.split}' images of {args.splits.name}"}
