@@ -145,7 +145,7 @@ def test_progress_counts_every_model_tile(unet_bundle):
         assert sum(seen) == expected_tiles(predictor, img.shape, None, None) > 4
     finally:
         predictor.backend.on_tiles = None
-    # Rescaled to the default model's training scale (19.28 px nuclei): 2.75x larger, 512 px tiles.
+    # Rescaled to the default model's training scale (20.25 px nuclei): 2.89x larger, 512 px tiles.
     default = counted_predictor(None)
     default.backend.on_tiles = seen.append
     seen.clear()
