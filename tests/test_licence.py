@@ -1,8 +1,11 @@
 """The licence and the citation: one BSD-3-Clause LICENSE, declared by every package, and a
-CITATION.cff that credits the Data Science Bowl 2018 paper and its CC0 data set."""
+CITATION.cff that credits the Data Science Bowl 2018 paper and its CC0 data set, and every other
+data set the default model was trained on."""
 
 from __future__ import annotations
 
+import json
+import re
 import tomllib
 from pathlib import Path
 
@@ -23,6 +26,13 @@ def test_citation_credits_the_data():
     yaml = pytest.importorskip("yaml", reason="PyYAML is not installed")
     cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
     assert cff["cff-version"] == "1.2.0" and cff["license"] == "BSD-3-Clause"
-    refs = {r["type"]: r for r in cff["references"]}
-    assert refs["article"]["doi"] == "10.1038/s41592-019-0612-7" and refs["article"]["journal"] == "Nature Methods"
-    assert refs["data"]["license"] == "CC0-1.0" and "BBBC038" in refs["data"]["title"]
+    by_doi = {r["doi"]: r for r in cff["references"] if "doi" in r}
+    assert by_doi["10.1038/s41592-019-0612-7"]["journal"] == "Nature Methods"
+    (data,) = [r for r in cff["references"] if r["type"] == "data"]
+    assert data["license"] == "CC0-1.0" and "BBBC038" in data["title"]
+    # The default UNet also learnt from two CC BY 4.0 sets, which must be cited wherever it is shared.
+    meta = json.loads((ROOT / "packages/nseg-infer/src/nseg_infer/assets/default/metadata.json").read_text())
+    for source in meta["training"].get("data_sources", []):
+        if source["licence"] != "CC0-1.0":
+            doi = re.search(r"doi:\s*(10\.[^\s,;]+[^\s,;.])", source["citation"]).group(1)
+            assert by_doi[doi]["license"] == "CC-BY-4.0", source["name"]
