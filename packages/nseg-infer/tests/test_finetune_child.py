@@ -16,7 +16,7 @@ import pytest
 CHILD = "import os, time; print(os.getpid(), flush=True); time.sleep(600)"
 
 # Stands in for napari: runs the child through the widget's `_run` in a worker thread, prints the
-# child's pid once it is up, then either quits normally or waits to be killed.
+# child's pid once it is up, then quits normally when told to (a line on stdin) or waits to be killed.
 PARENT = f"""
 import sys, threading
 from nseg_infer.runners.napari_finetune import _run
@@ -29,6 +29,7 @@ up.wait(60)
 print(pid[0], flush=True)
 if sys.argv[1] == "wait":
     threading.Event().wait()
+sys.stdin.readline()
 """
 
 
@@ -51,7 +52,8 @@ def gone_within(pid: int, seconds: float) -> bool:
 
 def start_parent(mode: str) -> tuple[subprocess.Popen, int]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(p)) for p in sys.path if p]))
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, mode], stdout=subprocess.PIPE, text=True, env=env)
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=env)
     child = int(parent.stdout.readline())
     assert alive(child)
     return parent, child
@@ -63,7 +65,8 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="re
 def test_the_training_process_ends_when_napari_quits():
     parent, child = start_parent("quit")
     try:
-        assert parent.wait(60) == 0
+        parent.communicate("quit\n", timeout=60)
+        assert parent.returncode == 0
         assert gone_within(child, 30), f"training process {child} outlived napari's"
     finally:
         if alive(child):
