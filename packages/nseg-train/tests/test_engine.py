@@ -59,6 +59,35 @@ def test_resume_is_deterministic(synth_data, tiny_config, tmp_path):
     assert a["weights_sha256"] == b["weights_sha256"]
 
 
+def test_a_non_finite_batch_is_skipped_aloud_and_many_stop_the_run(synth_data, tiny_config, tmp_path, monkeypatch, capsys):
+    from nseg_train import tasks
+
+    data, splits = synth_data
+    cfg = load_config(tiny_config)
+    base = dict(data_dir=data, splits_file=splits, progress=False, epochs=1)
+    real = tasks.UNetTask.loss
+    calls = []
+
+    def nan_once(self, model, batch, device):
+        loss, parts = real(self, model, batch, device)
+        calls.append(1)
+        return (loss * float("nan"), parts) if len(calls) == 1 else (loss, parts)
+
+    monkeypatch.setattr(tasks.UNetTask, "loss", nan_once)
+    train(cfg, RunOptions(out_dir=tmp_path / "a", **base))
+    assert "batch skipped (1 of at most 2 this epoch)" in capsys.readouterr().err
+    rows = list(csv.DictReader(open(tmp_path / "a" / "log.csv")))
+    assert len(rows) == 1 and np.isfinite(float(rows[0]["train_loss"]))
+
+    def always_nan(self, model, batch, device):
+        loss, parts = real(self, model, batch, device)
+        return loss * float("nan"), parts
+
+    monkeypatch.setattr(tasks.UNetTask, "loss", always_nan)
+    with pytest.raises(TrainError, match="3 batches skipped this epoch"):
+        train(cfg, RunOptions(out_dir=tmp_path / "b", **base))
+
+
 def test_resume_with_other_config_is_refused(synth_data, tiny_config, tmp_path):
     data, splits = synth_data
     cfg = load_config(tiny_config)

@@ -337,6 +337,7 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
             sampler.set_epoch(epoch)
         ddp_model.train()
         losses = []
+        skipped, max_skips = 0, max(2, steps_per_epoch // 100)
         batches = loader
         if use_bar:
             from tqdm import tqdm
@@ -346,7 +347,17 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict:
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
                 loss, parts = task.loss(ddp_model, batch, device)
             if not torch.isfinite(loss):
-                raise TrainError(f"loss became {float(loss)} at epoch {epoch + 1}, step {step}; lower optim.lr")
+                # One batch that overflows (a bf16 Mask R-CNN box loss can) would end hours of
+                # training; it is skipped, as fp16's GradScaler skips an overflowing step, but said
+                # aloud and never often. DDP ranks must step together, so there it stops the run.
+                skipped += 1
+                bad = float(loss.detach())
+                if info.enabled or skipped > max_skips:
+                    raise TrainError(f"loss became {bad} at epoch {epoch + 1}, step {step}"
+                                     f"{f' ({skipped} batches skipped this epoch)' if skipped > 1 else ''}; lower optim.lr")
+                print(f"[nseg-train] epoch {epoch + 1}, step {step}: loss {bad}, batch skipped "
+                      f"({skipped} of at most {max_skips} this epoch)", file=sys.stderr, flush=True)
+                continue
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.optim.grad_clip is not None:
