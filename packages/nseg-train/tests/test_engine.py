@@ -76,7 +76,7 @@ def test_a_non_finite_batch_is_skipped_aloud_and_many_stop_the_run(synth_data, t
     monkeypatch.setattr(tasks.UNetTask, "loss", nan_once)
     train(cfg, RunOptions(out_dir=tmp_path / "a", **base))
     assert "batch skipped (1 of at most 2 this epoch)" in capsys.readouterr().err
-    rows = list(csv.DictReader(open(tmp_path / "a" / "log.csv")))
+    rows = list(csv.DictReader((tmp_path / "a" / "log.csv").read_text().splitlines()))
     assert len(rows) == 1 and np.isfinite(float(rows[0]["train_loss"]))
 
     def always_nan(self, model, batch, device):
