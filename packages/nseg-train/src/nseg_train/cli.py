@@ -100,7 +100,7 @@ def maskrcnn(
 def adapt(
     data: Path = typer.Argument(..., help="a folder of NAME.png + NAME.labels.tif (or Cellpose NAME_masks.png): the lab's annotated images"),
     out: Path = typer.Option(..., "--out", help="folder for model.pt (the kept model), adapt.json and splits.json"),
-    steps: int = typer.Option(400, "--steps", help="optimizer steps of the fine-tune"),
+    steps: int = typer.Option(2400, "--steps", help="optimizer steps of the fine-tune"),
     minutes: float = typer.Option(12.0, "--minutes", help="time budget of the training steps (0: none, run all --steps)"),
     batch: int = typer.Option(4, "--batch", help="crops per step"),
     lr: float = typer.Option(1e-3, "--lr", help="peak learning rate"),

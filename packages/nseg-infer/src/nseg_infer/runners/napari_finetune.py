@@ -239,7 +239,7 @@ def _finetune_widget_class():
             self.viewer = viewer = napari_viewer
             self.corrected = Select(label="corrected labels", choices=lambda _w: [
                 (lab.name, lab) for _img, lab in corrected_pairs(viewer.layers)])
-            self.steps = SpinBox(label="steps", value=400, min=1, max=100000,
+            self.steps = SpinBox(label="steps", value=2400, min=1, max=100000,
                                  tooltip="optimizer steps of the fine-tune")
             self.minutes = FloatSpinBox(label="minutes", value=12.0, min=0.0, max=1440.0, step=1.0,
                                         tooltip="time budget of the training (0: none, run every step)")
