@@ -78,6 +78,14 @@ def products_seconds(src: Path, labels: Path, image: Path, out: Path) -> float:
     return float(res.stdout.strip().splitlines()[-1])
 
 
+def side_by_side(tool: str, rounds: int, note: str, model: str) -> str:
+    """A side-by-side report's first line: the tool, the date, the machine (CPU model and flags),
+    its state, and how the variants took turns."""
+    return (f"Measured by `tools/{tool}` on {time.strftime('%Y-%m-%d')}: {machine()}. {note} The variants took "
+            f"turns over {rounds} rounds (medians), so the ratios compare even where other work slows them "
+            f"alike. Model: {model}")
+
+
 def network_seconds(backend, batch: np.ndarray, calls: int) -> float:
     backend.run(batch)  # warm: a new shape may be compiled on first use
     t0 = time.perf_counter()
@@ -136,9 +144,7 @@ def main() -> int:
     net_px = batch.shape[0] * batch.shape[2] * batch.shape[3] / 1e6
     net_rate = {k: net_px / med[k] for k in nets}
     ort = net_rate["onnxruntime fp32"]
-    lines = [f"Measured by `tools/bench_pace.py` on {time.strftime('%Y-%m-%d')}: {machine()}. {a.note} The "
-             f"variants took turns over {a.rounds} rounds (medians), so the ratios compare even where other work "
-             "slows them alike. Model: the bundled default.", "",
+    lines = [side_by_side("bench_pace.py", a.rounds, a.note, "the bundled default."), "",
              "| what | Mpx/s | vs the network (ONNX Runtime fp32) |", "|---|---:|---:|"]
     for k in nets:
         lines.append(f"| network alone, {k}, 4 x 3 x 512², 2 threads | {net_rate[k]:.2f} | {net_rate[k] / ort:.2f} |")

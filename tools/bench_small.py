@@ -27,15 +27,14 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-from bench_infer import machine, publish, synthetic_image  # noqa: E402
-from bench_pace import command_seconds, network_seconds  # noqa: E402
+from bench_infer import publish, synthetic_image  # noqa: E402
+from bench_pace import command_seconds, network_seconds, side_by_side  # noqa: E402
 from check_outputs import worktree  # noqa: E402
 
 SECTION = "## Small images: DSB-sized folders against the network"
@@ -118,10 +117,8 @@ def main() -> int:
     mpx = sum(h * w for h, w in shapes) / 1e6
     ceiling = mpx * 1e6 / tile_pixels(shapes)
     big = 2048 * 2048 / 1e6 / max(med["this, 2048²"] - med["this start-up"], 1e-9)
-    lines = [f"Measured by `tools/bench_small.py` on {time.strftime('%Y-%m-%d')}: {machine()}. {a.note} The "
-             f"variants took turns over {a.rounds} rounds (medians), so the ratios compare even where other work "
-             "slows them alike. Model: the bundled default (512 px tiles, 32 px halo, batch 4), `--device cpu` "
-             "(ONNX Runtime fp32, 2 threads).", "",
+    lines = [side_by_side("bench_small.py", a.rounds, a.note, "the bundled default (512 px tiles, 32 px halo, "
+                          "batch 4), `--device cpu` (ONNX Runtime fp32, 2 threads)."), "",
              "| what | Mpx/s | vs the network's full tiles (4 x 512²) |", "|---|---:|---:|"]
     for s in NETWORK:
         lines.append(f"| network alone, {s[0]} x {s[1]} x {s[2]} per call | {rate[s]:.2f} | {rate[s] / full:.2f} |")

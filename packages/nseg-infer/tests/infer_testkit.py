@@ -148,6 +148,17 @@ def make_mosaic() -> np.ndarray:
     return np.repeat(img[..., None], 3, axis=2)
 
 
+class CountingBackend:
+    """A backend that counts its model calls (small images must share them)."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.name, self.calls = backend, backend.name, 0
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self.calls += 1
+        return self.backend.run(batch)
+
+
 class FakeDetector:
     """A Mask R-CNN stand-in: every bright blob visible in the tile is a detection (clipped at the
     tile edge, as a real detector sees it), with a 28x28 mask in box coordinates."""

@@ -9,7 +9,7 @@ import imagecodecs
 import numpy as np
 import pytest
 import tifffile
-from infer_testkit import same_partition, synthetic_blobs, write_labels_tiff
+from infer_testkit import CountingBackend, same_partition, synthetic_blobs, write_labels_tiff
 from typer.testing import CliRunner
 
 from nseg_infer.engine import backends
@@ -228,15 +228,6 @@ def test_tuning_fields_give_predicts_labels_on_an_image_of_many_blocks(unet_bund
     expected = other.predict(img).labels
     assert not np.array_equal(expected, pred.labels)
     np.testing.assert_array_equal(p.instances(fields, **tuned), expected)
-
-
-class CountingBackend:
-    def __init__(self, backend) -> None:
-        self.backend, self.name, self.calls = backend, backend.name, 0
-
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        self.calls += 1
-        return self.backend.run(batch)
 
 
 

@@ -10,7 +10,7 @@ import imagecodecs
 import numpy as np
 import pytest
 import tifffile
-from infer_testkit import synthetic_blobs
+from infer_testkit import CountingBackend, synthetic_blobs
 
 from nseg_infer.engine import backends
 from nseg_infer.engine.bundle import load_bundle
@@ -18,15 +18,6 @@ from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.runners import files as files_module
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner
-
-
-class CountingBackend:
-    def __init__(self, backend) -> None:
-        self.backend, self.name, self.calls = backend, backend.name, 0
-
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        self.calls += 1
-        return self.backend.run(batch)
 
 
 def _png(path, shape, seed, n=6):

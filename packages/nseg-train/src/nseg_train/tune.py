@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import multiprocessing
@@ -114,10 +115,15 @@ class SourceObjective:
         if self.max_drop < 0:
             raise ValueError(f"max_drop must be >= 0, got {self.max_drop}")
 
+    @functools.cached_property
+    def _members(self) -> dict[str, np.ndarray]:
+        # Computed once: the searches call the objective thousands of times.
+        src = np.asarray(self.sources)
+        return {s: np.flatnonzero(src == s) for s in sorted(set(self.sources))}
+
     def per_source(self, scores) -> dict[str, float]:
         v = np.asarray(scores, float)
-        src = np.asarray(self.sources)
-        return {s: float(v[src == s].mean()) for s in sorted(set(self.sources))}
+        return {s: float(v[idx].mean()) for s, idx in self._members.items()}
 
     def __call__(self, scores) -> float:
         means = self.per_source(scores)
@@ -345,13 +351,18 @@ def _search(cfg, ckpt, model, device, res, sources, grid, progress, max_drop, wo
             # Explicit params, no modality: the checkpoint's own by_modality never leaks in.
             return score_images({"seed_h": 0.0, **params}, range(len(probs)))
 
+        def by_modality_scores(base: dict, per_modality: dict | None) -> np.ndarray:
+            """Every image's DSB under `base` with its modality's overrides, as the runtime applies them."""
+            out = np.zeros(len(probs))
+            for m in set(modalities):
+                idx = [i for i, x in enumerate(modalities) if x == m]
+                out[idx] = score_images({**base, **(per_modality or {}).get(m, {})}, idx)
+            return out
+
         baseline_params = {k: getattr(cfg.eval, k) for k in grid}
         # The checkpoint's own settings, its by_modality included, as its validation scored it.
         own_params = {**{k: getattr(cfg.eval, k) for k in REFINE_GRID}, "seed_h": cfg.eval.seed_h}
-        own = np.zeros(len(probs))
-        for m in set(modalities):
-            idx = [i for i, x in enumerate(modalities) if x == m]
-            own[idx] = score_images({**own_params, **(cfg.eval.by_modality or {}).get(m, {})}, idx)
+        own = by_modality_scores(own_params, cfg.eval.by_modality)
     several = len(set(sources)) > 1
     objective = SourceObjective(sources, SourceObjective(sources).per_source(own) if several else None, max_drop)
     score = lambda params: objective(per_image(params))  # noqa: E731
@@ -375,17 +386,13 @@ def _search(cfg, ckpt, model, device, res, sources, grid, progress, max_drop, wo
                    (ablation.combined, start, overrides(start, ablation.combined_params))]
         best_dsb, base, by_modality = max(options, key=lambda o: o[0])
         best = {**base, "by_modality": by_modality or None}
-        chosen = np.zeros(len(probs))
-        for m in set(modalities):
-            idx = [i for i, x in enumerate(modalities) if x == m]
-            chosen[idx] = score_images({**base, **(by_modality or {}).get(m, {})}, idx)
+        chosen = by_modality_scores(base, by_modality)
     else:
         chosen = np.asarray(per_image(best))
     per_source = {"own settings": objective.per_source(own), "tuned": objective.per_source(chosen)} if several else None
     if several and objective(chosen) < objective(own):
         # Nothing the grid offers beats the checkpoint's own settings under the floor: keep them.
-        best = {**{k: getattr(cfg.eval, k) for k in REFINE_GRID}, "seed_h": cfg.eval.seed_h,
-                "by_modality": cfg.eval.by_modality} if cfg.model.kind == "unet" else baseline_params
+        best = {**own_params, "by_modality": cfg.eval.by_modality} if cfg.model.kind == "unet" else baseline_params
         best_dsb, per_source["tuned"] = objective(own), per_source["own settings"]
         by_modality = best.get("by_modality") if cfg.model.kind == "unet" else None
     tuned = _with_params(cfg, best)
