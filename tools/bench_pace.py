@@ -5,7 +5,9 @@ side by side in one run: the variants take turns, round after round, so a machin
 other work slows them alike; medians shown, and the ratios are the figures to compare.
 
 - network alone: the backend's `run` on batches of 4 x 3 x 512 x 512 (ONNX Runtime fp32, and
-  OpenVINO fp32 where installed), 2 threads; Mpx/s counts the batch's pixels;
+  OpenVINO fp32 where installed), 2 threads; Mpx/s counts the batch's pixels. ONNX Runtime also
+  as the runtime calls it on 2 cores: two lanes, each call 2 of the 4 tiles on 1 thread, two calls
+  in flight (`engine.stages.in_flight`);
 - whole command: one `nseg-infer run FILES --out DIR --device cpu` process per run, minus the
   start-up of a 64 x 64 run (each version its own), this version's code and, with `--base`,
   an earlier commit's (a git worktree, as `check_outputs.py` makes it), and this version with
@@ -13,7 +15,7 @@ other work slows them alike; medians shown, and the ratios are the figures to co
 - products alone: the default products of the first image's labels (from the first run) written
   by each version's `write_products`, in its own process, the writing alone timed.
 
-    .venv/bin/python tools/bench_pace.py --base 17cc325 [--images 2] [--rounds 3] [--no-write]
+    .venv/bin/python tools/bench_pace.py --base 17cc325 [--images 4] [--rounds 3] [--no-write]
 """
 
 from __future__ import annotations
@@ -87,17 +89,26 @@ def side_by_side(tool: str, rounds: int, note: str, model: str) -> str:
 
 
 def network_seconds(backend, batch: np.ndarray, calls: int) -> float:
-    backend.run(batch)  # warm: a new shape may be compiled on first use
+    """Seconds per batch; a backend with lanes gets the batch split between them, as
+    `Predictor.tile_outputs` splits it."""
+    from nseg_infer.engine.stages import in_flight
+
+    lanes = getattr(backend, "lanes", 1)
+    step = max(1, len(batch) // lanes)
+    parts = [batch[i:i + step] for i in range(0, len(batch), step)]
+    for _ in in_flight(backend.run, ((k, x) for k, x in enumerate(parts)), lanes):
+        pass  # warm: a new shape may be compiled on first use
     t0 = time.perf_counter()
     for _ in range(calls):
-        backend.run(batch)
-    return (time.perf_counter() - t0) / calls
+        for _ in in_flight(backend.run, ((k, x) for k, x in enumerate(parts * 2)), lanes):
+            pass
+    return (time.perf_counter() - t0) / calls / 2
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", help="an earlier commit to run beside this version")
-    ap.add_argument("--images", type=int, default=2)
+    ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--side", type=int, default=2048)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
@@ -109,7 +120,8 @@ def main() -> int:
     from PIL import Image
 
     bundle = load_bundle(default_bundle_path())
-    nets = {"onnxruntime fp32": OrtBackend(bundle, ["CPUExecutionProvider"], threads=2)}
+    nets = {"onnxruntime fp32": OrtBackend(bundle, ["CPUExecutionProvider"], threads=2, lanes=1),
+            "onnxruntime fp32, two lanes": OrtBackend(bundle, ["CPUExecutionProvider"], threads=2, lanes=2)}
     if ovb.available():
         nets["openvino fp32"] = ovb.OpenVinoBackend(bundle, precision="fp32", threads=2)
     batch = np.random.default_rng(0).normal(0.3, 0.5, (4, 3, 512, 512)).astype(np.float32)
@@ -147,11 +159,14 @@ def main() -> int:
     lines = [side_by_side("bench_pace.py", a.rounds, a.note, "the bundled default."), "",
              "| what | Mpx/s | vs the network (ONNX Runtime fp32) |", "|---|---:|---:|"]
     for k in nets:
-        lines.append(f"| network alone, {k}, 4 x 3 x 512², 2 threads | {net_rate[k]:.2f} | {net_rate[k] / ort:.2f} |")
+        how = "two calls of 2 x 3 x 512² in flight, 1 thread each" if "lanes" in k else "4 x 3 x 512², 2 threads"
+        lines.append(f"| network alone, {k}, {how} | {net_rate[k]:.2f} | {net_rate[k] / ort:.2f} |")
     for name in versions:
         rate = mpx / max(med[name] - med[f"{name} start-up"], 1e-9)
+        lanes = rate / net_rate["onnxruntime fp32, two lanes"]
         lines.append(f"| `nseg-infer run --device cpu`, {a.images} x {a.side}², default products, {name} "
-                     f"(start-up {med[f'{name} start-up']:.1f} s subtracted) | {rate:.2f} | {rate / ort:.2f} |")
+                     f"(start-up {med[f'{name} start-up']:.1f} s subtracted) | {rate:.2f} | {rate / ort:.2f} "
+                     f"(of the two lanes' rate: {lanes:.2f}) |")
     if "openvino fp32" in nets:
         rate = mpx / max(med["this, --device openvino"] - med["this start-up"], 1e-9)
         lines.append(f"| `nseg-infer run --device openvino`, {a.images} x {a.side}², default products, this "

@@ -88,7 +88,7 @@ def main() -> int:
     from nseg_infer.engine.bundle import default_bundle_path, load_bundle
     from PIL import Image
 
-    net = OrtBackend(load_bundle(default_bundle_path()), ["CPUExecutionProvider"], threads=2)
+    net = OrtBackend(load_bundle(default_bundle_path()), ["CPUExecutionProvider"], threads=2, lanes=1)
     rng = np.random.default_rng(0)
     batches = {s: rng.normal(0.3, 0.5, (s[0], 3, s[1], s[2])).astype(np.float32) for s in NETWORK}
     versions = {"this": ROOT}

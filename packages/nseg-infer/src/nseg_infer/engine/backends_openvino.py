@@ -12,6 +12,7 @@ pinned to f32, because OpenVINO would otherwise pick bf16 by itself on any CPU w
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -64,32 +65,43 @@ def available() -> bool:
 
 
 class OpenVinoBackend:
-    """The bundle's ONNX model compiled by OpenVINO for the CPU, dynamic batch and tile size."""
+    """The bundle's ONNX model compiled by OpenVINO for the CPU, dynamic batch and tile size. With
+    two or more cores it takes two calls at once (`lanes`), as `OrtBackend` does: two streams of
+    half the cores each, one infer request per calling thread (2 x 2 tiles ran 1.11x the pixel rate
+    of one 4-tile request on 2 cores of the AMD EPYC). `lanes` overrides the choice."""
 
-    def __init__(self, bundle: Bundle, *, precision: str = "fp32", threads: int | None = None) -> None:
+    def __init__(self, bundle: Bundle, *, precision: str = "fp32", threads: int | None = None,
+                 lanes: int | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         try:
             import openvino as ov
         except ImportError as e:
             raise OpenVinoUnavailable(f"OpenVINO is not installed ({e}); install nseg-infer[openvino]") from e
+        # The cores this process may use, as ONNX Runtime's pool is sized (a container's share).
+        cores = threads or cpu_threads()
+        self.lanes = lanes or (2 if cores >= 2 else 1)
+        if self.lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {self.lanes}")
         config = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-            # One request at a time, as the Predictor calls it: all threads on that request.
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": "1",
-            # The cores this process may use, as ONNX Runtime's pool is sized (a container's share).
-            "INFERENCE_NUM_THREADS": str(threads or cpu_threads()),
+            # One stream per lane, the cores shared between them.
+            "PERFORMANCE_HINT": "THROUGHPUT" if self.lanes > 1 else "LATENCY",
+            "NUM_STREAMS": str(self.lanes),
+            "INFERENCE_NUM_THREADS": str(cores),
         }
         core = ov.Core()
         self.model = core.compile_model(core.read_model(str(bundle.model_path)), "CPU", config)
-        self.request = self.model.create_infer_request()
+        self._local = threading.local()  # an infer request serves one call at a time
         self.output_names = [o.get_any_name() for o in self.model.outputs]
         self.precision = precision
         self.name = f"openvino:CPU:{precision}"
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        res = self.request.infer([np.ascontiguousarray(batch, np.float32)])
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.model.create_infer_request()
+        res = request.infer([np.ascontiguousarray(batch, np.float32)])
         # The request reuses its output buffers on the next call: copy them out.
         return {name: np.array(res[out], np.float32) for name, out in zip(self.output_names, self.model.outputs,
                                                                           strict=True)}

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from nseg_infer.engine.blend import UNetMerger
-from nseg_infer.engine.instances import InstanceParams
+from nseg_infer.engine.instances import InstanceParams, renumber
 from nseg_infer.engine.tiling import Block, Tile, TileGrid, cut_by_margin
 from nseg_infer.regions import Window
 
@@ -71,13 +71,11 @@ def block_instances(fg: np.ndarray, dist: np.ndarray | None, params: InstancePar
             own[i] = True
             # A clump cut by the margin is not guaranteed the one-pass labelling.
             cut += cut_by_margin(Window(sl[0].start, sl[0].stop, sl[1].start, sl[1].stop), o, image_shape)
-    keep = own[clumps]
-    labels = np.where(keep, labels, 0).astype(np.uint32)
-    uniq = np.unique(labels)
-    uniq = uniq[uniq > 0]
-    lut = np.zeros(int(labels.max()) + 1, np.uint32)
-    lut[uniq] = np.arange(1, len(uniq) + 1, dtype=np.uint32)
-    return lut[labels], cut
+    # Every nucleus lies inside one clump (the instance step stays in the foreground), so the
+    # block owns the nuclei of the clumps it owns.
+    clump_of = np.zeros(int(labels.max()) + 1, np.intp)
+    clump_of[labels] = clumps
+    return renumber(labels, own[clump_of]), cut
 
 
 def field_instances(field: np.ndarray, block: Block, image_shape: tuple[int, int],

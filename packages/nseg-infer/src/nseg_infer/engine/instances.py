@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import h_maxima
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import watershed
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,18 @@ def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return labels
 
 
+def renumber(labels: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """`labels` (non-negative ints) as uint32 ids 1..n in the order of their old ids, as
+    skimage's `relabel_sequential` numbers them; `keep` (a bool per old id) drops the others to
+    0. A lookup table over the ids: no sort of the pixels."""
+    if keep is None:
+        keep = np.bincount(labels.ravel()) > 0
+    keep[0] = False
+    lut = np.cumsum(keep, dtype=np.uint32)
+    lut[~keep] = 0
+    return lut[labels]
+
+
 def _seeds(mask: np.ndarray, dist: np.ndarray, params: WatershedParams) -> tuple[np.ndarray, int]:
     if params.seed_h <= 0:
         return ndi.label((dist > params.seed_threshold) & mask, structure=_CONN8)
@@ -147,15 +159,12 @@ def unet_instances(fg: np.ndarray, dist: np.ndarray, params: WatershedParams = W
     if n_orphans:
         orphans[orphans > 0] += int(labels.max())
         labels = np.where(orphans > 0, orphans, labels)
-    labels = _remove_small(labels, params.min_size)
-    labels, _, _ = relabel_sequential(labels)
-    return labels.astype(np.uint32, copy=False)
+    return renumber(_remove_small(labels, params.min_size))
 
 
 def component_instances(fg: np.ndarray, params: ComponentsParams = ComponentsParams()) -> np.ndarray:
     """Foreground probability (HxW) -> HxW uint32 labels, 4-connected as in the seed study."""
     labels, _ = ndi.label(fg > params.fg_threshold)
-    labels = _remove_small(labels, params.min_size)
-    return relabel_sequential(labels)[0].astype(np.uint32, copy=False)
+    return renumber(_remove_small(labels, params.min_size))
 
 

@@ -10,8 +10,9 @@ block); `run_block(source, block, plan)` is one block on its own (the cluster's 
 `predict_many(images)` packs the tiles of many one-block images into shared model calls (the file
 runner's windows of small files, the folder watch's groups);
 `probabilities` + `instances` are the same blocks' fields and instance step, for tuning and parity.
-Three stages overlap through bounded queues (`engine.stages`): the reader thread, the model on the
-calling thread (ONNX Runtime and TensorRT release the GIL) and a merger thread for the block step.
+Three stages overlap through bounded queues (`engine.stages`): the reader thread, the model (on
+the calling thread, or on the backend's `lanes` threads, each call a share of the batch: the
+backends release the GIL) and a merger thread for the block step.
 
 The Predictor sees the pixels the model is given: channel choice, rescaling (`--diameter`) and a
 bundle's whole-image `resize` are Source decorators (`nseg_infer.sources`), and labels go back to
@@ -43,7 +44,7 @@ from nseg_infer.engine.detections import MaskRCNNMerger
 from nseg_infer.engine.fields import Fields, instance_labels
 from nseg_infer.engine.instances import instance_params
 from nseg_infer.engine.plan import Plan, Planner, as_source
-from nseg_infer.engine.stages import Worker, background
+from nseg_infer.engine.stages import Worker, background, in_flight
 from nseg_infer.engine.tiles import TileRead, tile_batches
 from nseg_infer.engine.tiling import Block, Tile
 from nseg_infer.regions import ImageSource
@@ -79,15 +80,17 @@ class Predictor(Planner):
 
     def tile_outputs(self, reads: Iterable[TileRead]) -> Generator[tuple[TileRead, np.ndarray | dict[str, np.ndarray]], None, None]:
         """Each read with its output, in order: tiles are read, normalised and batched (consecutive
-        tiles of one shape share a batch of up to `batch`) in a reader thread, the model runs on
-        this thread. A UNet tile's output is its [C, h, w] float32 field (the channels the instance
+        tiles of one shape share a batch of up to `batch`, split between the backend's lanes) in a
+        reader thread, the model runs on this thread or on the lanes' threads. A UNet tile's output is its [C, h, w] float32 field (the channels the instance
         step uses); a detector's is its dict of boxes, scores and masks."""
         unet = self.bundle.kind == "unet"
-        batches = tile_batches(reads, self.batch, bgr=self.bundle.preprocessing.channel_order == "BGR",
+        # A backend with several lanes takes the batch split between them: as many tiles in
+        # flight, and about as much memory, as one call of `batch`.
+        lanes = getattr(self.backend, "lanes", 1)
+        batches = tile_batches(reads, max(1, self.batch // lanes), bgr=self.bundle.preprocessing.channel_order == "BGR",
                                pad_mode="reflect" if unet else "constant")
         with contextlib.closing(background(batches, self.config.queue_depth)) as queue:
-            for chunk, x in queue:
-                out = self.backend.run(x)
+            for chunk, out in in_flight(self.backend.run, queue, lanes):
                 if unet:
                     for r, p in zip(chunk, out[self.output_name], strict=True):
                         yield r, np.asarray(p[:self.field_channels], np.float32)
@@ -155,17 +158,24 @@ class Predictor(Planner):
         field = block_field(grid, block, outputs, self.field_channels, ids)
         return field_instances(field, block, plan.shape, self.params_for(plan.modality))
 
-    def predict_many(self, images: Sequence[ImageSource | np.ndarray]) -> list[Prediction]:
+    def predict_many(self, images: Sequence[ImageSource | np.ndarray], *,
+                     on_ready: Callable[[int, Prediction], None] | None = None) -> list[Prediction]:
         """`predict` of each image, labels in memory, in order. A UNet's tiles of every image that
         is one instance block (side <= `RunConfig.block`) are packed into shared model calls of up
         to `batch` tiles, so many small images cost a few batched calls; each image still gets
         exactly `predict`'s labels. Only tiles of one shape can share a call (a tile grown to
         another's shape sees more around it, which changes its output), so the tiles are grouped
         by shape across all the images: images whose tiles have one shape share calls wherever
-        they are in `images`. The detector graph takes one tile per call: a plain loop."""
+        they are in `images`. The detector graph takes one tile per call: a plain loop.
+
+        `on_ready(k, prediction)` is called as each image's labels are made (in the order they
+        are made, which the grouping by shape may make another than `images`'), from the merger
+        thread while the model runs on later images' tiles: a caller starts on an image's
+        products without waiting for the rest."""
         srcs = [as_source(i) for i in images]
+        ready = on_ready or (lambda k, pred: None)
         if self.bundle.kind != "unet":
-            return [self.predict(s) for s in srcs]
+            return [self._ready(ready, k, self.predict(s)) for k, s in enumerate(srcs)]
         plans = [self.plan(s) for s in srcs]
         grids = {k: p.grid for k, p in enumerate(plans) if len(p.blocks) == 1}
         # Within a shape, images and tiles keep their order.
@@ -184,10 +194,16 @@ class Predictor(Planner):
                 field = block_field(grids[k], block, outputs.pop(k), self.field_channels)
                 paster = Paster(np.zeros(plan.shape, np.uint32))
                 paster.paste(block, field_instances(field, block, plan.shape, self.params_for(plan.modality)))
-                preds[k] = Prediction(paster.canvas, paster.count, None, plan.norm, paster.cut)
+                preds[k] = self._ready(ready, k, Prediction(paster.canvas, paster.count, None, plan.norm, paster.cut))
 
         self._drain(self.tile_outputs(r for reads in by_shape.values() for r in reads), take)
-        return [preds[k] if k in grids else self.predict(s, plan=plans[k]) for k, s in enumerate(srcs)]
+        return [preds[k] if k in grids else self._ready(ready, k, self.predict(s, plan=plans[k]))
+                for k, s in enumerate(srcs)]
+
+    @staticmethod
+    def _ready(on_ready: Callable[[int, Prediction], None], k: int, pred: Prediction) -> Prediction:
+        on_ready(k, pred)
+        return pred
 
     # -- the field and the instance step apart (tuning, parity) -----------------------------------
 

@@ -1,14 +1,22 @@
-"""The runtime's pipeline stages: a bounded reader thread (`background`) and a bounded consumer
-thread (`Worker`), so reading, the model and merging overlap while memory stays bounded. Used
-twice over: within one image (tiles read -> model -> merger, `Predictor.tile_outputs`) and across
-the files of a batch (file read -> segmentation -> products writer, `FileRunner.process_many`)."""
+"""The runtime's pipeline stages: a bounded reader thread (`background`), calls kept in flight on a
+few threads with their results in order (`in_flight`) and a bounded consumer thread (`Worker`),
+so reading, the model and merging overlap while memory stays bounded. Used twice over: within one
+image (tiles read -> model lanes -> merger, `Predictor.tile_outputs`) and across the files of a
+batch (file read -> segmentation -> products writer, `FileRunner.process_many`)."""
 
 from __future__ import annotations
 
 import contextlib
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+K = TypeVar("K")
+X = TypeVar("X")
+Y = TypeVar("Y")
 
 _DONE = object()
 
@@ -54,6 +62,30 @@ def background(items: Iterable, depth: int) -> Iterator:
             while True:
                 q.get_nowait()
         t.join(timeout=5)
+
+
+def in_flight(fn: Callable[[X], Y], items: Iterable[tuple[K, X]], lanes: int) -> Iterator[tuple[K, Y]]:
+    """(key, fn(x)) for each (key, x) of `items`, in their order, with up to `lanes` calls of `fn`
+    running at once on as many threads (for a `fn` that releases the GIL, such as a model call).
+    Closing the iterator early waits for the calls under way and starts no more."""
+    if lanes <= 1:
+        for key, x in items:
+            yield key, fn(x)
+        return
+    pending: deque = deque()
+    with ThreadPoolExecutor(lanes, thread_name_prefix="nseg-model") as pool:
+        try:
+            for key, x in items:
+                pending.append((key, pool.submit(fn, x)))
+                if len(pending) == lanes:
+                    key0, done = pending.popleft()
+                    yield key0, done.result()
+            while pending:
+                key0, done = pending.popleft()
+                yield key0, done.result()
+        finally:
+            for _, waiting in pending:
+                waiting.cancel()
 
 
 class Worker:

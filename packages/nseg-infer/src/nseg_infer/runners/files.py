@@ -7,9 +7,10 @@ inputs and writes summary.csv. One bad file never stops a batch: its error is in
 
 `process_many` overlaps three stages through bounded queues (`engine.stages`): a reader thread
 opens (decodes) the next file while files are segmented, and a writer thread writes the products
-of those before meanwhile. Runs of small files are segmented together (`Predictor.predict_many`),
-a window at a time, so their tiles share model calls; each file still gets `process_file`'s
-labels and products.
+of those before meanwhile. Runs of one-block files are segmented together
+(`Predictor.predict_many`), a window at a time, so their tiles share model calls, and each file's
+products are written while the model runs on the files after it; each file still gets
+`process_file`'s labels and products.
 """
 
 from __future__ import annotations
@@ -46,14 +47,16 @@ from nseg_infer.sources.options import InputOptions
 
 log = logging.getLogger(__name__)
 
-# A file shares model calls with its neighbours in `process_many` when the model sees it as one
-# instance block of at most SMALL_PX pixels (every DSB 2018 size: the largest, 1040 x 1388, is
-# 1.4 Mpx); larger images fill their own batches. A window holds at most WINDOW_FILES files and
-# WINDOW_PX of their model pixels: it bounds the images and in-memory labels held together, and
-# is large enough that the tiles of each shape in it mostly fill whole batches.
-SMALL_PX = 1 << 21
+# A file joins a window of files segmented together in `process_many` when the model sees it as
+# one instance block (side <= `RunConfig.block`, 2048 by default: every DSB 2018 size) of at most
+# SMALL_PX pixels. Small images share model calls there, and each image's instance step and
+# products overlap the model calls of the next ones. A window holds at most WINDOW_FILES files and
+# WINDOW_PX of their model pixels (four 2048 x 2048 images): it bounds the images and in-memory
+# labels held together, and is large enough that the tiles of each shape in it mostly fill whole
+# batches.
+SMALL_PX = 1 << 23
 WINDOW_FILES = 32
-WINDOW_PX = 1 << 22
+WINDOW_PX = 1 << 24
 
 # A file opened by `FileRunner._open`: (input, output folder, its source or the error, seconds).
 _Opened = tuple[Path, Path, ImageSource | Exception, float]
@@ -185,25 +188,46 @@ class FileRunner:
         if window:
             yield window
 
-    def _segment_window(self, run: Sequence[tuple[_Opened, ModelInput | None]]) -> list[_Job | FileResult]:
-        """Stage 2 for a run of opened files, in order: the files with a model input segmented
+    def _segment_window(self, run: Sequence[tuple[_Opened, ModelInput | None]],
+                        deliver: Callable[[_Job | FileResult], None]) -> None:
+        """Stage 2 for a run of opened files: each file's job handed to `deliver` in order, as soon
+        as it and the files before it are segmented. The files with a model input are segmented
         together (`Predictor.predict_many`: tiles of one shape share model calls, each image gets
-        exactly `predict`'s labels), their shared time split evenly; the others (one that failed
-        to open, one whose model input failed, a file alone) through `_segment`. If segmenting
-        together fails, each file is segmented alone, so an error names its own file."""
+        exactly `predict`'s labels; their jobs are delivered from its merger thread while the model
+        runs on the next files), each file's time counted from the one before it; the others (one
+        that failed to open, one whose model input failed, a file alone) go through `_segment`. If
+        segmenting together fails, the files not yet delivered are segmented alone, so an error
+        names its own file."""
         together = {k: inp for k, (_, inp) in enumerate(run) if inp is not None}
-        preds: dict[int, Prediction] = {}
-        t0 = time.perf_counter()
+        made: dict[int, Prediction] = {}
+        state = {"next": 0, "t": time.perf_counter()}
+
+        def release() -> None:  # deliver the files whose predictions are in, in order
+            while state["next"] < len(run) and (state["next"] not in together or state["next"] in made):
+                k = state["next"]
+                (p, out, raw, seconds), _ = run[k]
+                if k in made:
+                    now = time.perf_counter()
+                    seconds, state["t"] = seconds + now - state["t"], now
+                deliver(self._segment(p, out, raw, seconds, (together[k], made.pop(k))) if k in together
+                        else self._segment(p, out, raw, seconds))
+                state["next"] += 1
+
+        def ready(i: int, pred: Prediction) -> None:
+            made[order[i]] = pred
+            release()
+
+        order = list(together)
         if together:
             try:
-                preds = dict(zip(together, self.predictor.predict_many([i.source for i in together.values()]),
-                                 strict=True))
+                self.predictor.predict_many([i.source for i in together.values()], on_ready=ready)
             except Exception as e:
                 # e.g. an engine profile smaller than the batch, or one bad image among them.
-                log.warning("segmenting %d images together failed (%s); segmenting them one by one", len(together), e)
-        share = (time.perf_counter() - t0) / max(len(preds), 1)
-        return [self._segment(p, out, raw, seconds + share, (together[k], preds[k])) if k in preds
-                else self._segment(p, out, raw, seconds) for k, ((p, out, raw, seconds), _) in enumerate(run)]
+                log.warning("segmenting %d images together failed (%s); segmenting the rest one by one",
+                            len(together), e)
+        release()
+        for (p, out, raw, seconds), _ in run[state["next"]:]:
+            deliver(self._segment(p, out, raw, seconds))
 
     def _finish(self, job: _Job) -> FileResult:
         """Stage 3: the products written, then the file, canvas and temp files released."""
@@ -222,7 +246,8 @@ class FileRunner:
         are held in memory: meant for small images. Results come one by one, as each file's
         products are written; closing the iterator early writes no more and closes the files."""
         opened = [self._open(Path(path), Path(out)) for path, out in jobs]
-        pending: deque[_Job | FileResult] = deque(self._segment_window([(o, self._model_input(o[2])) for o in opened]))
+        pending: deque[_Job | FileResult] = deque()
+        self._segment_window([(o, self._model_input(o[2])) for o in opened], pending.append)
         try:
             while pending:
                 job = pending.popleft()
@@ -250,22 +275,21 @@ class FileRunner:
 
         `process_file`'s stages, overlapped across files: a reader thread opens (decodes) the next
         file while files are segmented, and a writer thread writes the products of those before
-        meanwhile. Runs of small files are segmented together, a window of up to WINDOW_FILES at
-        a time (`_windows`, `_segment_window`), so their tiles share model calls; any other file
-        is segmented alone. The reader holds one file ahead and the writer's queue one window or
-        file, so at most three windows are in flight (being written, waiting, being segmented),
-        and an image with labels on disk (above `FileConfig.large_px`) is segmented only once the
+        meanwhile. Runs of one-block files are segmented together, a window of up to WINDOW_FILES
+        at a time (`_windows`, `_segment_window`), so their tiles share model calls, each file
+        handed to the writer as soon as it is segmented; any other file is segmented alone. The
+        reader holds one file ahead and the writer's queue one file, so besides the window being
+        segmented at most two files are held (being written, waiting), and an image with labels on disk (above `FileConfig.large_px`) is segmented only once the
         writer is idle, so no two large label images are ever held together. Results and files
         are `process_file`'s, in input order; `progress` is called from the writer thread."""
         out = Path(out_dir)
         results: list[FileResult] = []
 
-        def finish(jobs: list[_Job | FileResult]) -> None:
-            for job in jobs:
-                r = job if isinstance(job, FileResult) else self._finish(job)
-                results.append(r)
-                if progress is not None:
-                    progress(r)
+        def finish(job: _Job | FileResult) -> None:
+            r = job if isinstance(job, FileResult) else self._finish(job)
+            results.append(r)
+            if progress is not None:
+                progress(r)
 
         writer = Worker(finish, 1, name="nseg-writer")
         try:
@@ -273,7 +297,7 @@ class FileRunner:
                 raw = run[0][0][2]
                 if isinstance(raw, ImageSource) and raw.height * raw.width > self.file_config.large_px:
                     writer.wait()
-                writer.put(self._segment_window(run))
+                self._segment_window(run, writer.put)
         finally:
             writer.close()
         if summary:

@@ -195,11 +195,12 @@ def layer_pixel_size(layer) -> float | None:
 
 class TileCounter:
     """A backend wrapper that reports the tiles each model call ran, so a widget can show
-    progress: `on_tiles(n)` is called from the thread that runs the model."""
+    progress: `on_tiles(n)` is called from the thread that ran the call (one of the backend's lanes)."""
 
     def __init__(self, backend) -> None:
         self.backend = backend
         self.name = getattr(backend, "name", type(backend).__name__)
+        self.lanes = getattr(backend, "lanes", 1)
         self.on_tiles: Callable[[int], None] | None = None
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -349,7 +350,7 @@ def _segment_widget_class():
                 return
 
             @ensure_main_thread
-            def tiles_done(n: int) -> None:  # called from the worker thread; runs in the GUI's
+            def tiles_done(n: int) -> None:  # called from a model lane's thread; runs in the GUI's
                 self.progress.value = min(self.progress.max, self.progress.value + n)
 
             predictor.backend.on_tiles = tiles_done
