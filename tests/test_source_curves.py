@@ -32,7 +32,7 @@ def test_curves_keep_the_validated_epochs_of_each_source_shifted_by_the_offset(t
 def test_a_log_without_per_source_columns_is_refused_by_name(tmp_path):
     log = tmp_path / "plain.csv"
     log.write_text("epoch,step,val_dsb\n0,10,0.5\n")
-    with pytest.raises(SystemExit, match="plain.csv: no per-source"):
+    with pytest.raises(SystemExit, match=r"plain\.csv: no per-source"):
         _tool().read_curve(f"x={log}")
 
 
