@@ -199,25 +199,27 @@ class FileRunner:
         segmenting together fails, the files not yet delivered are segmented alone, so an error
         names its own file."""
         together = {k: inp for k, (_, inp) in enumerate(run) if inp is not None}
+        order = list(together)
         made: dict[int, Prediction] = {}
-        state = {"next": 0, "t": time.perf_counter()}
+        done = 0                      # files of the run delivered so far
+        last = time.perf_counter()    # when the last prediction was delivered
 
-        def release() -> None:  # deliver the files whose predictions are in, in order
-            while state["next"] < len(run) and (state["next"] not in together or state["next"] in made):
-                k = state["next"]
-                (p, out, raw, seconds), _ = run[k]
-                if k in made:
+        def release() -> None:  # deliver, in order, the files whose predictions are in
+            nonlocal done, last
+            while done < len(run) and (done not in together or done in made):
+                (p, out, raw, seconds), _ = run[done]
+                if done in made:
                     now = time.perf_counter()
-                    seconds, state["t"] = seconds + now - state["t"], now
-                deliver(self._segment(p, out, raw, seconds, (together[k], made.pop(k))) if k in together
-                        else self._segment(p, out, raw, seconds))
-                state["next"] += 1
+                    seconds, last = seconds + now - last, now
+                    deliver(self._segment(p, out, raw, seconds, (together[done], made.pop(done))))
+                else:
+                    deliver(self._segment(p, out, raw, seconds))
+                done += 1
 
         def ready(i: int, pred: Prediction) -> None:
             made[order[i]] = pred
             release()
 
-        order = list(together)
         if together:
             try:
                 self.predictor.predict_many([i.source for i in together.values()], on_ready=ready)
@@ -226,7 +228,7 @@ class FileRunner:
                 log.warning("segmenting %d images together failed (%s); segmenting the rest one by one",
                             len(together), e)
         release()
-        for (p, out, raw, seconds), _ in run[state["next"]:]:
+        for (p, out, raw, seconds), _ in run[done:]:
             deliver(self._segment(p, out, raw, seconds))
 
     def _finish(self, job: _Job) -> FileResult:
