@@ -16,6 +16,11 @@ other work slows them alike; medians shown, and the ratios are the figures to co
   by each version's `write_products`, in its own process, the writing alone timed.
 
     .venv/bin/python tools/bench_pace.py --base 17cc325 [--images 4] [--rounds 3] [--no-write]
+
+`--single 256,512,1024` instead times one image at a time, as the folder watch segments it:
+`Predictor.predict` of a synthetic image of each side with ONNX Runtime as one two-threaded call
+of the batch and as two lanes, alternating, `--rounds` medians; it prints its table and writes
+nothing.
 """
 
 from __future__ import annotations
@@ -105,6 +110,32 @@ def network_seconds(backend, batch: np.ndarray, calls: int) -> float:
     return (time.perf_counter() - t0) / calls / 2
 
 
+def single_images(sides: list[int], rounds: int) -> str:
+    """Seconds of `Predictor.predict` per image with one call of the batch on 2 threads against
+    two lanes, the two alternating."""
+    from nseg_infer.engine.backends import OrtBackend
+    from nseg_infer.engine.bundle import default_bundle_path, load_bundle
+    from nseg_infer.engine.predictor import Predictor, RunConfig
+
+    bundle = load_bundle(default_bundle_path())
+    preds = {n: Predictor(bundle, RunConfig(device="cpu"),
+                          backend=OrtBackend(bundle, ["CPUExecutionProvider"], threads=2, lanes=n)) for n in (1, 2)}
+    lines = [f"One image at a time (`Predictor.predict`), {machine()}; medians of {rounds}, alternating.", "",
+             "| side | one call, 2 threads (s) | two lanes (s) |", "|---:|---:|---:|"]
+    for side in sides:
+        img = synthetic_image(side, seed=1)
+        times: dict[int, list[float]] = {1: [], 2: []}
+        for p in preds.values():
+            p.predict(img)  # warm: a new tile shape may be compiled on first use
+        for _ in range(rounds):
+            for n, p in preds.items():
+                t0 = time.perf_counter()
+                p.predict(img)
+                times[n].append(time.perf_counter() - t0)
+        lines.append(f"| {side}² | {statistics.median(times[1]):.3f} | {statistics.median(times[2]):.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", help="an earlier commit to run beside this version")
@@ -113,7 +144,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--note", default="Nothing else ran on the machine.", help="the machine's state, in the report")
+    ap.add_argument("--single", help="comma-separated sides: time one image at a time instead (prints, writes nothing)")
     a = ap.parse_args()
+    if a.single:
+        print(single_images([int(x) for x in a.single.split(",")], a.rounds))
+        return 0
     from nseg_infer.engine import backends_openvino as ovb
     from nseg_infer.engine.backends import OrtBackend
     from nseg_infer.engine.bundle import default_bundle_path, load_bundle

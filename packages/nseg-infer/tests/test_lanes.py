@@ -15,6 +15,7 @@ from infer_testkit import CountingBackend, synthetic_blobs
 from nseg_infer.engine import backends
 from nseg_infer.engine.backends import OrtBackend
 from nseg_infer.engine.bundle import load_bundle
+from nseg_infer.engine.cpu import cpu_lanes
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.engine.stages import in_flight
 from nseg_infer.runners.files import FileRunner
@@ -110,6 +111,13 @@ def test_the_cpu_backend_takes_two_lanes_where_it_has_two_cores(unet_bundle):
     backend = backends.create_backend(load_bundle(unet_bundle), "cpu", threads=2)
     assert backend.lanes == 2
     assert backends.create_backend(load_bundle(unet_bundle), "cpu", threads=1).lanes == 1
+
+
+def test_cpu_lanes_are_two_from_two_cores_and_a_given_count_is_checked():
+    assert [cpu_lanes(c) for c in (1, 2, 16)] == [1, 2, 2]
+    assert cpu_lanes(16, 4) == 4
+    with pytest.raises(ValueError, match="lanes must be >= 1"):
+        cpu_lanes(2, -1)
 
 
 def test_predict_many_hands_each_image_on_once_as_it_is_made(unet_bundle):

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from nseg_infer.engine.bundle import Bundle
-from nseg_infer.engine.cpu import cpu_threads
+from nseg_infer.engine.cpu import cpu_lanes, cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +62,18 @@ class FlipAverage:
 
 
 class OrtBackend:
-    """ONNX Runtime. On the CPU with two or more cores it takes two calls at once (`lanes`), each
-    on half the cores: on 2 cores two single-threaded calls of 2 tiles ran 1.2x the pixel rate of
-    one two-threaded call of 4, in less memory, because no intra-op thread waits on its partner at
-    every operator and one call computes while the other's Python side runs. A call's outputs are
-    bitwise the same for any thread count and batch size. `lanes` overrides the choice."""
+    """ONNX Runtime. On the CPU alone it takes `cpu.cpu_lanes` calls at once, each on its share of
+    the cores: on 2 cores of an AMD EPYC (AVX-512 BF16, no AMX) two single-threaded calls of 2
+    tiles ran 1.06-1.20x the pixel rate of one two-threaded call of 4, in less memory
+    (`tools/bench_pace.py`). A call's outputs are bitwise the same for any thread count and batch
+    size. `lanes` overrides the choice."""
 
     def __init__(self, bundle: Bundle, providers: list, *, threads: int | None = None,
                  lanes: int | None = None) -> None:
         import onnxruntime as ort
 
         cores = threads or cpu_threads()
-        cpu_only = providers == ["CPUExecutionProvider"]
-        self.lanes = lanes or (2 if cpu_only and cores >= 2 else 1)
-        if self.lanes < 1:
-            raise ValueError(f"lanes must be >= 1, got {self.lanes}")
+        self.lanes = cpu_lanes(cores, lanes) if providers == ["CPUExecutionProvider"] else 1
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Inter-op parallelism only adds contention for a single sequential graph.

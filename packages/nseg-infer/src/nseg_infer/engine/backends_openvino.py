@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from nseg_infer.engine.bundle import Bundle
-from nseg_infer.engine.cpu import cpu_flags, cpu_threads
+from nseg_infer.engine.cpu import cpu_flags, cpu_lanes, cpu_threads
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -66,9 +66,10 @@ def available() -> bool:
 
 class OpenVinoBackend:
     """The bundle's ONNX model compiled by OpenVINO for the CPU, dynamic batch and tile size. With
-    two or more cores it takes two calls at once (`lanes`), as `OrtBackend` does: two streams of
-    half the cores each, one infer request per calling thread (2 x 2 tiles ran 1.11x the pixel rate
-    of one 4-tile request on 2 cores of the AMD EPYC). `lanes` overrides the choice."""
+    two or more cores it takes `cpu.cpu_lanes` calls at once, as `OrtBackend` does: one stream per
+    lane on its share of the cores, one infer request per calling thread (2 x 2 tiles ran 1.11x the pixel rate
+    of one 4-tile request on 2 cores of an AMD EPYC with AVX-512 BF16, no AMX). `lanes` overrides
+    the choice."""
 
     def __init__(self, bundle: Bundle, *, precision: str = "fp32", threads: int | None = None,
                  lanes: int | None = None) -> None:
@@ -80,9 +81,7 @@ class OpenVinoBackend:
             raise OpenVinoUnavailable(f"OpenVINO is not installed ({e}); install nseg-infer[openvino]") from e
         # The cores this process may use, as ONNX Runtime's pool is sized (a container's share).
         cores = threads or cpu_threads()
-        self.lanes = lanes or (2 if cores >= 2 else 1)
-        if self.lanes < 1:
-            raise ValueError(f"lanes must be >= 1, got {self.lanes}")
+        self.lanes = cpu_lanes(cores, lanes)
         config = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             # One stream per lane, the cores shared between them.

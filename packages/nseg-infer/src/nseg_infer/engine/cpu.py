@@ -40,3 +40,14 @@ def cpu_model() -> str:
 
 def cpu_flags() -> frozenset[str]:
     return frozenset(_cpuinfo().get("flags", "").split())
+
+
+def cpu_lanes(cores: int, lanes: int | None = None) -> int:
+    """How many model calls a CPU backend of `cores` threads takes at once (`lanes`, when given,
+    validated): two on 2 or more cores, each on half of them, so one call computes while the
+    other's Python side or the post-processing runs and no intra-op thread waits on its partner
+    at every operator."""
+    n = lanes or (2 if cores >= 2 else 1)
+    if n < 1:
+        raise ValueError(f"lanes must be >= 1, got {n}")
+    return n

@@ -121,8 +121,7 @@ def renumber(labels: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
     """`labels` (non-negative ints) as uint32 ids 1..n in the order of their old ids, as
     skimage's `relabel_sequential` numbers them; `keep` (a bool per old id) drops the others to
     0. A lookup table over the ids: no sort of the pixels."""
-    if keep is None:
-        keep = np.bincount(labels.ravel()) > 0
+    keep = np.bincount(labels.ravel()) > 0 if keep is None else np.array(keep, bool)
     keep[0] = False
     lut = np.cumsum(keep, dtype=np.uint32)
     lut[~keep] = 0

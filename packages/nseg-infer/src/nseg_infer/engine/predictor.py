@@ -81,8 +81,9 @@ class Predictor(Planner):
     def tile_outputs(self, reads: Iterable[TileRead]) -> Generator[tuple[TileRead, np.ndarray | dict[str, np.ndarray]], None, None]:
         """Each read with its output, in order: tiles are read, normalised and batched (consecutive
         tiles of one shape share a batch of up to `batch`, split between the backend's lanes) in a
-        reader thread, the model runs on this thread or on the lanes' threads. A UNet tile's output is its [C, h, w] float32 field (the channels the instance
-        step uses); a detector's is its dict of boxes, scores and masks."""
+        reader thread, the model runs on this thread or on the lanes' threads. A UNet tile's output
+        is its [C, h, w] float32 field (the channels the instance step uses); a detector's is its
+        dict of boxes, scores and masks."""
         unet = self.bundle.kind == "unet"
         # A backend with several lanes takes the batch split between them: as many tiles in
         # flight, and about as much memory, as one call of `batch`.
