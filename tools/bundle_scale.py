@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 from nseg_data.atomic import write_bytes_atomic
 from nseg_data.dataset import open_dataset
+from nseg_data.size import equivalent_diameters
 from nseg_data.split import load_splits
 
 
@@ -31,8 +31,7 @@ def diameters(data: Path, ids: list[str], cache: Path | None = None) -> list[flo
         raise SystemExit(f"{len(res.errors)} unreadable sample(s), first: {res.errors[0]}")
     out: list[float] = []
     for sample in res.samples:
-        areas = np.bincount(np.asarray(sample.labels).ravel())[1:]
-        out.extend(np.sqrt(4 * areas[areas > 0] / math.pi).tolist())
+        out.extend(equivalent_diameters(sample.labels).tolist())
     return out
 
 
@@ -53,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         meta_file = args.write / "metadata.json"
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        if (meta.get("scale") or {}).get("estimate"):
+            raise SystemExit(f"{meta_file}: the model was trained at one nucleus size, which its 'scale' "
+                             "records already; its training images' own sizes do not describe it")
         meta["scale"] = scale
         write_bytes_atomic(meta_file, (json.dumps(meta, indent=2) + "\n").encode())
     return 0

@@ -142,3 +142,42 @@ def test_training_on_a_catalogue_logs_every_source(synth_data, tiny_config, tmp_
     # The sources learnt from travel with the checkpoint (and from there into bundles and packages).
     from nseg_train.checkpoint import load_checkpoint
     assert [d["name"] for d in load_checkpoint(out / "last.pt")["data_sources"]] == ["dsb", "tissue"]
+
+
+def test_one_nucleus_size_crops_bring_every_image_to_it():
+    """`data.nucleus_diameter`: crops of an image of 8 px nuclei and of one of 32 px nuclei both
+    show nuclei of about 16 px; without it each keeps its own size."""
+    from nseg_data.size import median_diameter
+    from scipy import ndimage as ndi
+
+    from nseg_train.datasets import CropDataset, normalising_scale, prepare
+
+    def discs(r: int, n: int) -> Sample:
+        yy, xx = np.mgrid[:256, :256]
+        labels = np.zeros((256, 256), np.uint32)
+        step = 256 // n
+        for i in range(n * n):
+            cy, cx = step // 2 + step * (i // n), step // 2 + step * (i % n)
+            labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = i + 1
+        img = np.repeat((labels > 0)[..., None] * 200, 3, axis=2).astype(np.uint8)
+        return Sample(f"r{r}", img, labels, Modality.FLUORESCENCE, f"r{r}.png")
+
+    small, large = discs(4, 16), discs(16, 4)
+    base = load_config("unet")
+    cfg = base.replace(data=type(base.data)(**{**base.data.__dict__, "nucleus_diameter": 16.0, "crop_size": 64,
+                                               "crops_per_image": 8}),
+                       augment=AugmentConfig(flips=False, rot90=False))
+    assert normalising_scale(small.labels, 16.0) == pytest.approx(16.0 / median_diameter(small.labels))
+    assert normalising_scale(large.labels, None) == 1.0
+    for sample, own in ((small, median_diameter(small.labels)), (large, median_diameter(large.labels))):
+        for config, want in ((cfg, 16.0), (base.replace(data=type(base.data)(**{**cfg.data.__dict__,
+                                                                             "nucleus_diameter": None}),
+                                                        augment=cfg.augment), own)):
+            ds = CropDataset(prepare([sample], config), config, seed=0)
+            sizes = []
+            for i in range(len(ds)):
+                lab, _ = ndi.label(ds[i][1][0].numpy() > 0.5)
+                areas = np.bincount(lab.ravel())[1:]
+                if len(areas):  # the largest disc of a crop: the one least cut by its edge
+                    sizes.append(np.sqrt(4 * areas.max() / np.pi))
+            assert np.median(sizes) == pytest.approx(want, rel=0.2), (sample.id, config.data.nucleus_diameter)

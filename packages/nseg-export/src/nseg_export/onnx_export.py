@@ -274,7 +274,7 @@ def export_model(
     tile, div = sections["tiling"]["tile"], sections["preprocessing"]["size_divisor"]
     if tile % div:
         raise ExportError(f"tile {tile} must be a multiple of the model's size divisor {div}")
-    extra: dict[str, Any] = {"precision": "fp32"}
+    extra: dict[str, Any] = {"precision": "fp32", **({"scale": sections["scale"]} if "scale" in sections else {})}
     if kind == "maskrcnn":
         if options.fp16:
             raise ExportError("--fp16 ONNX variants are UNet-only; build a TensorRT engine with "

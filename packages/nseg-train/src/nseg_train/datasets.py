@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from nseg_data.sample import Sample
+from nseg_data.size import median_diameter, normalising_factor
 from nseg_data.sources import source_of
 from nseg_infer.engine.preprocess import Normalization, normalize, resize_image
 from skimage.transform import resize as sk_resize
@@ -24,6 +25,7 @@ class Prepared:
     image: np.ndarray  # HxWx3 float32, normalised, possibly resized
     target: np.ndarray  # CxHxW float32
     source: str = ""
+    scale: float = 1.0  # crops are drawn at this scale (data.nucleus_diameter / the image's own)
 
 
 def normalize_for(cfg: TrainConfig, image: np.ndarray) -> np.ndarray:
@@ -48,8 +50,17 @@ def prepare(samples: list[Sample], cfg: TrainConfig) -> list[Prepared]:
         labels = s.labels
         if cfg.data.resize:
             img, labels = resize_pair(img, labels, cfg.data.resize)
-        out.append(Prepared(s.id, str(s.modality), img, make_targets(labels, cfg.model.targets), source_of(s)))
+        out.append(Prepared(s.id, str(s.modality), img, make_targets(labels, cfg.model.targets), source_of(s),
+                            normalising_scale(labels, cfg.data.nucleus_diameter)))
     return out
+
+
+def normalising_scale(labels: np.ndarray, diameter: float | None) -> float:
+    """The factor that brings `labels`' median nucleus to `diameter` px (1 without one, or with no nuclei)."""
+    if diameter is None:
+        return 1.0
+    d = median_diameter(labels)
+    return 1.0 if d is None else normalising_factor(d, diameter)
 
 
 def sampling_weights(modalities: list[str], balance: float, sources: list[str] | None = None,
@@ -102,7 +113,7 @@ class CropDataset(torch.utils.data.Dataset):
         else:
             lo, hi = aug.scale
             scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if hi > lo else lo
-            img, tgt = random_crop(rng, p.image, p.target, size, scale)
+            img, tgt = random_crop(rng, p.image, p.target, size, scale * p.scale)
         img, tgt = geometric(rng, img, tgt, aug)
         img = photometric(rng, img, aug)
         return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), torch.from_numpy(tgt.copy())

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from nseg_infer.engine.bundle import Bundle, Preprocessing, TensorSpec, TilingSpec
+from nseg_infer.engine.bundle import Bundle, Preprocessing, ScaleSpec, TensorSpec, TilingSpec
 from nseg_infer.engine.predictor import Predictor, RunConfig
 from nseg_infer.engine.preprocess import Normalization
 
@@ -116,16 +116,29 @@ def io_sections(cfg: TrainConfig, *, tile: int) -> dict[str, list[dict[str, Any]
     }
 
 
+def scale_section(cfg: TrainConfig) -> dict[str, Any] | None:
+    """metadata.json's `scale` for a model trained with every image's nuclei brought to one size
+    (`data.nucleus_diameter`): the runtime measures each image's nuclei and does the same. None
+    otherwise (a bundle's measured training scale is then added by tools/bundle_scale.py)."""
+    d = cfg.data.nucleus_diameter
+    if d is None:
+        return None
+    return {"nucleus_diameter_px": float(d), "estimate": True,
+            "source": f"training brought every image's median nucleus to {d:g} px (data.nucleus_diameter)"}
+
+
 def deployment_sections(cfg: TrainConfig, *, tile: int | None = None, halo: int | None = None,
                         batch: int = 4) -> dict[str, Any]:
-    """metadata.json's `inputs`, `outputs`, `preprocessing`, `tiling` and `postprocessing` for
+    """metadata.json's `inputs`, `outputs`, `preprocessing`, `tiling`, `postprocessing` and `scale` for
     `cfg`: the one description that nseg-export writes into a bundle and validation runs
     (`in_memory_bundle`), so the two cannot drift apart."""
     tiling = tiling_section(cfg, tile=tile, halo=halo, batch=batch)
+    scale = scale_section(cfg)
     return {**io_sections(cfg, tile=tiling["tile"]),
             "preprocessing": preprocessing_section(cfg),
             "tiling": tiling,
-            "postprocessing": postprocessing_section(cfg)}
+            "postprocessing": postprocessing_section(cfg),
+            **({"scale": scale} if scale else {})}
 
 
 class TorchBackend:
@@ -178,6 +191,7 @@ def in_memory_bundle(cfg: TrainConfig) -> Bundle:
         ),
         tiling=TilingSpec(**sections["tiling"]),
         postprocessing=MappingProxyType(sections["postprocessing"]),
+        scale=ScaleSpec(**{k: v for k, v in sections.get("scale", {}).items() if k != "source"}),
     )
 
 

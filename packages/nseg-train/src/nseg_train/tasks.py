@@ -14,7 +14,7 @@ import torch
 from nseg_data.sample import Sample
 from nseg_infer.engine.predictor import Predictor
 from nseg_infer.regions import ArraySource
-from nseg_infer.runners.prepare import ModelInput, model_input
+from nseg_infer.runners.prepare import ModelInput, sized_input
 
 from nseg_train.config import TrainConfig
 from nseg_train.datasets import CropDataset, prepare
@@ -40,9 +40,10 @@ class Task(Protocol):
 
 
 def runtime_input(predictor: Predictor, image: np.ndarray) -> ModelInput:
-    """An in-memory image as `nseg-infer run` hands it to the Predictor (`source`: the bundle's
-    whole-image `resize` applied), with the way back to the image's size (`to_input`)."""
-    return model_input(predictor.bundle, ArraySource(image))
+    """An in-memory image as `nseg-infer run` hands it to the Predictor (`source`: its nuclei
+    measured and rescaled where the bundle asks, or the bundle's whole-image `resize` applied),
+    with the way back to the image's size (`to_input`)."""
+    return sized_input(predictor, ArraySource(image))
 
 
 def runtime_labels(model: torch.nn.Module, sample: Sample, cfg: TrainConfig, device: torch.device) -> np.ndarray:

@@ -36,8 +36,8 @@ from nseg_infer.runners.prepare import (
     ModelInput,
     Segmented,
     check_options,
-    model_input,
     segmented,
+    sized_input,
 )
 from nseg_infer.runners.summary import write_summary
 from nseg_infer.sinks.base import LabelledImage
@@ -66,10 +66,10 @@ _Opened = tuple[Path, Path, ImageSource | Exception, float]
 def segment_source(predictor: Predictor, raw: ImageSource, opts: InputOptions = InputOptions(), *,
                    canvas: CanvasFactory = FileConfig().canvas, work_dir: Path | None = None) -> Iterator[Segmented]:
     """Source -> Predictor, for one opened image: `raw` read with `opts` as the model sees it
-    (`prepare.model_input`), predicted, and brought back at its own size (`prepare.segmented`).
+    (`prepare.sized_input`), predicted, and brought back at its own size (`prepare.segmented`).
     Label canvases come from `canvas` (`FileConfig.canvas`); disk-backed ones of large images live
     until the block ends."""
-    inp = model_input(predictor.bundle, raw, opts)
+    inp = sized_input(predictor, raw, opts)
     with canvas(inp.source.shape, work_dir=work_dir) as labels:
         pred = predictor.predict(inp.source, labels=labels)
         with segmented(canvas, inp, pred, work_dir=work_dir) as seg:
@@ -147,7 +147,7 @@ class FileRunner:
         if isinstance(raw, Exception):
             return None
         try:
-            return model_input(self.predictor.bundle, raw, self.file_config.inputs)
+            return sized_input(self.predictor, raw, self.file_config.inputs)
         except Exception:
             return None
 

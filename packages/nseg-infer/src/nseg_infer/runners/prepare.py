@@ -1,11 +1,12 @@
 """From an opened file to what the model sees, and its labels back at the file's own size.
 
-    file (all channels) -> channels the model sees (`sources.channels.model_view`) -> rescaled to
-    the model's training scale (`sources.scale.RescaledSource`) -> a bundle's whole-image resize
+    file (all channels) -> channels the model sees (`sources.channels.model_view`) -> [its nucleus
+    size measured, for a bundle that asks: `runners.size`] -> rescaled to the model's training
+    scale (`sources.scale.RescaledSource`) -> a bundle's whole-image resize
     (`engine.resize.resized`) -> [the Predictor] -> labels back through each resampling, at the
     input's size (`sources.scale.labels_to_input`)
 
-`model_input` decorates an opened image; `segmented` brings a prediction for it back. The file
+`model_input` decorates an opened image (`sized_input` measures its nuclei first where needed); `segmented` brings a prediction for it back. The file
 runner (`nseg_infer.runners.files`) joins them around the Predictor, for the CLI, the folder
 watch, the cluster, the Python API and the napari plugin alike, so all give the same labels for
 the same options. This is where a bundle's settings meet a source: the sources know no bundle, the
@@ -25,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from nseg_infer.engine.bundle import Bundle
-from nseg_infer.engine.predictor import Prediction
+from nseg_infer.engine.predictor import Prediction, Predictor
 from nseg_infer.engine.resize import resized
 from nseg_infer.regions import ImageSource
+from nseg_infer.runners.size import needs_estimate, sized_options
 from nseg_infer.sources.channels import model_view
 from nseg_infer.sources.options import InputOptions
 from nseg_infer.sources.scale import Rescale, RescaledSource, check_diameter, labels_to_input, rescale_for
@@ -108,15 +110,25 @@ def model_input(bundle: Bundle, raw: ImageSource, opts: InputOptions = InputOpti
     return ModelInput(view, source, channels, px, rescale, tuple(back))
 
 
+def sized_input(predictor: Predictor, raw: ImageSource, opts: InputOptions = InputOptions()) -> ModelInput:
+    """`model_input`, with the image's nucleus size first measured by `predictor` where its bundle
+    asks for it (`runners.size`): what every runner that segments a file gives the Predictor."""
+    opts = sized_options(predictor, model_view(raw, opts.choice), opts, pixel_size(raw, opts.pixel_size_um))
+    return model_input(predictor.bundle, raw, opts)
+
+
 def model_shape(bundle: Bundle, shape: tuple[int, int], opts: InputOptions = InputOptions()) -> tuple[int, int] | None:
     """The size of the image the model's tiles are cut from, for an input of `shape` read with
     `opts`, known before the file is opened: rescaled as `model_input` rescales it (`--diameter`,
     `--pixel-size`), then the bundle's `resize`. None when it depends on what only opening the
-    file tells (its own pixel size against a bundle that records one) or the rescaling is refused
-    (that error is the file's, reported when it is segmented)."""
+    file tells (its own pixel size against a bundle that records one, or its nuclei's size for a
+    bundle that measures it) or the rescaling is refused (that error is the file's, reported when
+    it is segmented)."""
     if opts.diameter is None and opts.pixel_size_um is None and bundle.scale.pixel_size_um is not None:
         return None
     px = None if opts.pixel_size_um is None else (opts.pixel_size_um, opts.pixel_size_um)
+    if needs_estimate(bundle, opts, px):
+        return None
     try:
         rescale = _rescale(bundle, Path(), opts, px)
     except ValueError:

@@ -50,6 +50,7 @@ from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner, failed, sink_options
 from nseg_infer.runners.inputs import FileResult
 from nseg_infer.runners.prepare import ModelInput, model_input
+from nseg_infer.runners.size import needs_estimate
 from nseg_infer.sinks.base import LabelledImage
 from nseg_infer.sinks.names import stem
 from nseg_infer.sinks.omezarr import open_labels
@@ -160,6 +161,8 @@ def plan_large_image(planner: Planner, file_config: FileConfig, path: Path, out_
     if planner.bundle.preprocessing.resize is not None:
         return "the bundle resizes whole images"
     with _model_source(planner.bundle, file_config, path) as (_, inp):
+        if needs_estimate(planner.bundle, file_config.inputs, inp.pixel_size_um):
+            return "the image's nucleus size is measured first (the bundle's scale.estimate)"
         if not inp.rescale.identity:
             return "the image is rescaled for the model (--diameter / pixel size)"
         if max(inp.source.shape) <= planner.config.block:

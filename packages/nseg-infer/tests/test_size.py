@@ -1,0 +1,127 @@
+"""Measuring each image's nucleus size with the model, for a bundle trained at one nucleus size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from infer_testkit import f1_and_counts, synthetic_blobs
+from nseg_data.size import MAX_NORMALISING, equivalent_diameters, median_diameter, normalising_factor
+
+from nseg_infer.engine.bundle import BundleError, ScaleSpec, load_bundle
+from nseg_infer.engine.config import RunConfig
+from nseg_infer.engine.plan import Planner
+from nseg_infer.engine.predictor import Predictor
+from nseg_infer.regions import ArraySource
+from nseg_infer.runners.cluster.tasks import LargeImage, plan_large_image
+from nseg_infer.runners.file_config import FileConfig
+from nseg_infer.runners.files import segment_source
+from nseg_infer.runners.prepare import model_shape, sized_input
+from nseg_infer.runners.size import MIN_NUCLEI, centre_window, estimate_diameter, needs_estimate
+from nseg_infer.sources.options import InputOptions
+
+
+def _bundle(src: Path, dst: Path, scale: dict, **pre) -> Path:
+    meta = json.loads((src / "metadata.json").read_text())
+    meta["scale"] = scale
+    meta["preprocessing"].update(pre)
+    dst.mkdir()
+    (dst / "model.onnx").write_bytes((src / "model.onnx").read_bytes())
+    (dst / "metadata.json").write_text(json.dumps(meta))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def estimating(unet_bundle, tmp_path_factory) -> Path:
+    """The test UNet (it finds bright discs of any size) as a model trained at 14 px nuclei."""
+    return _bundle(unet_bundle, tmp_path_factory.mktemp("est") / "b", {"nucleus_diameter_px": 14.0, "estimate": True})
+
+
+def test_diameters_and_the_normalising_rule():
+    labels = np.zeros((40, 40), np.uint32)
+    labels[0:10, 0:10] = 1       # area 100
+    labels[20:24, 20:24] = 3     # area 16; label 2 absent
+    np.testing.assert_allclose(equivalent_diameters(labels), np.sqrt(4 * np.array([100, 16]) / np.pi))
+    assert median_diameter(labels) == pytest.approx((np.sqrt(400 / np.pi) + np.sqrt(64 / np.pi)) / 2)
+    assert median_diameter(labels, min_nuclei=3) is None
+    assert median_diameter(np.zeros((4, 4), np.uint32)) is None
+    assert normalising_factor(10.0, 20.0) == 2.0
+    assert normalising_factor(1.0, 20.0) == MAX_NORMALISING
+    assert normalising_factor(400.0, 20.0) == 1 / MAX_NORMALISING
+
+
+def test_centre_window():
+    w = centre_window(3000, 500, 1024)
+    assert (w.y0, w.y1, w.x0, w.x1) == (988, 2012, 0, 500)
+    w = centre_window(100, 80, 1024)
+    assert (w.y0, w.y1, w.x0, w.x1) == (0, 100, 0, 80)
+
+
+def test_when_an_image_is_measured(estimating, unet_bundle):
+    b = load_bundle(estimating)
+    assert b.scale == ScaleSpec(14.0, None, True)
+    assert needs_estimate(b, InputOptions(), None)
+    assert needs_estimate(b, InputOptions(pixel_size_um=0.3), (0.3, 0.3))  # the bundle records no pixel size
+    assert not needs_estimate(b, InputOptions(diameter=10.0), None)        # the user's diameter wins
+    assert not needs_estimate(load_bundle(unet_bundle), InputOptions(), None)
+    assert model_shape(b, (100, 100)) is None                             # depends on the file's nuclei
+    assert model_shape(b, (100, 100), InputOptions(diameter=7.0)) == (200, 200)
+
+
+def test_bundle_refuses_an_estimate_it_cannot_make(unet_bundle, tmp_path):
+    with pytest.raises(BundleError, match=r"estimate needs scale\.nucleus_diameter_px"):
+        load_bundle(_bundle(unet_bundle, tmp_path / "a", {"estimate": True}))
+    with pytest.raises(BundleError, match=r"'scale\.estimate' must be true or false"):
+        load_bundle(_bundle(unet_bundle, tmp_path / "b", {"nucleus_diameter_px": 14, "estimate": "yes"}))
+    with pytest.raises(BundleError, match="both set the scale"):
+        load_bundle(_bundle(unet_bundle, tmp_path / "c", {"nucleus_diameter_px": 14, "estimate": True}, resize=256))
+
+
+@pytest.mark.parametrize(("radius", "zoom", "passes"), [(3, 1, 2), (6, 2, 2), (5, 1, 1)])
+def test_estimate_finds_the_nuclei_size_and_segments_there(estimating, radius, zoom, passes):
+    """Small nuclei (7 px: twice the model's size is outside the band the training covered, so a
+    second pass refines it), large ones (26 px: half) and ones near the model's size (one pass).
+    The measured diameter is near the truth (the test model's discs come out 10-25 % wider), the
+    image is resampled by 14 / d, and the labels at the image's size are right."""
+    img, gt = synthetic_blobs((160, 200), 40, seed=radius, rmin=radius, rmax=radius + 1)
+    img, gt = np.kron(img, np.ones((zoom, zoom), np.uint8)), np.kron(gt, np.ones((zoom, zoom), np.uint32))
+    truth = median_diameter(gt)
+    p = Predictor(estimating)
+    est = estimate_diameter(p, ArraySource(img))
+    assert est.diameter_px == pytest.approx(truth, rel=0.3)
+    assert est.passes == passes
+    with segment_source(p, ArraySource(img)) as seg:
+        assert seg.rescale.factor == pytest.approx(14 / est.diameter_px, rel=0.01)
+        assert seg.labels.shape == img.shape
+        f1, n_gt, n_pred = f1_and_counts(gt, np.asarray(seg.labels))
+    assert f1 > 0.9 and abs(n_pred - n_gt) <= 2
+
+
+def test_too_few_nuclei_leave_the_image_as_it_is(estimating):
+    img, _ = synthetic_blobs((120, 120), MIN_NUCLEI - 2, seed=4, rmin=3, rmax=4)
+    p = Predictor(estimating)
+    assert estimate_diameter(p, ArraySource(img)).diameter_px is None
+    assert sized_input(p, ArraySource(img)).rescale.identity
+
+
+def test_a_given_diameter_is_used_without_measuring(estimating):
+    img, _ = synthetic_blobs((120, 120), 20, seed=5, rmin=3, rmax=4)
+    inp = sized_input(Predictor(estimating), ArraySource(img), InputOptions(diameter=28.0))
+    assert inp.rescale.factor == pytest.approx(0.5)  # the option's 28 px, not the discs' 7
+
+
+def test_a_cluster_segments_a_measured_large_image_as_one_file(estimating, unet_bundle, tmp_path):
+    """Its blocks would each need the one measure of the whole image: it runs as one file task."""
+    img, _ = synthetic_blobs((1200, 1100), 200, seed=6, rmin=4, rmax=6)
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, img)
+    config = RunConfig(device="cpu", block=512)
+    why = plan_large_image(Planner(load_bundle(estimating), config), FileConfig(), path, tmp_path / "out")
+    assert why == "the image's nucleus size is measured first (the bundle's scale.estimate)"
+    plain = plan_large_image(Planner(load_bundle(unet_bundle), config), FileConfig(), path, tmp_path / "out")
+    assert isinstance(plain, LargeImage)
+    given = FileConfig(InputOptions(diameter=14.0))  # the user's diameter: nothing to measure, blocks as usual
+    assert isinstance(plan_large_image(Planner(load_bundle(estimating), config), given, path, tmp_path / "out"), LargeImage)
