@@ -23,18 +23,13 @@ from pathlib import Path
 import numpy as np
 from nseg_data.atomic import write_text_atomic
 from nseg_data.dataset import open_dataset
+from nseg_data.size import median_diameter
 from nseg_data.sources import source_of
 from nseg_data.split import load_splits
 from scipy import ndimage as ndi
 from skimage.feature import blob_log
 
 MAX_SIDE = 384  # blob search on a copy at most this large: the estimate is for a resampling factor
-
-
-def true_diameter(labels: np.ndarray) -> float:
-    areas = np.bincount(labels.ravel())[1:]
-    areas = areas[areas > 0]
-    return float(np.median(np.sqrt(4 * areas / np.pi)))
 
 
 def nuclear_contrast(image: np.ndarray, modality: str) -> np.ndarray:
@@ -74,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for s in res.samples:
         rows.append({"id": s.id, "source": source_of(s), "modality": str(s.modality),
-                     "true": true_diameter(s.labels), "estimate": estimate_diameter(s.image, str(s.modality))})
+                     "true": median_diameter(s.labels), "estimate": estimate_diameter(s.image, str(s.modality))})
     groups: dict[str, dict] = {}
     for key in sorted({(r["source"], r["modality"]) for r in rows}):
         sel = [r for r in rows if (r["source"], r["modality"]) == key and np.isfinite(r["estimate"])]

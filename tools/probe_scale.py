@@ -22,6 +22,7 @@ import numpy as np
 from nseg_data.atomic import write_text_atomic
 from nseg_data.dataset import open_dataset
 from nseg_data.metrics import dsb_score
+from nseg_data.size import median_diameter
 from nseg_data.split import load_splits
 from nseg_infer.engine.predictor import Predictor
 from nseg_infer.regions import ArraySource
@@ -29,12 +30,6 @@ from nseg_infer.runners.files import segment_source
 from nseg_infer.sources.options import InputOptions
 
 BANDS = (1.25, 1.5)
-
-
-def median_diameter(labels: np.ndarray) -> float | None:
-    areas = np.bincount(labels.ravel())[1:]
-    areas = areas[areas > 0]
-    return float(np.median(np.sqrt(4 * areas / np.pi))) if len(areas) else None
 
 
 def main() -> None:
