@@ -43,10 +43,10 @@ def test_unknown_key_is_an_error(tmp_path: Path):
         ({"model": {"deep_supervision": 4}}, "deep_supervision"),
         ({"data": {"modalities": ["histolgy"]}}, "data.modalities"),
         ({"data": {"modalities": []}}, "data.modalities"),
-        ({"data": {"nucleus_diameter": 2}}, "4-200 px"),
-        ({"data": {"nucleus_diameter": 20, "resize": 256}}, "choose one"),
-        ({"data": {"nucleus_diameter": 20, "crop_sampler": "pos_neg"}}, "crop_sampler: random"),
-        ({"data": {"nucleus_diameter": 20}, "model": {"kind": "maskrcnn"}}, "for the UNet"),
+        ({"data": {"min_nucleus_diameter": 2}}, "4-200 px"),
+        ({"data": {"min_nucleus_diameter": 20, "resize": 256}}, "choose one"),
+        ({"data": {"min_nucleus_diameter": 20, "crop_sampler": "pos_neg"}}, "crop_sampler: random"),
+        ({"data": {"min_nucleus_diameter": 20}, "model": {"kind": "maskrcnn"}}, "for the UNet"),
     ],
 )
 def test_invalid_values_rejected(patch, msg):

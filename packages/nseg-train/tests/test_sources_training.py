@@ -145,12 +145,12 @@ def test_training_on_a_catalogue_logs_every_source(synth_data, tiny_config, tmp_
 
 
 def test_one_nucleus_size_crops_bring_every_image_to_it():
-    """`data.nucleus_diameter`: crops of an image of 8 px nuclei and of one of 32 px nuclei both
-    show nuclei of about 16 px; without it each keeps its own size."""
+    """`data.min_nucleus_diameter`: crops of an image of 8 px nuclei show them at about 16 px, and
+    an image of 32 px nuclei keeps its size; without it each keeps its own size."""
     from nseg_data.size import median_diameter
     from scipy import ndimage as ndi
 
-    from nseg_train.datasets import CropDataset, normalising_scale, prepare
+    from nseg_train.datasets import CropDataset, enlarging_scale, prepare
 
     def discs(r: int, n: int) -> Sample:
         yy, xx = np.mgrid[:256, :256]
@@ -164,14 +164,15 @@ def test_one_nucleus_size_crops_bring_every_image_to_it():
 
     small, large = discs(4, 16), discs(16, 4)
     base = load_config("unet")
-    cfg = base.replace(data=type(base.data)(**{**base.data.__dict__, "nucleus_diameter": 16.0, "crop_size": 64,
+    cfg = base.replace(data=type(base.data)(**{**base.data.__dict__, "min_nucleus_diameter": 16.0, "crop_size": 64,
                                                "crops_per_image": 8}),
                        augment=AugmentConfig(flips=False, rot90=False))
-    assert normalising_scale(small.labels, 16.0) == pytest.approx(16.0 / median_diameter(small.labels))
-    assert normalising_scale(large.labels, None) == 1.0
+    assert enlarging_scale(small.labels, 16.0) == pytest.approx(16.0 / median_diameter(small.labels))
+    assert enlarging_scale(large.labels, 16.0) == 1.0
+    assert enlarging_scale(small.labels, None) == 1.0
     for sample, own in ((small, median_diameter(small.labels)), (large, median_diameter(large.labels))):
-        for config, want in ((cfg, 16.0), (base.replace(data=type(base.data)(**{**cfg.data.__dict__,
-                                                                             "nucleus_diameter": None}),
+        for config, want in ((cfg, max(16.0, own)), (base.replace(data=type(base.data)(**{**cfg.data.__dict__,
+                                                                             "min_nucleus_diameter": None}),
                                                         augment=cfg.augment), own)):
             ds = CropDataset(prepare([sample], config), config, seed=0)
             sizes = []
@@ -180,4 +181,4 @@ def test_one_nucleus_size_crops_bring_every_image_to_it():
                 areas = np.bincount(lab.ravel())[1:]
                 if len(areas):  # the largest disc of a crop: the one least cut by its edge
                     sizes.append(np.sqrt(4 * areas.max() / np.pi))
-            assert np.median(sizes) == pytest.approx(want, rel=0.2), (sample.id, config.data.nucleus_diameter)
+            assert np.median(sizes) == pytest.approx(want, rel=0.2), (sample.id, config.data.min_nucleus_diameter)

@@ -35,10 +35,11 @@ class DataConfig:
     source_balance: float = 0.0
     # Train and validate only on these modalities (as the split records them): an expert, e.g. for H&E.
     modalities: tuple[str, ...] | None = None
-    # Bring each training image's nuclei to this median equivalent diameter (px), measured from its
-    # labels, before crops are drawn (augment.scale then jitters around it). The bundle records it,
-    # and the runtime estimates each image's nucleus size the same way (`scale.estimate`).
-    nucleus_diameter: float | None = None
+    # Enlarge each training image whose median nucleus (equivalent diameter, from its labels) is
+    # smaller than this many px to it before crops are drawn (augment.scale then jitters); larger
+    # nuclei stay at their own size. The bundle records it (`scale.min_nucleus_diameter_px`), and
+    # the runtime measures each image's nuclei and enlarges it the same way.
+    min_nucleus_diameter: float | None = None
     num_workers: int = 2
 
     def __post_init__(self) -> None:
@@ -57,13 +58,13 @@ class DataConfig:
                                   f"got {list(self.modalities)}")
         if not 0 <= self.low_percentile < self.high_percentile <= 100:
             raise ConfigError("data percentiles must satisfy 0 <= low < high <= 100")
-        if self.nucleus_diameter is not None:
-            if not 4 <= self.nucleus_diameter <= 200:
-                raise ConfigError(f"data.nucleus_diameter must be 4-200 px, got {self.nucleus_diameter}")
+        if self.min_nucleus_diameter is not None:
+            if not 4 <= self.min_nucleus_diameter <= 200:
+                raise ConfigError(f"data.min_nucleus_diameter must be 4-200 px, got {self.min_nucleus_diameter}")
             if self.resize is not None:
-                raise ConfigError("data.nucleus_diameter and data.resize both set the scale; choose one")
+                raise ConfigError("data.min_nucleus_diameter and data.resize both set the scale; choose one")
             if self.crop_sampler != "random":
-                raise ConfigError("data.nucleus_diameter needs crop_sampler: random (pos_neg crops are not rescaled)")
+                raise ConfigError("data.min_nucleus_diameter needs crop_sampler: random (pos_neg crops are not rescaled)")
 
 
 @dataclass(frozen=True)
@@ -308,8 +309,8 @@ class TrainConfig:
         if self.model.kind == "maskrcnn" and 2 * self.eval.halo >= self.maskrcnn.tile:
             raise ConfigError(f"eval.halo ({self.eval.halo}) must be less than half of maskrcnn.tile ({self.maskrcnn.tile})")
         if self.model.kind != "unet":
-            if self.data.nucleus_diameter is not None:
-                raise ConfigError("data.nucleus_diameter is for the UNet (the Mask R-CNN resizes by maskrcnn.min_size)")
+            if self.data.min_nucleus_diameter is not None:
+                raise ConfigError("data.min_nucleus_diameter is for the UNet (the Mask R-CNN resizes by maskrcnn.min_size)")
             return
         if self.model.targets == "fg" and self.eval.instances == "watershed":
             raise ConfigError("watershed instances need a distance output (model.targets: fg_dist)")
@@ -329,8 +330,8 @@ class TrainConfig:
             del d["optim"]["ema"]
         if self.data.modalities is None:
             del d["data"]["modalities"]
-        if self.data.nucleus_diameter is None:
-            del d["data"]["nucleus_diameter"]
+        if self.data.min_nucleus_diameter is None:
+            del d["data"]["min_nucleus_diameter"]
         if not self.data.source_balance:
             del d["data"]["source_balance"]
         if not self.augment.keep_look:

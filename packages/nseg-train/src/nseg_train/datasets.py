@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from nseg_data.sample import Sample
-from nseg_data.size import median_diameter, normalising_factor
+from nseg_data.size import enlarging_factor, median_diameter
 from nseg_data.sources import source_of
 from nseg_infer.engine.preprocess import Normalization, normalize, resize_image
 from skimage.transform import resize as sk_resize
@@ -25,7 +25,7 @@ class Prepared:
     image: np.ndarray  # HxWx3 float32, normalised, possibly resized
     target: np.ndarray  # CxHxW float32
     source: str = ""
-    scale: float = 1.0  # crops are drawn at this scale (data.nucleus_diameter / the image's own)
+    scale: float = 1.0  # crops are drawn enlarged this much (data.min_nucleus_diameter)
 
 
 def normalize_for(cfg: TrainConfig, image: np.ndarray) -> np.ndarray:
@@ -51,16 +51,17 @@ def prepare(samples: list[Sample], cfg: TrainConfig) -> list[Prepared]:
         if cfg.data.resize:
             img, labels = resize_pair(img, labels, cfg.data.resize)
         out.append(Prepared(s.id, str(s.modality), img, make_targets(labels, cfg.model.targets), source_of(s),
-                            normalising_scale(labels, cfg.data.nucleus_diameter)))
+                            enlarging_scale(labels, cfg.data.min_nucleus_diameter)))
     return out
 
 
-def normalising_scale(labels: np.ndarray, diameter: float | None) -> float:
-    """The factor that brings `labels`' median nucleus to `diameter` px (1 without one, or with no nuclei)."""
-    if diameter is None:
+def enlarging_scale(labels: np.ndarray, min_diameter: float | None) -> float:
+    """The factor that brings `labels`' median nucleus up to `min_diameter` px (`enlarging_factor`;
+    1 without one, or with no nuclei)."""
+    if min_diameter is None:
         return 1.0
     d = median_diameter(labels)
-    return 1.0 if d is None else normalising_factor(d, diameter)
+    return 1.0 if d is None else enlarging_factor(d, min_diameter)
 
 
 def sampling_weights(modalities: list[str], balance: float, sources: list[str] | None = None,

@@ -117,14 +117,15 @@ def io_sections(cfg: TrainConfig, *, tile: int) -> dict[str, list[dict[str, Any]
 
 
 def scale_section(cfg: TrainConfig) -> dict[str, Any] | None:
-    """metadata.json's `scale` for a model trained with every image's nuclei brought to one size
-    (`data.nucleus_diameter`): the runtime measures each image's nuclei and does the same. None
-    otherwise (a bundle's measured training scale is then added by tools/bundle_scale.py)."""
-    d = cfg.data.nucleus_diameter
+    """metadata.json's `scale` for a model trained with images of small nuclei enlarged
+    (`data.min_nucleus_diameter`): the runtime measures each image's nuclei and does the same.
+    None otherwise (a bundle's measured training scale is then added by tools/bundle_scale.py)."""
+    d = cfg.data.min_nucleus_diameter
     if d is None:
         return None
-    return {"nucleus_diameter_px": float(d), "estimate": True,
-            "source": f"training brought every image's median nucleus to {d:g} px (data.nucleus_diameter)"}
+    return {"min_nucleus_diameter_px": float(d),
+            "source": f"training enlarged every image whose median nucleus is under {d:g} px to {d:g} px "
+                      "(data.min_nucleus_diameter)"}
 
 
 def deployment_sections(cfg: TrainConfig, *, tile: int | None = None, halo: int | None = None,

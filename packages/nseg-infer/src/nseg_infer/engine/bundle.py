@@ -72,22 +72,20 @@ class TilingSpec:
 class ScaleSpec:
     """The scale the model was trained at (metadata key `scale`, optional): the typical nucleus
     diameter in pixels and, when the training images had one, their pixel size in µm. None is
-    unknown; the runtime then rescales only when told (`--diameter`). `estimate`: the model was
-    trained with every image's nuclei brought to `nucleus_diameter_px`, so the runtime measures
-    each image's nuclei in a first pass and brings them there (`runners.size`) unless the options
-    set the scale."""
+    unknown; the runtime then rescales only when told (`--diameter`). `min_nucleus_diameter_px`:
+    the model was trained with every image whose nuclei are smaller enlarged to it, so the runtime
+    measures each image's nuclei in a first pass and enlarges it alike (`runners.size`), unless the
+    options set the scale."""
 
     nucleus_diameter_px: float | None = None
     pixel_size_um: float | None = None
-    estimate: bool = False
+    min_nucleus_diameter_px: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("nucleus_diameter_px", "pixel_size_um"):
+        for name in ("nucleus_diameter_px", "pixel_size_um", "min_nucleus_diameter_px"):
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ValueError(f"scale.{name} must be > 0, got {v}")
-        if self.estimate and self.nucleus_diameter_px is None:
-            raise ValueError("scale.estimate needs scale.nucleus_diameter_px, the size it brings nuclei to")
 
 
 @dataclass(frozen=True)
@@ -191,12 +189,10 @@ def parse_metadata(meta: Any, bundle_dir: Path, *, verify_sha256: bool = True) -
         sc = meta.get("scale") or {}
         if not isinstance(sc, Mapping):
             raise ValueError("'scale' must be an object")
-        if not isinstance(sc.get("estimate", False), bool):
-            raise ValueError("'scale.estimate' must be true or false")
         scale = ScaleSpec(*(None if sc.get(k) is None else float(sc[k])
-                            for k in ("nucleus_diameter_px", "pixel_size_um")), estimate=sc.get("estimate", False))
-        if scale.estimate and preprocessing.resize is not None:
-            raise ValueError("'scale.estimate' and 'preprocessing.resize' both set the scale the model sees")
+                            for k in ("nucleus_diameter_px", "pixel_size_um", "min_nucleus_diameter_px")))
+        if scale.min_nucleus_diameter_px is not None and preprocessing.resize is not None:
+            raise ValueError("'scale.min_nucleus_diameter_px' and 'preprocessing.resize' both set the scale the model sees")
         return Bundle(
             path=bundle_dir, kind=str(meta["kind"]), model_path=model_path, sha256=str(meta["sha256"]),
             inputs=tuple(_tensor(meta_file, "inputs", d) for d in meta["inputs"]),

@@ -83,13 +83,15 @@ class ModelInput:
 def check_options(bundle: Bundle, opts: InputOptions) -> None:
     """Refuse, before any file is read, input options `bundle` cannot honour (every file would
     fail the same way): `--diameter` with a model that records no nucleus diameter."""
-    check_diameter(opts.diameter, bundle.scale.nucleus_diameter_px, bundle.path / "metadata.json")
+    check_diameter(opts.diameter, bundle.scale.nucleus_diameter_px, bundle.path / "metadata.json",
+                   bundle.scale.min_nucleus_diameter_px)
 
 
 def _rescale(bundle: Bundle, path: Path, opts: InputOptions, px: tuple[float, float] | None) -> Rescale:
     check_options(bundle, opts)
     return rescale_for(path, model_diameter_px=bundle.scale.nucleus_diameter_px,
-                       model_pixel_size_um=bundle.scale.pixel_size_um, diameter=opts.diameter, pixel_size_um=px)
+                       model_pixel_size_um=bundle.scale.pixel_size_um, diameter=opts.diameter, pixel_size_um=px,
+                       model_min_diameter_px=bundle.scale.min_nucleus_diameter_px)
 
 
 def model_input(bundle: Bundle, raw: ImageSource, opts: InputOptions = InputOptions()) -> ModelInput:

@@ -1,17 +1,17 @@
-"""An image's nucleus size, measured by the model itself, for a bundle trained at one nucleus size.
+"""An image's nucleus size, measured by the model itself, for a model trained with small nuclei enlarged.
 
-A bundle with `scale.estimate` was trained with every image's nuclei brought to D px across
-(`scale.nucleus_diameter_px`). Its runtime does what Cellpose's size model and its refinement do:
+A bundle with `scale.min_nucleus_diameter_px` (M) was trained with every image whose median
+nucleus is smaller than M px enlarged to M (`nseg_data.size.enlarging_factor`). Its runtime does
+what Cellpose's size model and its refinement do:
 
 1. a first pass over the image as it is (its centre, at most PROBE_SIDE² pixels) finds nuclei,
    and their median equivalent diameter d (`nseg_data.size`, as training measured its labels)
-   gives the factor D / d;
-2. where that factor lies outside the band the training's scale jitter covered (REFINE_BAND), the
-   first pass saw nuclei of a size the model never learnt, so a second pass over the window
-   rescaled by D / d measures them again, at nearly the model's own scale.
+   gives the factor max(1, M / d);
+2. where that factor lies beyond the band the training's scale jitter covered (REFINE_BAND), the
+   first pass saw nuclei smaller than the model learnt, so a second pass over the window enlarged
+   by it measures them again, at nearly the model's own scale.
 
-The image is then segmented exactly as `--diameter d` segments it (brought at most
-`nseg_data.size.MAX_NORMALISING` times towards D, as in training). With fewer than MIN_NUCLEI
+The image is then segmented exactly as `--diameter d` segments it. With fewer than MIN_NUCLEI
 nuclei found there is nothing to measure, and the image is segmented as it is. `--diameter`, or a
 pixel size against a bundle that records its own, sets the scale instead, and nothing is measured.
 """
@@ -23,7 +23,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from nseg_data.size import equivalent_diameters, normalising_factor
+from nseg_data.size import enlarging_factor, equivalent_diameters
 
 from nseg_infer.engine.bundle import Bundle
 from nseg_infer.engine.predictor import Predictor
@@ -33,7 +33,7 @@ from nseg_infer.sources.scale import Rescale, RescaledSource
 
 PROBE_SIDE = 1024       # model pixels a pass may see: the centre of a large image is enough to measure
 MIN_NUCLEI = 5          # fewer say too little about an image's nuclei
-REFINE_BAND = 1.5       # the training's jitter (augment.scale) covers about D / 1.5 to 1.5 D
+REFINE_BAND = 1.5       # the training's jitter (augment.scale) covers nuclei down to about M / 1.5
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,11 @@ class SizeEstimate:
 
 
 def needs_estimate(bundle: Bundle, opts: InputOptions, pixel_size_um: tuple[float, float] | None) -> bool:
-    """Whether `bundle` wants the image measured: it asks for it and nothing in `opts` or the
-    file (a pixel size, where the bundle records its own) sets the scale."""
+    """Whether `bundle` wants the image measured: it records a minimum nucleus size and nothing in
+    `opts` or the file (a pixel size, where the bundle records its own) sets the scale."""
     sc = bundle.scale
-    return sc.estimate and opts.diameter is None and not (pixel_size_um is not None and sc.pixel_size_um is not None)
+    return (sc.min_nucleus_diameter_px is not None and opts.diameter is None
+            and not (pixel_size_um is not None and sc.pixel_size_um is not None))
 
 
 def centre_window(height: int, width: int, side: int) -> Window:
@@ -73,12 +74,12 @@ def _measure(predictor: Predictor, view: ImageSource, factor: float) -> tuple[fl
 
 def estimate_diameter(predictor: Predictor, view: ImageSource) -> SizeEstimate:
     """The nucleus diameter of `view` (the channels the model sees, at the image's own scale) in
-    one or two passes of `predictor`, whose bundle gives the size the model was trained at."""
-    target = predictor.bundle.scale.nucleus_diameter_px
+    one or two passes of `predictor`, whose bundle gives the minimum size the model was trained at."""
+    target = predictor.bundle.scale.min_nucleus_diameter_px
     d, n = _measure(predictor, view, 1.0)
-    if d is None or 1 / REFINE_BAND <= target / d <= REFINE_BAND:
+    if d is None or enlarging_factor(d, target) <= REFINE_BAND:
         return SizeEstimate(d, n, 1)
-    d2, n2 = _measure(predictor, view, normalising_factor(d, target))
+    d2, n2 = _measure(predictor, view, enlarging_factor(d, target))
     return SizeEstimate(d, n, 2) if d2 is None else SizeEstimate(d2, n2, 2)
 
 
@@ -93,6 +94,4 @@ def sized_options(predictor: Predictor, view: ImageSource, opts: InputOptions,
         return opts
     log.info("%s: nucleus diameter measured %.1f px (%d nuclei, %d pass(es))",
              view.path, est.diameter_px, est.nuclei, est.passes)
-    # As in training, an image is brought at most MAX_NORMALISING times towards the model's size.
-    target = predictor.bundle.scale.nucleus_diameter_px
-    return dataclasses.replace(opts, diameter=round(target / normalising_factor(est.diameter_px, target), 1))
+    return dataclasses.replace(opts, diameter=round(est.diameter_px, 1))

@@ -1,7 +1,9 @@
 """Bringing an image to the scale the model was trained at, and its labels back.
 
 The factor f is model pixels per input pixel: `--diameter d` (the typical nucleus diameter in the
-user's image, px) gives f = D / d, with D the bundle's `scale.nucleus_diameter_px`; otherwise a
+user's image, px) gives f = D / d, with D the bundle's `scale.nucleus_diameter_px`, or for a model
+trained with small nuclei enlarged to a minimum size M (`scale.min_nucleus_diameter_px`) the same
+enlargement, f = M / d for d < M and 1 otherwise (`nseg_data.size.enlarging_factor`); otherwise a
 known pixel size p (µm, from the file or `--pixel-size`) and a bundle trained at pixel size P give
 f = p / P; otherwise f = 1. Within 1% of 1 nothing is resampled.
 
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from nseg_data.errors import DataError
+from nseg_data.size import enlarging_factor
 
 from nseg_infer.regions import ImageSource, Window
 
@@ -50,20 +53,26 @@ class Rescale:
         return max(1, round(height * self.factor)), max(1, round(width * self.factor))
 
 
-def check_diameter(diameter: float | None, model_diameter_px: float | None, metadata: Path) -> None:
+def check_diameter(diameter: float | None, model_diameter_px: float | None, metadata: Path,
+                   model_min_diameter_px: float | None = None) -> None:
     """Refuse `--diameter` for a model that records no nucleus diameter (`metadata`: the file that
     would record it), before any image is read: every image would fail the same way."""
-    if diameter is not None and model_diameter_px is None:
+    if diameter is not None and model_diameter_px is None and model_min_diameter_px is None:
         raise ValueError(f"--diameter needs a model that records its training scale; {metadata} "
                          "has no 'scale': {'nucleus_diameter_px': ...}")
 
 
 def rescale_for(path: Path, *, model_diameter_px: float | None, model_pixel_size_um: float | None,
-                diameter: float | None, pixel_size_um: tuple[float, float] | None) -> Rescale:
+                diameter: float | None, pixel_size_um: tuple[float, float] | None,
+                model_min_diameter_px: float | None = None) -> Rescale:
     """The factor for one image (see the module docstring), or a DataError naming the file; the
-    model's training scale is `model_diameter_px` (needed with `diameter`: `check_diameter`) and
-    `model_pixel_size_um`."""
-    if diameter is not None:
+    model's training scale is `model_min_diameter_px` or `model_diameter_px` (one is needed with
+    `diameter`: `check_diameter`) and `model_pixel_size_um`."""
+    if diameter is not None and model_min_diameter_px is not None:
+        f = enlarging_factor(diameter, model_min_diameter_px)
+        reason = (f"nucleus diameter {diameter:g} px -> the model's minimum {model_min_diameter_px:g} px"
+                  if f > 1 else f"nucleus diameter {diameter:g} px, at least the model's minimum {model_min_diameter_px:g} px")
+    elif diameter is not None:
         f = model_diameter_px / diameter
         reason = f"nucleus diameter {diameter:g} px -> the model's {model_diameter_px:g} px"
     elif pixel_size_um is not None and model_pixel_size_um is not None:

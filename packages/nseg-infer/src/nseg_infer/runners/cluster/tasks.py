@@ -162,7 +162,7 @@ def plan_large_image(planner: Planner, file_config: FileConfig, path: Path, out_
         return "the bundle resizes whole images"
     with _model_source(planner.bundle, file_config, path) as (_, inp):
         if needs_estimate(planner.bundle, file_config.inputs, inp.pixel_size_um):
-            return "the image's nucleus size is measured first (the bundle's scale.estimate)"
+            return "the image's nucleus size is measured first (the bundle's scale.min_nucleus_diameter_px)"
         if not inp.rescale.identity:
             return "the image is rescaled for the model (--diameter / pixel size)"
         if max(inp.source.shape) <= planner.config.block:
