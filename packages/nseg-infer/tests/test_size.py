@@ -10,6 +10,7 @@ import pytest
 import tifffile
 from infer_testkit import f1_and_counts, synthetic_blobs
 from nseg_data.size import MAX_ENLARGING, enlarging_factor, equivalent_diameters, median_diameter
+from PIL import Image
 
 from nseg_infer.engine.bundle import BundleError, ScaleSpec, load_bundle
 from nseg_infer.engine.config import RunConfig
@@ -18,7 +19,7 @@ from nseg_infer.engine.predictor import Predictor
 from nseg_infer.regions import ArraySource
 from nseg_infer.runners.cluster.tasks import LargeImage, plan_large_image
 from nseg_infer.runners.file_config import FileConfig
-from nseg_infer.runners.files import segment_source
+from nseg_infer.runners.files import FileRunner, segment_source
 from nseg_infer.runners.prepare import model_shape, sized_input
 from nseg_infer.runners.size import MIN_NUCLEI, centre_window, estimate_diameter, needs_estimate
 from nseg_infer.sources.options import InputOptions
@@ -126,3 +127,31 @@ def test_a_cluster_segments_a_measured_large_image_as_one_file(estimating, unet_
     assert isinstance(plain, LargeImage)
     given = FileConfig(InputOptions(diameter=14.0))  # the user's diameter: nothing to measure, blocks as usual
     assert isinstance(plan_large_image(Planner(load_bundle(estimating), config), given, path, tmp_path / "out"), LargeImage)
+
+
+def test_the_measuring_pass_is_reused_where_the_image_is_not_resampled(estimating, tmp_path, monkeypatch):
+    """Nuclei at least the model's minimum: the first pass over the whole image is its prediction,
+    made once, and equal to the plain model's; in a window of small files (`process_files`) too."""
+    calls = []
+    predict = Predictor.predict
+    monkeypatch.setattr(Predictor, "predict", lambda self, *a, **k: calls.append(1) or predict(self, *a, **k))
+    big, _ = synthetic_blobs((150, 170), 20, seed=7, rmin=9, rmax=11)     # ~20 px: not enlarged
+    small, _ = synthetic_blobs((150, 170), 40, seed=8, rmin=3, rmax=4)    # ~7 px: enlarged
+    p = Predictor(estimating)
+    with segment_source(p, ArraySource(big)) as seg:
+        reused = np.asarray(seg.labels).copy()
+        assert seg.rescale.identity
+    assert len(calls) == 1
+    np.testing.assert_array_equal(reused, predict(p, ArraySource(big)).labels)
+    with segment_source(p, ArraySource(small)) as seg:
+        enlarged = np.asarray(seg.labels).copy()
+        assert seg.rescale.factor > 1
+    monkeypatch.undo()
+    jobs = []
+    for name, img in (("small", small), ("big", big), ("small2", small)):
+        Image.fromarray(img).save(tmp_path / f"{name}.png")
+        jobs.append((tmp_path / f"{name}.png", tmp_path / "out"))
+    results = list(FileRunner(p).process_files(jobs))
+    assert [r.error for r in results] == [None] * 3
+    for name, want in (("small", enlarged), ("big", reused), ("small2", enlarged)):
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / f"{name}.labels.tif"), want)

@@ -51,7 +51,7 @@ def runtime_labels(model: torch.nn.Module, sample: Sample, cfg: TrainConfig, dev
     instance step), the model standing in for the exported graph: a validation score is a user's."""
     predictor = runtime_predictor(model, cfg, device)
     inp = runtime_input(predictor, sample.image)
-    return inp.to_input(predictor.predict(inp.source).labels)[0]
+    return inp.to_input((inp.made or predictor.predict(inp.source)).labels)[0]
 
 
 class UNetTask:

@@ -70,6 +70,10 @@ def segment_source(predictor: Predictor, raw: ImageSource, opts: InputOptions = 
     Label canvases come from `canvas` (`FileConfig.canvas`); disk-backed ones of large images live
     until the block ends."""
     inp = sized_input(predictor, raw, opts)
+    if inp.made is not None:
+        with segmented(canvas, inp, inp.made, work_dir=work_dir) as seg:
+            yield seg
+        return
     with canvas(inp.source.shape, work_dir=work_dir) as labels:
         pred = predictor.predict(inp.source, labels=labels)
         with segmented(canvas, inp, pred, work_dir=work_dir) as seg:
@@ -199,8 +203,8 @@ class FileRunner:
         segmenting together fails, the files not yet delivered are segmented alone, so an error
         names its own file."""
         together = {k: inp for k, (_, inp) in enumerate(run) if inp is not None}
-        order = list(together)
-        made: dict[int, Prediction] = {}
+        made: dict[int, Prediction] = {k: inp.made for k, inp in together.items() if inp.made is not None}
+        order = [k for k in together if k not in made]
         done = 0                      # files of the run delivered so far
         last = time.perf_counter()    # when the last prediction was delivered
 
@@ -220,9 +224,10 @@ class FileRunner:
             made[order[i]] = pred
             release()
 
-        if together:
+        release()  # files whose measuring pass was their prediction go to the writer at once
+        if order:
             try:
-                self.predictor.predict_many([i.source for i in together.values()], on_ready=ready)
+                self.predictor.predict_many([together[k].source for k in order], on_ready=ready)
             except Exception as e:
                 # e.g. an engine profile smaller than the batch, or one bad image among them.
                 log.warning("segmenting %d images together failed (%s); segmenting the rest one by one",

@@ -17,6 +17,7 @@ large image's temp files live until the `with segmented(...)` block ends.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -69,6 +70,9 @@ class ModelInput:
     pixel_size_um: tuple[float, float] | None
     rescale: Rescale
     back: tuple[tuple[int, int], ...] = ()
+    # The Predictor's prediction for `source` where measuring the image's nuclei made it already
+    # (`sized_input`): the image is then not predicted again.
+    made: Prediction | None = None
 
     def to_input(self, labels: np.ndarray, scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Labels at `source`'s size (and a detector's scores) brought back to the input's size, in
@@ -114,9 +118,13 @@ def model_input(bundle: Bundle, raw: ImageSource, opts: InputOptions = InputOpti
 
 def sized_input(predictor: Predictor, raw: ImageSource, opts: InputOptions = InputOptions()) -> ModelInput:
     """`model_input`, with the image's nucleus size first measured by `predictor` where its bundle
-    asks for it (`runners.size`): what every runner that segments a file gives the Predictor."""
-    opts = sized_options(predictor, model_view(raw, opts.choice), opts, pixel_size(raw, opts.pixel_size_um))
-    return model_input(predictor.bundle, raw, opts)
+    asks for it (`runners.size`): what every runner that segments a file gives the Predictor. Where
+    the measuring pass was the whole image's own prediction, it comes as `made`."""
+    if not needs_estimate(predictor.bundle, opts, pixel_size(raw, opts.pixel_size_um)):
+        return model_input(predictor.bundle, raw, opts)
+    opts, whole = sized_options(predictor, model_view(raw, opts.choice), opts)
+    inp = model_input(predictor.bundle, raw, opts)
+    return dataclasses.replace(inp, made=whole) if whole is not None and not inp.back else inp
 
 
 def model_shape(bundle: Bundle, shape: tuple[int, int], opts: InputOptions = InputOptions()) -> tuple[int, int] | None:

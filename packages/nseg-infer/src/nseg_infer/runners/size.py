@@ -26,7 +26,7 @@ import numpy as np
 from nseg_data.size import enlarging_factor, equivalent_diameters
 
 from nseg_infer.engine.bundle import Bundle
-from nseg_infer.engine.predictor import Predictor
+from nseg_infer.engine.predictor import Prediction, Predictor
 from nseg_infer.regions import ArraySource, ImageSource, Window
 from nseg_infer.sources.options import InputOptions
 from nseg_infer.sources.scale import Rescale, RescaledSource
@@ -43,6 +43,9 @@ class SizeEstimate:
     diameter_px: float | None   # at the image's own scale; None: too few nuclei to tell
     nuclei: int                 # found by the pass the diameter comes from
     passes: int
+    # The first pass's prediction when it covered the whole image as it is: the image's own
+    # prediction wherever it is then segmented unresampled, so it is not made twice.
+    whole: Prediction | None = None
 
 
 def needs_estimate(bundle: Bundle, opts: InputOptions, pixel_size_um: tuple[float, float] | None) -> bool:
@@ -60,38 +63,39 @@ def centre_window(height: int, width: int, side: int) -> Window:
     return Window(y0, y0 + h, x0, x0 + w)
 
 
-def _measure(predictor: Predictor, view: ImageSource, factor: float) -> tuple[float | None, int]:
-    """(median diameter at the image's scale, nuclei found) over the image's centre resampled by `factor`."""
+def _measure(predictor: Predictor, view: ImageSource, factor: float) -> tuple[float | None, int, Prediction | None]:
+    """(median diameter at the image's scale, nuclei found, the prediction if it is the whole
+    image's as it is) over the image's centre resampled by `factor`."""
     win = centre_window(*view.shape, max(1, round(PROBE_SIDE / factor)))
     src: ImageSource = ArraySource(view.read(win), view.path, view.info)
     if factor != 1.0:
         src = RescaledSource(src, Rescale(factor).model_shape(*win.shape))
-    d = equivalent_diameters(predictor.predict(src).labels)
+    pred = predictor.predict(src)
+    whole = pred if factor == 1.0 and win.shape == view.shape else None
+    d = equivalent_diameters(pred.labels)
     if len(d) < MIN_NUCLEI:
-        return None, len(d)
-    return float(np.median(d)) / factor, len(d)
+        return None, len(d), whole
+    return float(np.median(d)) / factor, len(d), whole
 
 
 def estimate_diameter(predictor: Predictor, view: ImageSource) -> SizeEstimate:
     """The nucleus diameter of `view` (the channels the model sees, at the image's own scale) in
     one or two passes of `predictor`, whose bundle gives the minimum size the model was trained at."""
     target = predictor.bundle.scale.min_nucleus_diameter_px
-    d, n = _measure(predictor, view, 1.0)
+    d, n, whole = _measure(predictor, view, 1.0)
     if d is None or enlarging_factor(d, target) <= REFINE_BAND:
-        return SizeEstimate(d, n, 1)
-    d2, n2 = _measure(predictor, view, enlarging_factor(d, target))
+        return SizeEstimate(d, n, 1, whole)
+    d2, n2, _ = _measure(predictor, view, enlarging_factor(d, target))
     return SizeEstimate(d, n, 2) if d2 is None else SizeEstimate(d2, n2, 2)
 
 
-def sized_options(predictor: Predictor, view: ImageSource, opts: InputOptions,
-                  pixel_size_um: tuple[float, float] | None) -> InputOptions:
-    """`opts`, with the nucleus diameter measured where the bundle asks for it (`needs_estimate`)."""
-    if not needs_estimate(predictor.bundle, opts, pixel_size_um):
-        return opts
+def sized_options(predictor: Predictor, view: ImageSource, opts: InputOptions) -> tuple[InputOptions, Prediction | None]:
+    """`opts` with the nucleus diameter of `view` measured (call where `needs_estimate`), and the
+    first pass's prediction where it covered the whole image as it is (`SizeEstimate.whole`)."""
     est = estimate_diameter(predictor, view)
     if est.diameter_px is None:
         log.info("%s: %d nuclei found, too few to measure their size: segmented as it is", view.path, est.nuclei)
-        return opts
+        return opts, est.whole
     log.info("%s: nucleus diameter measured %.1f px (%d nuclei, %d pass(es))",
              view.path, est.diameter_px, est.nuclei, est.passes)
-    return dataclasses.replace(opts, diameter=round(est.diameter_px, 1))
+    return dataclasses.replace(opts, diameter=round(est.diameter_px, 1)), est.whole
