@@ -132,9 +132,11 @@ def test_a_cluster_segments_a_measured_large_image_as_one_file(estimating, unet_
 def test_the_measuring_pass_is_reused_where_the_image_is_not_resampled(estimating, tmp_path, monkeypatch):
     """Nuclei at least the model's minimum: the first pass over the whole image is its prediction,
     made once, and equal to the plain model's; in a window of small files (`process_files`) too."""
-    calls = []
-    predict = Predictor.predict
+    calls = []  # images given to the model
+    predict, predict_many = Predictor.predict, Predictor.predict_many
     monkeypatch.setattr(Predictor, "predict", lambda self, *a, **k: calls.append(1) or predict(self, *a, **k))
+    monkeypatch.setattr(Predictor, "predict_many",
+                        lambda self, images, **k: calls.extend([1] * len(images)) or predict_many(self, images, **k))
     big, _ = synthetic_blobs((150, 170), 20, seed=7, rmin=9, rmax=11)     # ~20 px: not enlarged
     small, _ = synthetic_blobs((150, 170), 40, seed=8, rmin=3, rmax=4)    # ~7 px: enlarged
     p = Predictor(estimating)
@@ -146,12 +148,15 @@ def test_the_measuring_pass_is_reused_where_the_image_is_not_resampled(estimatin
     with segment_source(p, ArraySource(small)) as seg:
         enlarged = np.asarray(seg.labels).copy()
         assert seg.rescale.factor > 1
-    monkeypatch.undo()
     jobs = []
     for name, img in (("small", small), ("big", big), ("small2", small)):
         Image.fromarray(img).save(tmp_path / f"{name}.png")
         jobs.append((tmp_path / f"{name}.png", tmp_path / "out"))
+    calls.clear()
     results = list(FileRunner(p).process_files(jobs))
     assert [r.error for r in results] == [None] * 3
+    # Measured together (3 first passes; the small discs come out about 10 px, within one pass),
+    # then only the small ones segmented again, enlarged: the big one's first pass is its prediction.
+    assert len(calls) == 3 + 2
     for name, want in (("small", enlarged), ("big", reused), ("small2", enlarged)):
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / f"{name}.labels.tif"), want)

@@ -36,9 +36,12 @@ from nseg_infer.runners.prepare import (
     ModelInput,
     Segmented,
     check_options,
+    measured_input,
+    model_input,
     segmented,
     sized_input,
 )
+from nseg_infer.runners.size import estimate_diameters, needs_estimate
 from nseg_infer.runners.summary import write_summary
 from nseg_infer.sinks.base import LabelledImage
 from nseg_infer.sinks.names import stem
@@ -146,14 +149,50 @@ class FileRunner:
             return _Job(p, out, seg, h, w, seconds + time.perf_counter() - t0, stack.pop_all())
 
     def _model_input(self, raw: ImageSource | Exception) -> ModelInput | None:
-        """The opened file as the model sees it, or None where it failed to open or that fails
-        (`_segment` then meets the error again and reports it with the file's name)."""
+        """The opened file as the model sees it before any measure of its nuclei (a window
+        measures its files together: `_measure_window`), or None where it failed to open or that
+        fails (`_segment` then meets the error again and reports it with the file's name)."""
         if isinstance(raw, Exception):
             return None
         try:
-            return sized_input(self.predictor, raw, self.file_config.inputs)
+            return model_input(self.predictor.bundle, raw, self.file_config.inputs)
         except Exception:
             return None
+
+    def _fits_window(self, inp: ModelInput) -> bool:
+        """Whether the model input joins a window: at most SMALL_PX pixels and one instance block
+        as the model sees it; never above `large_px`, as a window's labels are held in memory."""
+        h, w = inp.source.shape
+        return h * w <= min(SMALL_PX, self.file_config.large_px) and len(self.predictor.blocks(h, w)) == 1
+
+    def _measure_window(self, run: Sequence[tuple[_Opened, ModelInput | None]],
+                        together: dict[int, ModelInput]) -> None:
+        """The nuclei of the files in `together` that the bundle wants measured, measured in shared
+        model calls (`runners.size.estimate_diameters`), their inputs replaced by the measured
+        ones. A file whose measured input no longer fits a window (nor, enlarged, in the window's
+        WINDOW_PX model pixels), or whose measure fails, leaves `together` and is segmented alone
+        (where an error names it)."""
+        opts = self.file_config.inputs
+        keys = [k for k, inp in together.items() if needs_estimate(self.predictor.bundle, opts, inp.pixel_size_um)]
+        if not keys:
+            return
+        try:
+            estimates = estimate_diameters(self.predictor, [together[k].view for k in keys])
+        except Exception as e:
+            log.warning("measuring the nuclei of %d images together failed (%s); segmenting them one by one",
+                        len(keys), e)
+            estimates = [None] * len(keys)
+        px = sum(i.source.height * i.source.width for k, i in together.items() if k not in keys)
+        for k, est in zip(keys, estimates, strict=True):
+            try:
+                inp = None if est is None else measured_input(self.predictor.bundle, run[k][0][2], opts, est)
+            except Exception:
+                inp = None
+            if inp is not None and self._fits_window(inp) and px + inp.source.height * inp.source.width <= WINDOW_PX:
+                together[k] = inp
+                px += inp.source.height * inp.source.width
+            else:
+                del together[k]
 
     def _window_input(self, raw: ImageSource | Exception) -> ModelInput | None:
         """The model input of an opened file that joins a window of small files: a UNet's (a
@@ -164,10 +203,7 @@ class FileRunner:
         if self.predictor.bundle.kind != "unet" or isinstance(raw, Exception) or raw.height * raw.width > limit:
             return None
         inp = self._model_input(raw)
-        if inp is None:
-            return None
-        h, w = inp.source.shape
-        return inp if h * w <= limit and len(self.predictor.blocks(h, w)) == 1 else None
+        return inp if inp is not None and self._fits_window(inp) else None
 
     def _windows(self, opened: Iterable[_Opened]) -> Iterator[list[tuple[_Opened, ModelInput | None]]]:
         """The opened files in input order, cut into runs for `_segment_window`: windows of small
@@ -203,6 +239,7 @@ class FileRunner:
         segmenting together fails, the files not yet delivered are segmented alone, so an error
         names its own file."""
         together = {k: inp for k, (_, inp) in enumerate(run) if inp is not None}
+        self._measure_window(run, together)
         made: dict[int, Prediction] = {k: inp.made for k, inp in together.items() if inp.made is not None}
         order = [k for k in together if k not in made]
         done = 0                      # files of the run delivered so far

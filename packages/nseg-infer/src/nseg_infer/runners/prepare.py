@@ -30,7 +30,7 @@ from nseg_infer.engine.bundle import Bundle
 from nseg_infer.engine.predictor import Prediction, Predictor
 from nseg_infer.engine.resize import resized
 from nseg_infer.regions import ImageSource
-from nseg_infer.runners.size import needs_estimate, sized_options
+from nseg_infer.runners.size import SizeEstimate, estimate_diameter, measured_options, needs_estimate
 from nseg_infer.sources.channels import model_view
 from nseg_infer.sources.options import InputOptions
 from nseg_infer.sources.scale import Rescale, RescaledSource, check_diameter, labels_to_input, rescale_for
@@ -116,15 +116,20 @@ def model_input(bundle: Bundle, raw: ImageSource, opts: InputOptions = InputOpti
     return ModelInput(view, source, channels, px, rescale, tuple(back))
 
 
+def measured_input(bundle: Bundle, raw: ImageSource, opts: InputOptions, est: SizeEstimate) -> ModelInput:
+    """`model_input` of `raw` with its measured nucleus size (`runners.size`), and the measuring
+    pass's prediction as `made` where it is the image's own (the image is not resampled)."""
+    inp = model_input(bundle, raw, measured_options(opts, est, raw.path))
+    return dataclasses.replace(inp, made=est.whole) if est.whole is not None and not inp.back else inp
+
+
 def sized_input(predictor: Predictor, raw: ImageSource, opts: InputOptions = InputOptions()) -> ModelInput:
     """`model_input`, with the image's nucleus size first measured by `predictor` where its bundle
-    asks for it (`runners.size`): what every runner that segments a file gives the Predictor. Where
-    the measuring pass was the whole image's own prediction, it comes as `made`."""
+    asks for it (`runners.size`): what every runner that segments a file alone gives the Predictor
+    (a window of small files measures them together: `FileRunner._segment_window`)."""
     if not needs_estimate(predictor.bundle, opts, pixel_size(raw, opts.pixel_size_um)):
         return model_input(predictor.bundle, raw, opts)
-    opts, whole = sized_options(predictor, model_view(raw, opts.choice), opts)
-    inp = model_input(predictor.bundle, raw, opts)
-    return dataclasses.replace(inp, made=whole) if whole is not None and not inp.back else inp
+    return measured_input(predictor.bundle, raw, opts, estimate_diameter(predictor, model_view(raw, opts.choice)))
 
 
 def model_shape(bundle: Bundle, shape: tuple[int, int], opts: InputOptions = InputOptions()) -> tuple[int, int] | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,39 +64,48 @@ def centre_window(height: int, width: int, side: int) -> Window:
     return Window(y0, y0 + h, x0, x0 + w)
 
 
-def _measure(predictor: Predictor, view: ImageSource, factor: float) -> tuple[float | None, int, Prediction | None]:
-    """(median diameter at the image's scale, nuclei found, the prediction if it is the whole
-    image's as it is) over the image's centre resampled by `factor`."""
-    win = centre_window(*view.shape, max(1, round(PROBE_SIDE / factor)))
-    src: ImageSource = ArraySource(view.read(win), view.path, view.info)
-    if factor != 1.0:
-        src = RescaledSource(src, Rescale(factor).model_shape(*win.shape))
-    pred = predictor.predict(src)
-    whole = pred if factor == 1.0 and win.shape == view.shape else None
-    d = equivalent_diameters(pred.labels)
-    if len(d) < MIN_NUCLEI:
-        return None, len(d), whole
-    return float(np.median(d)) / factor, len(d), whole
+def _measure(predictor: Predictor, views: Sequence[ImageSource],
+             factors: Sequence[float]) -> list[tuple[float | None, int, Prediction | None]]:
+    """For each view, (median diameter at the image's scale, nuclei found, the prediction if it is
+    the whole image's as it is) over its centre resampled by its factor: one `predict_many`, so
+    small images share model calls."""
+    srcs, whole = [], []
+    for view, f in zip(views, factors, strict=True):
+        win = centre_window(*view.shape, max(1, round(PROBE_SIDE / f)))
+        src: ImageSource = ArraySource(view.read(win), view.path, view.info)
+        srcs.append(src if f == 1.0 else RescaledSource(src, Rescale(f).model_shape(*win.shape)))
+        whole.append(f == 1.0 and win.shape == view.shape)
+    out = []
+    for pred, f, w in zip(predictor.predict_many(srcs) if srcs else [], factors, whole, strict=True):
+        d = equivalent_diameters(pred.labels)
+        out.append((float(np.median(d)) / f if len(d) >= MIN_NUCLEI else None, len(d), pred if w else None))
+    return out
+
+
+def estimate_diameters(predictor: Predictor, views: Sequence[ImageSource]) -> list[SizeEstimate]:
+    """The nucleus diameter of each view (the channels the model sees, at the image's own scale)
+    in one or two passes of `predictor`, whose bundle gives the minimum size the model was trained
+    at; each pass over all the views at once."""
+    target = predictor.bundle.scale.min_nucleus_diameter_px
+    first = _measure(predictor, views, [1.0] * len(views))
+    out = [SizeEstimate(d, n, 1, whole) for d, n, whole in first]
+    again = [k for k, (d, _, _) in enumerate(first) if d is not None and enlarging_factor(d, target) > REFINE_BAND]
+    second = _measure(predictor, [views[k] for k in again], [enlarging_factor(first[k][0], target) for k in again])
+    for k, (d, n, _) in zip(again, second, strict=True):
+        out[k] = SizeEstimate(first[k][0], first[k][1], 2) if d is None else SizeEstimate(d, n, 2)
+    return out
 
 
 def estimate_diameter(predictor: Predictor, view: ImageSource) -> SizeEstimate:
-    """The nucleus diameter of `view` (the channels the model sees, at the image's own scale) in
-    one or two passes of `predictor`, whose bundle gives the minimum size the model was trained at."""
-    target = predictor.bundle.scale.min_nucleus_diameter_px
-    d, n, whole = _measure(predictor, view, 1.0)
-    if d is None or enlarging_factor(d, target) <= REFINE_BAND:
-        return SizeEstimate(d, n, 1, whole)
-    d2, n2, _ = _measure(predictor, view, enlarging_factor(d, target))
-    return SizeEstimate(d, n, 2) if d2 is None else SizeEstimate(d2, n2, 2)
+    """`estimate_diameters` of one view."""
+    return estimate_diameters(predictor, [view])[0]
 
 
-def sized_options(predictor: Predictor, view: ImageSource, opts: InputOptions) -> tuple[InputOptions, Prediction | None]:
-    """`opts` with the nucleus diameter of `view` measured (call where `needs_estimate`), and the
-    first pass's prediction where it covered the whole image as it is (`SizeEstimate.whole`)."""
-    est = estimate_diameter(predictor, view)
+def measured_options(opts: InputOptions, est: SizeEstimate, path: object) -> InputOptions:
+    """`opts` with the measured nucleus diameter of the image at `path` (unchanged without one)."""
     if est.diameter_px is None:
-        log.info("%s: %d nuclei found, too few to measure their size: segmented as it is", view.path, est.nuclei)
-        return opts, est.whole
-    log.info("%s: nucleus diameter measured %.1f px (%d nuclei, %d pass(es))",
-             view.path, est.diameter_px, est.nuclei, est.passes)
-    return dataclasses.replace(opts, diameter=round(est.diameter_px, 1)), est.whole
+        log.info("%s: %d nuclei found, too few to measure their size: segmented as it is", path, est.nuclei)
+        return opts
+    log.info("%s: nucleus diameter measured %.1f px (%d nuclei, %d pass(es))", path, est.diameter_px, est.nuclei,
+             est.passes)
+    return dataclasses.replace(opts, diameter=round(est.diameter_px, 1))
