@@ -145,13 +145,13 @@ def test_progress_counts_every_model_tile(unet_bundle):
         assert sum(seen) == expected_tiles(predictor, img.shape, None, None) > 4
     finally:
         predictor.backend.on_tiles = None
-    # Rescaled to the default model's training scale (20.25 px nuclei): 2.89x larger, 512 px tiles.
+    # Enlarged to the default model's minimum nucleus size (14 px): 2.8x larger, 512 px tiles.
     default = counted_predictor(None)
     default.backend.on_tiles = seen.append
     seen.clear()
     try:
-        segment_layer(Image(img, name="big"), predictor=default, diameter=7.0)
-        assert sum(seen) == expected_tiles(default, img.shape, 7.0, None) == 6
+        segment_layer(Image(img, name="big"), predictor=default, diameter=5.0)
+        assert sum(seen) == expected_tiles(default, img.shape, 5.0, None) == 6
     finally:
         default.backend.on_tiles = None
 

@@ -21,7 +21,7 @@ from nseg_infer.runners.cluster.tasks import LargeImage, plan_large_image
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner, segment_source
 from nseg_infer.runners.prepare import model_shape, sized_input
-from nseg_infer.runners.size import MIN_NUCLEI, centre_window, estimate_diameter, needs_estimate
+from nseg_infer.runners.size import MIN_NUCLEI, SizeEstimate, centre_window, estimate_diameter, needs_estimate
 from nseg_infer.sources.options import InputOptions
 
 
@@ -115,8 +115,9 @@ def test_a_given_diameter_is_used_without_measuring(estimating):
     assert sized_input(p, ArraySource(img), InputOptions(diameter=3.5)).rescale.factor == pytest.approx(4.0)
 
 
-def test_a_cluster_segments_a_measured_large_image_as_one_file(estimating, unet_bundle, tmp_path):
-    """Its blocks would each need the one measure of the whole image: it runs as one file task."""
+def test_a_cluster_measures_a_large_image_before_planning_its_blocks(estimating, unet_bundle, tmp_path):
+    """Without a measure the image runs as one file task; measured, it is planned in blocks where
+    it is not enlarged (each block sees it as it is), and runs as one file task where it is."""
     img, _ = synthetic_blobs((1200, 1100), 200, seed=6, rmin=4, rmax=6)
     path = tmp_path / "big.tif"
     tifffile.imwrite(path, img)
@@ -127,6 +128,12 @@ def test_a_cluster_segments_a_measured_large_image_as_one_file(estimating, unet_
     assert isinstance(plain, LargeImage)
     given = FileConfig(InputOptions(diameter=14.0))  # the user's diameter: nothing to measure, blocks as usual
     assert isinstance(plan_large_image(Planner(load_bundle(estimating), config), given, path, tmp_path / "out"), LargeImage)
+    # Measured (on a worker, in a cluster run): planned in blocks unless the image is then enlarged.
+    planner = Planner(load_bundle(estimating), config)
+    large = plan_large_image(planner, FileConfig(), path, tmp_path / "out", measure=lambda p: SizeEstimate(20.0, 50, 1))
+    assert isinstance(large, LargeImage)
+    small = plan_large_image(planner, FileConfig(), path, tmp_path / "out", measure=lambda p: SizeEstimate(7.0, 50, 2))
+    assert small == "the image is rescaled for the model (nucleus diameter 7 px -> the model's minimum 14 px)"
 
 
 def test_the_measuring_pass_is_reused_where_the_image_is_not_resampled(estimating, tmp_path, monkeypatch):

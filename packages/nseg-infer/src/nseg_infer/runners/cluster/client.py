@@ -48,6 +48,7 @@ from nseg_infer.runners.cluster.tasks import (
     block_task,
     file_task,
     measure_task,
+    nuclei_size_task,
     plan_large_image,
     products_task,
 )
@@ -55,6 +56,7 @@ from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import sink_options
 from nseg_infer.runners.inputs import FileResult, expand_inputs, failed
 from nseg_infer.runners.prepare import check_options
+from nseg_infer.runners.size import SizeEstimate
 from nseg_infer.runners.summary import write_summary
 from nseg_infer.sinks.labels import label_dtype
 from nseg_infer.sinks.omezarr import create_labels
@@ -256,7 +258,8 @@ class _Run:
 
     def _plan(self, p: Path) -> LargeImage | None:
         try:
-            plan = plan_large_image(self.planner, self.file_config, p.resolve(), self.out.resolve())
+            plan = plan_large_image(self.planner, self.file_config, p.resolve(), self.out.resolve(),
+                                    measure=self._nuclei_size)
         except Exception as e:  # the file task will report it, naming the file
             log.debug("%s: no block plan (%s); one task", p, e)
             return None
@@ -264,6 +267,11 @@ class _Run:
             self._warn(f"{p}: one task for the whole image: {plan}")
             return None
         return plan
+
+    def _nuclei_size(self, p: Path) -> SizeEstimate:
+        """A large image's nucleus size, measured on a worker before its blocks are planned."""
+        return self.client.submit(nuclei_size_task, self.bundle, self.config, self.file_config, str(p),
+                                  retries=self.options.retries, pure=False).result()
 
     def _finished(self, fut: Future) -> list[Future]:
         kind, order, block = self.tasks.pop(fut.key)

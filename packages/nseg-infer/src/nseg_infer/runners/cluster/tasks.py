@@ -28,11 +28,12 @@ image. Measuring, the bulk of the products' work, runs one task per block in par
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,8 +50,8 @@ from nseg_infer.regions import ImageSource
 from nseg_infer.runners.file_config import FileConfig
 from nseg_infer.runners.files import FileRunner, failed, sink_options
 from nseg_infer.runners.inputs import FileResult
-from nseg_infer.runners.prepare import ModelInput, model_input
-from nseg_infer.runners.size import needs_estimate
+from nseg_infer.runners.prepare import ModelInput, measured_input, model_input
+from nseg_infer.runners.size import SizeEstimate, estimate_diameter, needs_estimate
 from nseg_infer.sinks.base import LabelledImage
 from nseg_infer.sinks.names import stem
 from nseg_infer.sinks.omezarr import open_labels
@@ -63,6 +64,7 @@ from nseg_infer.sinks.outputs import (
     product_blocks,
     write_products,
 )
+from nseg_infer.sources.channels import model_view
 
 log = logging.getLogger(__name__)
 
@@ -153,18 +155,33 @@ class LargeImage:
         return self.work / "labels.ome.zarr"
 
 
-def plan_large_image(planner: Planner, file_config: FileConfig, path: Path, out_dir: Path) -> LargeImage | str:
+def nuclei_size_task(bundle: str, config: RunConfig, file_config: FileConfig, path: str) -> SizeEstimate:
+    """The nucleus size of a large image for a model that measures it (`runners.size`), on a
+    worker, before the client plans its blocks; without the first pass's labels."""
+    predictor = worker_predictor(bundle, config)
+    with file_config.open(Path(path)) as raw:
+        est = estimate_diameter(predictor, model_view(raw, file_config.inputs.choice))
+    return dataclasses.replace(est, whole=None)
+
+
+def plan_large_image(planner: Planner, file_config: FileConfig, path: Path, out_dir: Path,
+                     measure: Callable[[Path], SizeEstimate] | None = None) -> LargeImage | str:
     """The block plan of `path` (read as `file_config` says), or why it runs as one file task
-    instead. Reads the whole image once (the normalisation statistics `predict` computes over it)."""
+    instead. Reads the whole image once (the normalisation statistics `predict` computes over it).
+    For a model that measures each image's nuclei, `measure` (`nuclei_size_task` on a worker)
+    measures them first: an image that is then not enlarged is planned in blocks as usual (its
+    block tasks see it as it is), an enlarged one runs as one file task."""
     if planner.bundle.kind != "unet":
         return f"a {planner.bundle.kind} bundle segments a large image as one task"
     if planner.bundle.preprocessing.resize is not None:
         return "the bundle resizes whole images"
-    with _model_source(planner.bundle, file_config, path) as (_, inp):
+    with _model_source(planner.bundle, file_config, path) as (raw, inp):
         if needs_estimate(planner.bundle, file_config.inputs, inp.pixel_size_um):
-            return "the image's nucleus size is measured first (the bundle's scale.min_nucleus_diameter_px)"
+            if measure is None:
+                return "the image's nucleus size is measured first (the bundle's scale.min_nucleus_diameter_px)"
+            inp = measured_input(planner.bundle, raw, file_config.inputs, measure(path))
         if not inp.rescale.identity:
-            return "the image is rescaled for the model (--diameter / pixel size)"
+            return f"the image is rescaled for the model ({inp.rescale.reason})"
         if max(inp.source.shape) <= planner.config.block:
             return "the image is one instance block"
         layout = planner.plan(inp.source)
