@@ -4,7 +4,8 @@ A bundle with `scale.min_nucleus_diameter_px` (M) was trained with every image w
 nucleus is smaller than M px enlarged to M (`nseg_data.size.enlarging_factor`). Its runtime does
 what Cellpose's size model and its refinement do:
 
-1. a first pass over the image as it is (its centre, at most PROBE_SIDE² pixels) finds nuclei,
+1. a first pass over the image as it is (the whole image up to PROBE_SIDE², so that pass is its
+   prediction where it is not enlarged; of a larger image its centre, LARGE_PROBE_SIDE²) finds nuclei,
    and their median equivalent diameter d (`nseg_data.size`, as training measured its labels)
    gives the factor max(1, M / d);
 2. where that factor lies beyond the band the training's scale jitter covered (REFINE_BAND), the
@@ -32,7 +33,8 @@ from nseg_infer.regions import ArraySource, ImageSource, Window
 from nseg_infer.sources.options import InputOptions
 from nseg_infer.sources.scale import Rescale, RescaledSource
 
-PROBE_SIDE = 1024       # model pixels a pass may see: the centre of a large image is enough to measure
+PROBE_SIDE = 1024       # an image up to this side is measured whole
+LARGE_PROBE_SIDE = 512  # model pixels a pass sees of a larger one: its centre holds enough nuclei to measure
 MIN_NUCLEI = 5          # fewer say too little about an image's nuclei
 REFINE_BAND = 1.5       # the training's jitter (augment.scale) covers nuclei down to about M / 1.5
 
@@ -71,7 +73,8 @@ def _measure(predictor: Predictor, views: Sequence[ImageSource],
     small images share model calls."""
     srcs, whole = [], []
     for view, f in zip(views, factors, strict=True):
-        win = centre_window(*view.shape, max(1, round(PROBE_SIDE / f)))
+        side = PROBE_SIDE if max(view.shape) <= PROBE_SIDE else LARGE_PROBE_SIDE
+        win = centre_window(*view.shape, max(1, round(side / f)))
         src: ImageSource = ArraySource(view.read(win), view.path, view.info)
         srcs.append(src if f == 1.0 else RescaledSource(src, Rescale(f).model_shape(*win.shape)))
         whole.append(f == 1.0 and win.shape == view.shape)
