@@ -167,3 +167,55 @@ def test_the_measuring_pass_is_reused_where_the_image_is_not_resampled(estimatin
     assert len(calls) == 3 + 2
     for name, want in (("small", enlarged), ("big", reused), ("small2", enlarged)):
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / f"{name}.labels.tif"), want)
+
+
+def test_a_window_hands_on_each_file_as_its_measure_allows(estimating, tmp_path, monkeypatch):
+    """In a window of small files, a file whose measuring pass is its prediction goes to the writer
+    while the model still measures the others; a file enlarged within the window follows its
+    second pass; a file that no longer fits the window once enlarged is segmented alone, on the
+    main thread (never on the merger thread that delivers the window's files), in its place."""
+    import threading
+
+    import nseg_infer.runners.files as files
+
+    measuring = threading.Event()  # set while the window's files are measured
+    estimate = files.estimate_diameters
+
+    def timed_estimate(*a, **k):
+        measuring.set()
+        try:
+            return estimate(*a, **k)
+        finally:
+            measuring.clear()
+
+    monkeypatch.setattr(files, "estimate_diameters", timed_estimate)
+    alone = []  # the thread of each `predict` call: only a file segmented alone (or measured, of its size) makes one
+    predict = Predictor.predict
+    monkeypatch.setattr(Predictor, "predict",
+                        lambda self, *a, **k: alone.append(threading.current_thread()) or predict(self, *a, **k))
+    images = {  # name: (image, enlarged, segmented alone)
+        "big": (synthetic_blobs((150, 170), 20, seed=7, rmin=9, rmax=11)[0], False, False),
+        "medium": (synthetic_blobs((150, 170), 40, seed=8, rmin=3, rmax=4)[0], True, False),   # 150 x 170 -> < 256²
+        "leaves": (synthetic_blobs((200, 240), 50, seed=9, rmin=3, rmax=4)[0], True, True),    # > 256: two blocks
+        "big2": (synthetic_blobs((150, 170), 20, seed=10, rmin=9, rmax=11)[0], False, False),
+    }
+    p = Predictor(estimating, RunConfig(device="cpu", block=256))
+    jobs = []
+    for name, (img, _, _) in images.items():
+        Image.fromarray(img).save(tmp_path / f"{name}.png")
+        jobs.append((tmp_path / f"{name}.png", tmp_path / "out"))
+    runner = FileRunner(p)
+    run = [(o, runner._model_input(o[2])) for o in (runner._open(*j) for j in jobs)]
+    assert all(inp is not None and runner._fits_window(inp) for _, inp in run)
+    delivered = []  # (name, delivered while the window was being measured)
+    runner._segment_window(run, lambda job: delivered.append((job.path.stem, measuring.is_set(), job)))
+    assert [d[0] for d in delivered] == list(images)
+    assert delivered[0][1], "the first file waited for the whole window's measure"
+    assert [d[1] for d in delivered[1:]] == [False] * 3
+    assert alone and set(alone) == {threading.main_thread()}
+    for name, _, job in delivered:
+        img, enlarged, _ = images[name]
+        with segment_source(p, ArraySource(img)) as seg:
+            assert seg.rescale.identity is not enlarged
+            np.testing.assert_array_equal(np.asarray(job.seg.labels), np.asarray(seg.labels))
+        job.resources.close()

@@ -41,7 +41,7 @@ from nseg_infer.runners.prepare import (
     segmented,
     sized_input,
 )
-from nseg_infer.runners.size import estimate_diameters, needs_estimate
+from nseg_infer.runners.size import SizeEstimate, estimate_diameters, needs_estimate
 from nseg_infer.runners.summary import write_summary
 from nseg_infer.sinks.base import LabelledImage
 from nseg_infer.sinks.names import stem
@@ -165,25 +165,45 @@ class FileRunner:
         h, w = inp.source.shape
         return h * w <= min(SMALL_PX, self.file_config.large_px) and len(self.predictor.blocks(h, w)) == 1
 
-    def _measure_window(self, run: Sequence[tuple[_Opened, ModelInput | None]],
-                        together: dict[int, ModelInput]) -> None:
+    def _measure_window(self, run: Sequence[tuple[_Opened, ModelInput | None]], together: dict[int, ModelInput],
+                        on_made: Callable[[int], None]) -> None:
         """The nuclei of the files in `together` that the bundle wants measured, measured in shared
         model calls (`runners.size.estimate_diameters`), their inputs replaced by the measured
-        ones. A file whose measured input no longer fits a window (nor, enlarged, in the window's
-        WINDOW_PX model pixels), or whose measure fails, leaves `together` and is segmented alone
-        (where an error names it)."""
+        ones. A file whose measuring pass is its prediction (it is not enlarged) is told to
+        `on_made(k)` as soon as that pass is done, from the Predictor's merger thread, so its
+        products are written while the model measures the rest. A file whose measured input no
+        longer fits a window (nor, enlarged, in the window's WINDOW_PX model pixels), or whose
+        measure fails, leaves `together` and is segmented alone (where an error names it)."""
         opts = self.file_config.inputs
         keys = [k for k, inp in together.items() if needs_estimate(self.predictor.bundle, opts, inp.pixel_size_um)]
         if not keys:
             return
+        early: set[int] = set()
+
+        def ready(i: int, est: SizeEstimate) -> None:
+            k = keys[i]
+            if est.whole is None:
+                return
+            try:
+                inp = measured_input(self.predictor.bundle, run[k][0][2], opts, est)
+            except Exception:
+                return  # measured again below, where the error leaves the file to be segmented alone
+            if inp.made is not None:
+                together[k] = inp
+                early.add(k)
+                on_made(k)
+
         try:
-            estimates = estimate_diameters(self.predictor, [together[k].view for k in keys])
+            estimates = estimate_diameters(self.predictor, [together[k].view for k in keys], on_ready=ready)
         except Exception as e:
             log.warning("measuring the nuclei of %d images together failed (%s); segmenting them one by one",
                         len(keys), e)
             estimates = [None] * len(keys)
         px = sum(i.source.height * i.source.width for k, i in together.items() if k not in keys)
         for k, est in zip(keys, estimates, strict=True):
+            if k in early:
+                px += together[k].source.height * together[k].source.width
+                continue
             try:
                 inp = None if est is None else measured_input(self.predictor.bundle, run[k][0][2], opts, est)
             except Exception:
@@ -239,37 +259,48 @@ class FileRunner:
         segmenting together fails, the files not yet delivered are segmented alone, so an error
         names its own file."""
         together = {k: inp for k, (_, inp) in enumerate(run) if inp is not None}
-        self._measure_window(run, together)
-        made: dict[int, Prediction] = {k: inp.made for k, inp in together.items() if inp.made is not None}
-        order = [k for k in together if k not in made]
+        made: dict[int, Prediction] = {}
         done = 0                      # files of the run delivered so far
         last = time.perf_counter()    # when the last prediction was delivered
 
-        def release() -> None:  # deliver, in order, the files whose predictions are in
+        def release(alone: bool) -> None:
+            """Deliver, in order, the files whose predictions are in; with `alone`, also those
+            segmented alone. Only the main thread segments a file alone: from the merger thread
+            (`alone` False) the Predictor is busy with the window."""
             nonlocal done, last
-            while done < len(run) and (done not in together or done in made):
+            while done < len(run):
                 (p, out, raw, seconds), _ = run[done]
                 if done in made:
                     now = time.perf_counter()
                     seconds, last = seconds + now - last, now
                     deliver(self._segment(p, out, raw, seconds, (together[done], made.pop(done))))
-                else:
+                elif done not in together and (alone or isinstance(raw, Exception)):
                     deliver(self._segment(p, out, raw, seconds))
+                else:
+                    break
                 done += 1
+
+        def measured(k: int) -> None:  # its measuring pass was its prediction
+            made[k] = together[k].made
+            release(False)
+
+        self._measure_window(run, together, measured)
+        made.update({k: inp.made for k, inp in together.items() if k >= done and inp.made is not None})
+        order = [k for k in together if k >= done and k not in made]
 
         def ready(i: int, pred: Prediction) -> None:
             made[order[i]] = pred
-            release()
+            release(False)
 
-        release()  # files whose measuring pass was their prediction go to the writer at once
+        release(True)
         if order:
             try:
                 self.predictor.predict_many([together[k].source for k in order], on_ready=ready)
             except Exception as e:
                 # e.g. an engine profile smaller than the batch, or one bad image among them.
                 log.warning("segmenting %d images together failed (%s); segmenting the rest one by one",
-                            len(together), e)
-        release()
+                            len(order), e)
+        release(True)
         for (p, out, raw, seconds), _ in run[done:]:
             deliver(self._segment(p, out, raw, seconds))
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,11 +66,16 @@ def centre_window(height: int, width: int, side: int) -> Window:
     return Window(y0, y0 + h, x0, x0 + w)
 
 
-def _measure(predictor: Predictor, views: Sequence[ImageSource],
-             factors: Sequence[float]) -> list[tuple[float | None, int, Prediction | None]]:
-    """For each view, (median diameter at the image's scale, nuclei found, the prediction if it is
-    the whole image's as it is) over its centre resampled by its factor: one `predict_many`, so
-    small images share model calls."""
+# (median diameter at the image's scale or None, nuclei found, the prediction where it is the
+# whole image's as it is): what one pass tells of one view.
+Reading = tuple[float | None, int, Prediction | None]
+
+
+def _measure(predictor: Predictor, views: Sequence[ImageSource], factors: Sequence[float],
+             on_read: Callable[[int, Reading], None] | None = None) -> list[Reading]:
+    """The reading of each view over its centre resampled by its factor: one `predict_many`, so
+    small images share model calls. `on_read(k, reading)` is told each as it is made (from the
+    Predictor's merger thread, in the order `predict_many` makes them)."""
     srcs, whole = [], []
     for view, f in zip(views, factors, strict=True):
         side = PROBE_SIDE if max(view.shape) <= PROBE_SIDE else LARGE_PROBE_SIDE
@@ -78,24 +83,44 @@ def _measure(predictor: Predictor, views: Sequence[ImageSource],
         src: ImageSource = ArraySource(view.read(win), view.path, view.info)
         srcs.append(src if f == 1.0 else RescaledSource(src, Rescale(f).model_shape(*win.shape)))
         whole.append(f == 1.0 and win.shape == view.shape)
-    out = []
-    for pred, f, w in zip(predictor.predict_many(srcs) if srcs else [], factors, whole, strict=True):
+    readings: dict[int, Reading] = {}
+
+    def read(k: int, pred: Prediction) -> None:
         d = equivalent_diameters(pred.labels)
-        out.append((float(np.median(d)) / f if len(d) >= MIN_NUCLEI else None, len(d), pred if w else None))
-    return out
+        readings[k] = (float(np.median(d)) / factors[k] if len(d) >= MIN_NUCLEI else None, len(d),
+                       pred if whole[k] else None)
+        if on_read is not None:
+            on_read(k, readings[k])
+
+    if srcs:
+        predictor.predict_many(srcs, on_ready=read)
+    return [readings[k] for k in range(len(srcs))]
 
 
-def estimate_diameters(predictor: Predictor, views: Sequence[ImageSource]) -> list[SizeEstimate]:
+def estimate_diameters(predictor: Predictor, views: Sequence[ImageSource],
+                       on_ready: Callable[[int, SizeEstimate], None] | None = None) -> list[SizeEstimate]:
     """The nucleus diameter of each view (the channels the model sees, at the image's own scale)
     in one or two passes of `predictor`, whose bundle gives the minimum size the model was trained
-    at; each pass over all the views at once."""
+    at; each pass over all the views at once. `on_ready(k, estimate)` is told each view's estimate
+    as soon as it is final: during the first pass (from the Predictor's merger thread) for a view
+    that needs no second, so a caller can go on with it while the model measures the others."""
     target = predictor.bundle.scale.min_nucleus_diameter_px
-    first = _measure(predictor, views, [1.0] * len(views))
+
+    def refine(d: float | None) -> bool:
+        return d is not None and enlarging_factor(d, target) > REFINE_BAND
+
+    def first_read(k: int, r: Reading) -> None:
+        if on_ready is not None and not refine(r[0]):
+            on_ready(k, SizeEstimate(r[0], r[1], 1, r[2]))
+
+    first = _measure(predictor, views, [1.0] * len(views), first_read)
     out = [SizeEstimate(d, n, 1, whole) for d, n, whole in first]
-    again = [k for k, (d, _, _) in enumerate(first) if d is not None and enlarging_factor(d, target) > REFINE_BAND]
+    again = [k for k, (d, _, _) in enumerate(first) if refine(d)]
     second = _measure(predictor, [views[k] for k in again], [enlarging_factor(first[k][0], target) for k in again])
     for k, (d, n, _) in zip(again, second, strict=True):
         out[k] = SizeEstimate(first[k][0], first[k][1], 2) if d is None else SizeEstimate(d, n, 2)
+        if on_ready is not None:
+            on_ready(k, out[k])
     return out
 
 
