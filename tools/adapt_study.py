@@ -1,7 +1,7 @@
 """Measure `nseg-train adapt` on TNBC H&E tiles: the README's claim, and the adaptation curve.
 
     python tools/adapt_study.py run TNBC --out docs/results/adapt --work runs/adapt-study \
-        [--k 2 5 10 19] [--draws 2] [--claim tnbc_01_1,...] [--only claim|curve]
+        [--k 2 5 10 19] [--draws 2] [--claim tnbc_01_1,...] [--only claim|curve] [--init CHECKPOINT]
     python tools/adapt_study.py report --out docs/results/adapt
 
 TNBC is the folder of `tnbc_SLIDE_N.png` + `.labels.tif` (Naylor et al. 2019, CC BY 4.0). Slides
@@ -11,7 +11,8 @@ and the locked slides (02, 07) are never read. Each run copies its tiles into a 
 (links), runs `nseg_train.adapt.adapt` on it exactly as the command does, and scores the model it
 kept, the fine-tune itself and the default on the validation slides through the runtime's own
 pipeline: the default with its shipped thresholds, and with the thresholds the run re-tuned for
-it on its held-out tiles. Each finished run is appended to OUT/runs.json at once (a stopped study
+it on its held-out tiles. `--init` adapts (and compares against) another UNet checkpoint instead
+of the shipped default: one that never saw the TNBC slides, now that the default has. Each finished run is appended to OUT/runs.json at once (a stopped study
 keeps its runs; a rerun skips them). `--only stoploss` adapts on a few DSB fluorescence images the
 default already segments well and scores on DSB validation images (OUT/stoploss.json). `report`
 writes OUT/tables.md (every run: DSB, F1@0.5, steps, minutes) and OUT/curve.png.
@@ -59,7 +60,7 @@ def run_study(args) -> None:
     assert not set(train_pool + val_names) & set(tiles(args.tnbc, LOCKED_SLIDES))
     val = open_dataset(link_folder(args.tnbc, val_names, args.work / "val-slides")).samples
     device = torch.device("cpu")
-    default_model, default_cfg, _ = load_model(init_checkpoint("default"))
+    default_model, default_cfg, _ = load_model(init_checkpoint(args.init))
     never = 10**9  # judge with the given thresholds, never re-tuned on the scored slides
     args.out.mkdir(parents=True, exist_ok=True)
     runs_file = args.out / "runs.json"
@@ -83,7 +84,7 @@ def run_study(args) -> None:
         assert set(names) <= set(train_pool), names
         lab = link_folder(args.tnbc, names, args.work / name / "tiles")
         t0 = time.perf_counter()
-        r = adapt(lab, args.work / name / "out", AdaptConfig(**{**args.adapt, "seed": seed}), progress=_progress(name))
+        r = adapt(lab, args.work / name / "out", AdaptConfig(**{**args.adapt, "seed": seed, "init": args.init}), progress=_progress(name))
         minutes = (time.perf_counter() - t0) / 60
         model, cfg, _ = load_model(r.model_path)
         kept = judge(model, cfg, val, device, min_tune_images=never)
@@ -239,6 +240,7 @@ def main() -> None:
     r.add_argument("--dsb-splits", type=Path, help="its splits JSON (train images to adapt on, val to score)")
     r.add_argument("--stoploss-images", type=int, default=4)
     r.add_argument("--stoploss-score", type=int, default=30)
+    r.add_argument("--init", default="default", help="the UNet checkpoint to adapt and compare against (default: the shipped one)")
     r.add_argument("--adapt", type=json.loads, default={}, help="AdaptConfig fields as JSON (default: the command's)")
     p = sub.add_parser("report")
     p.add_argument("--out", type=Path, required=True)
