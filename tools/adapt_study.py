@@ -40,6 +40,7 @@ def tiles(folder: Path, slides: tuple[str, ...]) -> list[str]:
 
 def link_folder(src: Path, names: list[str], dst: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
+    src = src.resolve()  # a link's relative target would be read from its own folder
     for n in names:
         for ext in (".png", ".labels.tif"):
             if not (dst / f"{n}{ext}").exists():
