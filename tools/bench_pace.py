@@ -5,9 +5,9 @@ side by side in one run: the variants take turns, round after round, so a machin
 other work slows them alike; medians shown, and the ratios are the figures to compare.
 
 - network alone: the backend's `run` on batches of 4 x 3 x 512 x 512 (ONNX Runtime fp32, and
-  OpenVINO fp32 where installed), 2 threads; Mpx/s counts the batch's pixels. ONNX Runtime also
-  as the runtime calls it on 2 cores: two lanes, each call 2 of the 4 tiles on 1 thread, two calls
-  in flight (`engine.stages.in_flight`);
+  OpenVINO fp32 where installed, and bf16 where the CPU computes it natively), 2 threads; Mpx/s
+  counts the batch's pixels. ONNX Runtime also as the runtime calls it on 2 cores: two lanes,
+  each call 2 of the 4 tiles on 1 thread, two calls in flight (`engine.stages.in_flight`);
 - whole command: one `nseg-infer run FILES --out DIR --device cpu` process per run, minus the
   start-up of a 64 x 64 run (each version its own), this version's code and, with `--base`,
   an earlier commit's (a git worktree, as `check_outputs.py` makes it), and this version with
@@ -152,6 +152,7 @@ def main() -> int:
     from nseg_infer.engine import backends_openvino as ovb
     from nseg_infer.engine.backends import OrtBackend
     from nseg_infer.engine.bundle import default_bundle_path, load_bundle
+    from nseg_infer.engine.cpu import cpu_bf16_native
     from PIL import Image
 
     bundle = load_bundle(default_bundle_path())
@@ -159,6 +160,8 @@ def main() -> int:
             "onnxruntime fp32, two lanes": OrtBackend(bundle, ["CPUExecutionProvider"], threads=2, lanes=2)}
     if ovb.available():
         nets["openvino fp32"] = ovb.OpenVinoBackend(bundle, precision="fp32", threads=2)
+        if cpu_bf16_native():  # emulated bf16 (plain AVX2) is many times slower: not worth a row
+            nets["openvino bf16"] = ovb.OpenVinoBackend(bundle, precision="bf16", threads=2)
     batch = np.random.default_rng(0).normal(0.3, 0.5, (4, 3, 512, 512)).astype(np.float32)
     versions = {"this": ROOT}
     if a.base:
@@ -195,6 +198,9 @@ def main() -> int:
              "| what | Mpx/s | vs the network (ONNX Runtime fp32) |", "|---|---:|---:|"]
     for k in nets:
         how = "two calls of 2 x 3 x 512² in flight, 1 thread each" if "lanes" in k else "4 x 3 x 512², 2 threads"
+        if k == "openvino bf16":
+            how += (", bf16 parity passing in the bundle's report" if ovb.trusted(bundle, "bf16") else
+                    ", no passing bf16 parity in the bundle's report, so `--device auto` does not take it")
         lines.append(f"| network alone, {k}, {how} | {net_rate[k]:.2f} | {net_rate[k] / ort:.2f} |")
     for name in versions:
         rate = mpx / max(med[name] - med[f"{name} start-up"], 1e-9)

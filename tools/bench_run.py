@@ -11,7 +11,7 @@ comparison is skipped. Results replace the "## End to end (nseg-infer run)" sect
 docs/benchmarks.md.
 
     .venv/bin/python tools/bench_run.py [--cases 1024,4096,8x1024] [--model BUNDLE] [--no-write]
-        [--stardist-model DIR --stardist-python PATH]
+        [--device cpu|openvino] [--stardist-model DIR --stardist-python PATH]
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ SECTION = "## End to end (nseg-infer run)"
 STARDIST_SCRIPT = ROOT.parent / "shared" / "peers" / "stardist" / "segment_folder.py"
 
 
-def nseg_command(inputs: list[Path], out: Path, model: str | None) -> list[str]:
+def nseg_command(inputs: list[Path], out: Path, model: str | None, device: str = "cpu") -> list[str]:
     cmd = [str(Path(sys.executable).parent / "nseg-infer"), "run", *map(str, inputs), "--out", str(out),
-           "--device", "cpu"]
+           "--device", device]
     return cmd + (["--model", model] if model else [])
 
 
@@ -127,6 +127,7 @@ def main() -> int:
     ap.add_argument("--cases", default="1024,4096,8192,8x1024",
                     help="image sides, NxSIDE for N different images in one command, or dir:PATH for a folder of PNGs")
     ap.add_argument("--model", help="bundle (default: the bundled default model)")
+    ap.add_argument("--device", default="cpu", help="the runtime's --device for both nseg columns (cpu: ONNX Runtime fp32)")
     ap.add_argument("--stardist-model", help="a trained StarDist2D model folder: compare with StarDist")
     ap.add_argument("--stardist-python", help="the Python of StarDist's own environment")
     ap.add_argument("--stardist-script", default=str(STARDIST_SCRIPT), help="StarDist's segment_folder.py")
@@ -139,12 +140,13 @@ def main() -> int:
         if args.stardist_model else None
     from nseg_infer.engine.predictor import Predictor, RunConfig
 
-    predictor = Predictor(args.model, RunConfig(device="cpu"))
+    predictor = Predictor(args.model, RunConfig(device=args.device))
+    args.backend = predictor.backend_name
     rows = []
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         tiny = write_inputs(tmp / "tiny", [synthetic_image(64)], "png")
-        start = timed(nseg_command(tiny, tmp / "out-tiny", args.model), "nseg-infer run (start-up)")
+        start = timed(nseg_command(tiny, tmp / "out-tiny", args.model, args.device), "nseg-infer run (start-up)")
         sd_start = stardist.seconds(tmp / "tiny", tmp / "sd-tiny") if stardist else None
         print(f"start-up: nseg {start:.1f} s" + (f", StarDist {sd_start:.1f} s" if stardist else ""), flush=True)
         for case in args.cases.split(","):
@@ -154,7 +156,7 @@ def main() -> int:
             for fmt in ("png", "tif"):
                 files = write_inputs(tmp / f"in-{case}-{fmt}", images, fmt)
                 out = tmp / f"out-{case}-{fmt}"
-                seconds = timed(nseg_command(files, out, args.model), f"nseg-infer run on {case} {fmt}")
+                seconds = timed(nseg_command(files, out, args.model, args.device), f"nseg-infer run on {case} {fmt}")
                 r = {"case": case_label(case, images), "fmt": fmt, "mpx": mpx, "model_mpx_s": model, "seconds": seconds,
                      "mpx_s": rate(mpx, seconds, start),
                      "products_mb": sum(f.stat().st_size for f in out.iterdir()) / 2**20}
@@ -179,11 +181,12 @@ def report(rows: list[dict], args: argparse.Namespace, start: float, sd_start: f
         if sd:
             line += (f" {fmt_rate(r['sd_mpx_s'])} | {ratio(r['mpx_s'], r['sd_mpx_s'])} |" if "sd_mpx_s" in r else " | |")
         lines.append(line)
+    backend = f"backend {args.backend}"
     text = (f"Measured by `tools/bench_run.py` on {time.strftime('%Y-%m-%d')}: {machine()}. "
             f"{args.note + ' ' if args.note else ''}Model: {args.model or 'the bundled default'}. *Model only* is "
             "`Predictor.predict` on the decoded image in memory (normalisation, tiling, batched model, blending, "
-            "watershed), after a warm-up. *Whole command* is one `nseg-infer run FILES --out DIR --device cpu` "
-            "process per row: reading the files (a tiled BigTIFF region by region), segmenting them and writing "
+            f"watershed), after a warm-up. *Whole command* is one `nseg-infer run FILES --out DIR --device {args.device}` "
+            f"process per row ({backend}): reading the files (a tiled BigTIFF region by region), segmenting them and writing "
             "the default products (labels, CSV, overlay, GeoJSON) and summary.csv, files overlapped as "
             f"`process_many` pipelines them; its Mpx/s has the start-up (imports, model load and a 64 x 64 image: "
             f"{start:.1f} s) subtracted. Synthetic fluorescence-like images as in the sections above "

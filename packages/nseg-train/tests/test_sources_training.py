@@ -12,10 +12,11 @@ import tifffile
 import torch
 from nseg_data.sample import Modality, Sample
 from nseg_data.split import load_splits
+from nseg_infer.engine import cpu
 from PIL import Image
 from typer.testing import CliRunner
 
-from nseg_train import engine, machine
+from nseg_train import engine
 from nseg_train.augment import photometric
 from nseg_train.cli import app
 from nseg_train.config import AugmentConfig, load_config
@@ -52,12 +53,12 @@ def test_amp_on_a_cpu_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
 
 
 def test_cpu_bf16_native_reads_the_flags(monkeypatch):
-    monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
-    assert not machine.cpu_bf16_native()
-    monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16", "amx_tile"}))
-    assert machine.cpu_bf16_native()
-    monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
-    assert machine.cpu_bf16_native()
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert not cpu.cpu_bf16_native()
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16", "amx_tile"}))
+    assert cpu.cpu_bf16_native()
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert cpu.cpu_bf16_native()
 
 
 def test_keep_look_spares_stained_images_inversion_and_grey():

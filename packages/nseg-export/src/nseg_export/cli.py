@@ -83,7 +83,7 @@ def parity_cmd(
 @app.command("parity-openvino")
 def parity_openvino_cmd(
     bundle: Path = typer.Argument(..., help="bundle folder (its parity.json gains the OpenVINO target)"),
-    precision: str = typer.Option("fp32", help="fp32 | bf16 (bf16 is what CPUs with AMX run)"),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 (bf16 is what CPUs with AMX or AVX-512 BF16 run)"),
     data: Path = typer.Option(None, "--data", help="dataset folder for real images (the parity run's)"),
     max_images: int = typer.Option(6, help="real images to use from --data"),
     seed: int = typer.Option(0, help="seed of the random tiles"),

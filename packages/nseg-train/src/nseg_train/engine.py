@@ -29,13 +29,14 @@ from nseg_data.dataset import LoadResult, open_dataset
 from nseg_data.sample import Sample
 from nseg_data.sources import is_catalogue, load_catalogue, source_of
 from nseg_data.split import Splits, load_splits, save_splits, training_splits
+from nseg_infer.engine.cpu import cpu_bf16_native
 
 from nseg_train import default_checkpoint_path
 from nseg_train.checkpoint import FORMAT, init_epochs, load_checkpoint, save_atomic, versions
 from nseg_train.config import TrainConfig
 from nseg_train.distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
 from nseg_train.evaluate import evaluate_samples, markdown_table
-from nseg_train.machine import cpu_bf16_native, describe
+from nseg_train.machine import describe
 from nseg_train.models import load_weights
 from nseg_train.tasks import TASKS
 from nseg_train.viz import plot_curves

@@ -7,12 +7,6 @@ import platform
 from nseg_infer.engine.cpu import cpu_flags, cpu_model, cpu_threads
 
 
-def cpu_bf16_native() -> bool:
-    """True where the CPU computes bf16 in hardware (AMX or AVX-512 BF16). There a bf16 training step
-    is faster than fp32; on plain AVX2 oneDNN emulates bf16 and a step is many times slower."""
-    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
-
-
 def describe(device: str = "cpu") -> str:
     import torch
 

@@ -271,7 +271,7 @@ def create_backend(bundle: Bundle, device: str = "auto", *, threads: int | None 
     if device in ("auto", "openvino"):
         from nseg_infer.engine import backends_openvino as ovb
 
-        # auto: the fastest precision the bundle's parity report trusts (bf16 only on AMX CPUs).
+        # auto: the fastest precision the bundle's parity report trusts (bf16 only where the CPU computes it).
         wanted = ovb.precisions()
         precision = next((p for p in wanted if ovb.trusted(bundle, p)), None) if device == "auto" else wanted[0]
         if not ovb.available():

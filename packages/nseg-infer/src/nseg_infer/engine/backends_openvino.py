@@ -1,12 +1,14 @@
 """OpenVINO on the CPU: the optional `openvino` extra, imported only when this backend is made.
 
 On the CPUs measured (docs/benchmarks.md) OpenVINO runs the UNet faster than ONNX Runtime in fp32,
-and on CPUs with AMX much faster in bf16. A bundle trusts it only once its parity report records
+and faster still in bf16 where the CPU computes bf16 in hardware (AMX, or AVX-512 BF16: 1.4x its
+fp32 on 2 cores of an AMD EPYC). A bundle trusts it only once its parity report records
 OpenVINO's labels equal to ONNX Runtime fp32's (instance F1@0.5 of 1.000 on every image of the
-parity set, `nseg-export parity-openvino`), per precision: `--device auto` takes it only then.
+parity set, `nseg-export parity-openvino`), per precision: `--device auto` takes it only then;
+`--device openvino` runs the fastest precision whatever the report says.
 
-bf16 is asked for only where AMX multiplies it in hardware; elsewhere the inference precision is
-pinned to f32, because OpenVINO would otherwise pick bf16 by itself on any CPU with AVX-512 BF16.
+bf16 is asked for only where the CPU computes it natively (`cpu.cpu_bf16_native`); elsewhere it
+is emulated and many times slower, and the inference precision is pinned to f32 explicitly.
 """
 
 from __future__ import annotations
@@ -18,22 +20,22 @@ from pathlib import Path
 import numpy as np
 
 from nseg_infer.engine.bundle import Bundle
-from nseg_infer.engine.cpu import cpu_flags, cpu_lanes, cpu_threads
+from nseg_infer.engine.cpu import cpu_bf16_native, cpu_lanes, cpu_threads
 
 PRECISIONS = ("fp32", "bf16")
+# Each thread's first inference runs alone. Two first calls at once have hung `nseg-infer run`
+# for good (OpenVINO 2026.4 on two lanes): one thread held the binding's one-time initialisation
+# and waited for the GIL, while the other held the GIL and waited for that initialisation.
+_FIRST_CALLS = threading.Lock()
 
 
 class OpenVinoUnavailable(RuntimeError):
     pass
 
 
-def has_amx() -> bool:
-    return {"amx_bf16", "amx_tile"} <= cpu_flags()
-
-
 def precisions() -> tuple[str, ...]:
     """The precisions worth running on this CPU, fastest first."""
-    return ("bf16", "fp32") if has_amx() else ("fp32",)
+    return ("bf16", "fp32") if cpu_bf16_native() else ("fp32",)
 
 
 def parity_target(precision: str) -> str:
@@ -98,9 +100,13 @@ class OpenVinoBackend:
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         request = getattr(self._local, "request", None)
+        x = np.ascontiguousarray(batch, np.float32)
         if request is None:
-            request = self._local.request = self.model.create_infer_request()
-        res = request.infer([np.ascontiguousarray(batch, np.float32)])
+            with _FIRST_CALLS:
+                request = self._local.request = self.model.create_infer_request()
+                res = request.infer([x])
+        else:
+            res = request.infer([x])
         # The request reuses its output buffers on the next call: copy them out.
         return {name: np.array(res[out], np.float32) for name, out in zip(self.output_names, self.model.outputs,
                                                                           strict=True)}

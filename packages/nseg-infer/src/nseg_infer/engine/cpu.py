@@ -42,6 +42,13 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(_cpuinfo().get("flags", "").split())
 
 
+def cpu_bf16_native() -> bool:
+    """True where the CPU computes bf16 in hardware (AMX or AVX-512 BF16). There a bf16 training step
+    is faster than fp32 and OpenVINO runs the UNet faster in bf16 (docs/benchmarks.md); on plain
+    AVX2 bf16 is emulated and many times slower."""
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
 def cpu_lanes(cores: int, lanes: int | None = None) -> int:
     """How many model calls a CPU backend of `cores` threads takes at once (`lanes`, when given,
     validated): two on 2 or more cores, each on half of them, so one call computes while the
