@@ -29,6 +29,7 @@ from nseg_train.adapt import (
     draw_weights,
     hold_out,
     lab_augment,
+    retune,
 )
 from nseg_train.checkpoint import load_checkpoint, load_model
 from nseg_train.cli import app
@@ -70,6 +71,8 @@ def test_config_is_validated():
                 {"min_gain": -0.1}):
         with pytest.raises(ConfigError, match="adapt"):
             AdaptConfig(**bad)
+    with pytest.raises(ConfigError, match="min_tune_images must be >= 2"):
+        AdaptConfig(min_tune_images=1)
 
 
 def test_a_quarter_is_held_out_and_one_image_is_cut_in_two():
@@ -108,6 +111,44 @@ def test_stop_loss_keeps_the_default_unless_the_fine_tune_beats_it():
     assert decide(judged(0.923, 1.0), judged(0.9234, 1.0), 1, 0.02)[0] == "default"
     assert decide(judged(0.5, 0.8), judged(0.52, 0.8), 2, 0.02)[0] == "adapted"
     assert decide(judged(0.5, 0.8), judged(0.5, 0.8), 2, 0.0)[0] == "adapted"  # no margin asked: a tie is enough
+
+
+OWN = {"fg_threshold": 0.5, "seed_threshold": 0.5, "min_seed_area": 10, "min_size": 24}
+
+
+def test_a_re_tune_that_helps_every_image_is_kept():
+    # Every image scores 0.1 more with seeds at 0.3: tuned on any of them, the others gain too.
+    def score(i: int, p: dict) -> float:
+        return 0.4 + 0.01 * i + (0.1 if p["seed_threshold"] == 0.3 else 0.0)
+
+    r = retune(score, OWN, [0, 1, 2], min_gain=0.02)
+    assert r.kept and r.params == {**OWN, "seed_threshold": 0.3}
+    assert r.cross == pytest.approx(r.own + 0.1)
+    assert all(p["seed_threshold"] == 0.3 for p in r.per_image.values())
+
+
+def test_a_re_tune_fitted_to_its_own_images_is_refused():
+    # Each image has a seed threshold of its own that suits it and costs the others: tuned on all
+    # three, a setting scores above the own thresholds in-sample, yet never on an image left out.
+    liked = {0: 0.3, 1: 0.6, 2: 0.7}
+
+    def score(i: int, p: dict) -> float:
+        s = p["seed_threshold"]
+        return 0.5 + (0.2 if s == liked[i] else 0.0) - (0.05 if s in liked.values() and s != liked[i] else 0.0)
+
+    in_sample = np.mean([score(i, {**OWN, "seed_threshold": 0.3}) for i in range(3)])
+    assert in_sample > 0.5 + 0.02  # what re-tuning on all three would claim
+    r = retune(score, OWN, [0, 1, 2], min_gain=0.02)
+    assert not r.kept and r.params == OWN and r.own == pytest.approx(0.5) and r.cross < r.own
+    assert all(p == OWN for p in r.per_image.values())  # judged with the thresholds it keeps
+    with pytest.raises(ValueError, match="at least 2"):
+        retune(score, OWN, [0], min_gain=0.02)
+
+
+def test_the_stop_loss_names_a_refused_re_tune():
+    refused = Judged(0.45, 0.88, {}, {}, (), {"histology": (0.449, 0.451)})
+    kept, why = decide(refused, Judged(0.40, 0.85, {}, {}, (), {"histology": (0.43, 0.42)}), 3, 0.02)
+    assert kept == "default" and "did not hold up" in why and "histology" in why
 
 
 def test_the_replay_set_is_small_cc0_and_from_dsb_training_images_only():
