@@ -52,9 +52,10 @@ def run_study(args) -> None:
     import numpy as np
     import torch
     from nseg_data.dataset import open_dataset
-    from nseg_train.adapt import AdaptConfig, adapt, init_checkpoint, judge
+    from nseg_train.adapt import AdaptConfig, adapt, init_checkpoint
     from nseg_train.checkpoint import load_model
     from nseg_train.machine import describe
+    from nseg_train.stoploss import judge
 
     train_pool = tiles(args.tnbc, TRAIN_SLIDES)
     val_names = tiles(args.tnbc, VAL_SLIDES)
@@ -117,9 +118,10 @@ def run_stoploss(args) -> None:
     import torch
     from nseg_data.dataset import open_dataset
     from nseg_data.split import load_splits
-    from nseg_train.adapt import REPLAY_DIR, AdaptConfig, adapt, init_checkpoint, judge
+    from nseg_train.adapt import REPLAY_DIR, AdaptConfig, adapt, init_checkpoint
     from nseg_train.checkpoint import load_model
     from nseg_train.machine import describe
+    from nseg_train.stoploss import judge
 
     sp = load_splits(args.dsb_splits)
     replay = {p.name[: -len(".labels.tif")] for p in REPLAY_DIR.glob("*.labels.tif")}

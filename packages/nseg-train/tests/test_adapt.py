@@ -19,21 +19,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from nseg_train import default_checkpoint_path
-from nseg_train.adapt import (
-    REPLAY_DIR,
-    AdaptConfig,
-    AdaptError,
-    Judged,
-    adapt,
-    decide,
-    draw_weights,
-    hold_out,
-    lab_augment,
-    retune,
-)
+from nseg_train.adapt import REPLAY_DIR, AdaptConfig, AdaptError, adapt, draw_weights, hold_out, lab_augment
 from nseg_train.checkpoint import load_checkpoint, load_model
 from nseg_train.cli import app
 from nseg_train.config import AugmentConfig, ConfigError
+from nseg_train.stoploss import Judged, decide, retune
 
 REPO = Path(__file__).resolve().parents[3]
 

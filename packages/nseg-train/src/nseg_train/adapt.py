@@ -17,13 +17,13 @@ The recipe, for a handful of images rather than a data set:
 - **Thresholds** start from the default's tuned watershed thresholds; with at least
   `min_tune_images` held-out images of a modality they are re-tuned on them, for the default and
   the fine-tune alike, so neither is judged with thresholds the other was denied. A re-tune is
-  kept only if it holds up on images it was not tuned on (`retune`: tuned on the other folds,
+  kept only if it holds up on images it was not tuned on (`stoploss.retune`: tuned on the other folds,
   scored on each, it must beat the model's own thresholds by `min_gain`): thresholds fitted to
   three tiles can score higher there and lower everywhere else.
 - **Stop-loss**: the fine-tune is kept only if it beats the default on the held-out images (mean
   DSB score, each image scored with thresholds not tuned on it) by at least `min_gain`; otherwise
   the default (with the same threshold treatment) is what OUT/model.pt holds.
-  `AdaptResult.message` says which was kept and why, with the numbers.
+  `AdaptResult.message` says which was kept and why, with the numbers (`stoploss`).
 
 OUT holds `model.pt` (weights-only checkpoint of the kept model; `nseg-export onnx` makes a bundle
 of it), `adapt.json` (the decision, both models' held-out scores, thresholds, timing, machine) and
@@ -45,7 +45,6 @@ import torch
 from nseg_data.atomic import write_text_atomic
 from nseg_data.dataset import open_dataset
 from nseg_data.errors import DataError
-from nseg_data.metrics import dsb_score, mean_scores, score_image
 from nseg_data.sample import Sample
 from nseg_data.split import Splits, save_splits
 from skimage.segmentation import relabel_sequential
@@ -55,16 +54,11 @@ from nseg_train.augment import geometric, photometric, random_crop
 from nseg_train.checkpoint import FORMAT, load_checkpoint, load_model, save_atomic, versions
 from nseg_train.config import AugmentConfig, ConfigError, TrainConfig
 from nseg_train.datasets import Prepared, prepare
-from nseg_train.deploy import runtime_predictor
 from nseg_train.machine import describe
-from nseg_train.tasks import TASKS, runtime_input
-from nseg_train.tune import REFINE_GRID, coordinate_search
+from nseg_train.stoploss import Judged, decide, judge
+from nseg_train.tasks import TASKS
 
 REPLAY_DIR = Path(__file__).resolve().parent / "assets" / "replay"
-# Watershed parameters searched on held-out images (h-maxima seeds left out: a few images are
-# too few to choose a seed rule, and the search stays a few seconds).
-TUNE_GRID = {k: v for k, v in REFINE_GRID.items() if k != "seed_h"}
-WATERSHED_KEYS = ("fg_threshold", "seed_threshold", "min_seed_area", "min_size", "seed_h")
 
 
 class AdaptError(RuntimeError):
@@ -124,30 +118,6 @@ class Progress:
     total: int
     loss: float | None = None
     seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class Judged:
-    """One model on the held-out images, with the thresholds it is judged (and shipped) with."""
-
-    dsb: float
-    f1_50: float
-    eval_params: dict  # the watershed parameters: global ones and by_modality
-    per_image: dict[str, float]  # DSB per held-out image
-    tuned: tuple[str, ...]  # modalities whose thresholds were re-tuned on the held-out images
-    # Modalities whose re-tune did not hold up on images it was not tuned on: (own, cross-validated) DSB.
-    refused: dict[str, tuple[float, float]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Retune:
-    """Thresholds for one modality's held-out images (`retune`)."""
-
-    params: dict  # what the model keeps: re-tuned on all the images, or its own
-    per_image: dict[int, dict]  # the thresholds each image is scored with: never ones tuned on it when re-tuned
-    kept: bool  # whether the re-tune held up
-    own: float  # mean DSB with the model's own thresholds
-    cross: float  # mean DSB of each image under thresholds tuned without it
 
 
 @dataclass(frozen=True)
@@ -293,112 +263,6 @@ def finetune(model: torch.nn.Module, cfg: TrainConfig, items: list[Prepared], we
             progress(Progress("train", step, step if frac >= 1 else max(step + 1, round(step / frac)), losses[-1], elapsed))
     model.eval()
     return step, time.perf_counter() - t0, time.process_time() - cpu0, losses
-
-
-def base_params(cfg: TrainConfig, modality: str | None = None) -> dict:
-    e = cfg.eval
-    params = {k: getattr(e, k) for k in WATERSHED_KEYS}
-    return {**params, **((e.by_modality or {}).get(modality, {}) if modality else {})}
-
-
-def retune(score: Callable[[int, dict], float], own: dict, idx: list[int], min_gain: float, *,
-           folds: int = 5) -> Retune:
-    """Re-tune the thresholds `own` on the images `idx` (`score(i, params)`: image i's DSB), and
-    keep the re-tune only if it holds up on images it was not tuned on: in up to `folds` folds
-    (one image each for five images or fewer), thresholds tuned on the other folds score each
-    fold; their mean must beat `own`'s by `min_gain`. The in-sample gain of a re-tune says
-    little: on a multi-source default's three held-out tiles of an H&E slide it scored 0.022
-    more there and 0.017 less on two other patients' tiles; its cross-validated gain was 0.002."""
-    if len(idx) < 2:
-        raise ValueError("retune needs at least 2 images: one to tune on, one to check")
-
-    def mean(p: dict, ids: list[int]) -> float:
-        return float(np.mean([score(i, p) for i in ids]))
-
-    k = min(len(idx), folds)
-    fold_params = {}
-    for f in range(k):
-        held = idx[f::k]
-        p, _ = coordinate_search(lambda q, rest=[i for i in idx if i not in held]: mean(q, rest), own, TUNE_GRID)
-        fold_params.update(dict.fromkeys(held, p))
-    own_mean = mean(own, idx)
-    cross = float(np.mean([score(i, fold_params[i]) for i in idx]))
-    if cross >= own_mean + min_gain:
-        full, _ = coordinate_search(lambda q: mean(q, idx), own, TUNE_GRID)
-        return Retune(full, fold_params, True, own_mean, cross)
-    return Retune(dict(own), dict.fromkeys(idx, own), False, own_mean, cross)
-
-
-def judge(model: torch.nn.Module, cfg: TrainConfig, held: list[Sample], device: torch.device, *,
-          min_tune_images: int, min_gain: float = 0.0) -> Judged:
-    """Score `model` on the held-out images through the runtime's own pipeline, with `cfg`'s
-    thresholds per modality, re-tuned for a modality with at least `min_tune_images` images where
-    the re-tune holds up by `min_gain` (`retune`). Each image is scored with thresholds not tuned
-    on it, so the figure is what the thresholds would give on the lab's next images."""
-    predictor = runtime_predictor(model, cfg, device)
-    cached = []
-    for s in held:
-        inp = runtime_input(predictor, s.image)
-        cached.append((s, inp, predictor.probabilities(inp.source), predictor.modality(s.image)))
-    memo: dict[tuple, np.ndarray] = {}
-
-    def labels(i: int, params: dict) -> np.ndarray:
-        key = (i, tuple(sorted(params.items())))
-        if key not in memo:
-            _, inp, fields, _ = cached[i]
-            memo[key] = inp.to_input(predictor.instances(fields, **params))[0]
-        return memo[key]
-
-    def dsb(i: int, params: dict) -> float:
-        return dsb_score(cached[i][0].labels, labels(i, params))
-
-    chosen: dict[int, dict] = {}
-    by_modality = {m: dict(v) for m, v in (cfg.eval.by_modality or {}).items()}
-    tuned, refused = [], {}
-    for m in sorted({c[3] for c in cached}):
-        idx = [i for i, c in enumerate(cached) if c[3] == m]
-        params = base_params(cfg, m)
-        if len(idx) >= max(2, min_tune_images):
-            r = retune(dsb, params, idx, min_gain)
-            chosen.update(r.per_image)
-            if r.kept:
-                glob = base_params(cfg)
-                by_modality[m] = {k: v for k, v in r.params.items() if glob[k] != v}
-                tuned.append(m)
-            else:
-                refused[m] = (r.own, r.cross)
-        else:
-            chosen.update(dict.fromkeys(idx, params))
-    rows = {cached[i][0].id: score_image(cached[i][0].labels, labels(i, chosen[i])) for i in range(len(cached))}
-    mean = mean_scores(list(rows.values()))
-    eval_params = {**base_params(cfg), "by_modality": {m: v for m, v in sorted(by_modality.items()) if v} or None}
-    return Judged(mean["dsb"], mean["f1_50"], eval_params, {k: r.dsb for k, r in rows.items()}, tuple(tuned), refused)
-
-
-def _thresholds(default: Judged, adapted: Judged) -> str:
-    def one(j: Judged) -> str:
-        if j.tuned:
-            return f"thresholds re-tuned on them for {', '.join(j.tuned)}"
-        if j.refused:
-            return (f"the default's thresholds: a re-tune for {', '.join(sorted(j.refused))} did not hold up on "
-                    "images it was not tuned on")
-        return "the default's thresholds"
-
-    if (default.tuned, sorted(default.refused)) == (adapted.tuned, sorted(adapted.refused)):
-        return one(adapted)
-    return f"the fine-tune with {one(adapted)}, the default with {one(default)}"
-
-
-def decide(default: Judged, adapted: Judged, n_held: int, min_gain: float) -> tuple[str, str]:
-    """Stop-loss: ("adapted" | "default", why, with the numbers). The fine-tune is kept only if
-    its held-out DSB beats the default's by at least `min_gain`."""
-    how = f"{n_held} held-out image{'s' if n_held != 1 else ''}, " + _thresholds(default, adapted)
-    nums = (f"DSB {adapted.dsb:.3f} vs the default's {default.dsb:.3f}, "
-            f"F1@0.5 {adapted.f1_50:.3f} vs {default.f1_50:.3f} ({how})")
-    if adapted.dsb >= default.dsb + min_gain:
-        return "adapted", f"kept the adapted model: it beats the default on the lab's held-out images: {nums}"
-    return "default", (f"kept the default model: the fine-tune does not beat it by {min_gain:.2f} DSB on the lab's "
-                       f"held-out images: {nums}; annotate more images (or more nuclei per image) and adapt again")
 
 
 def _splits(train: list[Sample], held: list[Sample], seed: int) -> Splits:
