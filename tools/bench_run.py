@@ -141,7 +141,6 @@ def main() -> int:
     from nseg_infer.engine.predictor import Predictor, RunConfig
 
     predictor = Predictor(args.model, RunConfig(device=args.device))
-    args.backend = predictor.backend_name
     rows = []
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
@@ -165,11 +164,11 @@ def main() -> int:
                     r["sd_mpx_s"] = rate(mpx, sd, sd_start)
                 print(case, fmt, {k: round(v, 2) for k, v in r.items() if isinstance(v, float)}, flush=True)
                 rows.append(r)
-    body = report(rows, args, start, sd_start)
+    body = report(rows, args, predictor.backend_name, start, sd_start)
     return publish(SECTION, body, write=not args.no_write)
 
 
-def report(rows: list[dict], args: argparse.Namespace, start: float, sd_start: float | None) -> str:
+def report(rows: list[dict], args: argparse.Namespace, backend: str, start: float, sd_start: float | None) -> str:
     sd = sd_start is not None
     head = ("| images | Mpx | input | model only (Predictor.predict) Mpx/s | whole command s | whole command Mpx/s | "
             "whole / model | products (MB) |" + (" StarDist end to end Mpx/s | nseg / StarDist |" if sd else ""))
@@ -181,12 +180,11 @@ def report(rows: list[dict], args: argparse.Namespace, start: float, sd_start: f
         if sd:
             line += (f" {fmt_rate(r['sd_mpx_s'])} | {ratio(r['mpx_s'], r['sd_mpx_s'])} |" if "sd_mpx_s" in r else " | |")
         lines.append(line)
-    backend = f"backend {args.backend}"
     text = (f"Measured by `tools/bench_run.py` on {time.strftime('%Y-%m-%d')}: {machine()}. "
             f"{args.note + ' ' if args.note else ''}Model: {args.model or 'the bundled default'}. *Model only* is "
             "`Predictor.predict` on the decoded image in memory (normalisation, tiling, batched model, blending, "
             f"watershed), after a warm-up. *Whole command* is one `nseg-infer run FILES --out DIR --device {args.device}` "
-            f"process per row ({backend}): reading the files (a tiled BigTIFF region by region), segmenting them and writing "
+            f"process per row (backend {backend}): reading the files (a tiled BigTIFF region by region), segmenting them and writing "
             "the default products (labels, CSV, overlay, GeoJSON) and summary.csv, files overlapped as "
             f"`process_many` pipelines them; its Mpx/s has the start-up (imports, model load and a 64 x 64 image: "
             f"{start:.1f} s) subtracted. Synthetic fluorescence-like images as in the sections above "

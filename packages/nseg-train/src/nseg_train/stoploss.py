@@ -99,17 +99,19 @@ def judge(model: torch.nn.Module, cfg: TrainConfig, held: list[Sample], device: 
     for s in held:
         inp = runtime_input(predictor, s.image)
         cached.append((s, inp, predictor.probabilities(inp.source), predictor.modality(s.image)))
-    memo: dict[tuple, np.ndarray] = {}
-
     def labels(i: int, params: dict) -> np.ndarray:
-        key = (i, tuple(sorted(params.items())))
-        if key not in memo:
-            _, inp, fields, _ = cached[i]
-            memo[key] = inp.to_input(predictor.instances(fields, **params))[0]
-        return memo[key]
+        _, inp, fields, _ = cached[i]
+        return inp.to_input(predictor.instances(fields, **params))[0]
+
+    scores: dict[tuple, float] = {}
 
     def dsb(i: int, params: dict) -> float:
-        return dsb_score(cached[i][0].labels, labels(i, params))
+        # The folds' searches and the final one score the same settings again and again: each
+        # setting's watershed and score once per image, without keeping its labels.
+        key = (i, tuple(sorted(params.items())))
+        if key not in scores:
+            scores[key] = dsb_score(cached[i][0].labels, labels(i, params))
+        return scores[key]
 
     chosen: dict[int, dict] = {}
     by_modality = {m: dict(v) for m, v in (cfg.eval.by_modality or {}).items()}
